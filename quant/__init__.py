@@ -1,0 +1,6 @@
+"""quant: float weights -> QuantizedTensor (b-bit codes, per-bit-plane fp16 scales, fp16 zeros)."""
+
+from .api import quantize
+from .tensor import QuantizedTensor, bitplanes
+
+__all__ = ["QuantizedTensor", "quantize", "bitplanes"]
