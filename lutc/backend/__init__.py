@@ -1,0 +1,1 @@
+"""lutc backends: targets, LLVM codegen, JIT and the native thread pool."""

@@ -1,0 +1,1 @@
+"""The lutc frontend: Python AST of @lutc.jit kernels -> lutc IR."""

@@ -1,0 +1,257 @@
+"""IRBuilder: creates typed lutc ops with result-type inference and type checks."""
+from __future__ import annotations
+
+from . import types as T
+from .core import Op, Region, Value
+
+INT_BINOPS = ("and", "or", "xor", "shl", "shr")
+ARITH_BINOPS = ("add", "sub", "mul", "div", "floordiv", "rem", "min", "max")
+CMP_PREDS = ("lt", "le", "gt", "ge", "eq", "ne")
+UNARY_FLOAT = ("round", "floor", "ceil", "sqrt", "exp", "log")
+UNARY_ANY = ("neg", "abs", "not")
+REDUCE_KINDS = ("sum", "max", "min")
+
+
+class IRTypeError(Exception):
+    """A type or shape error in the program being built (the frontend adds a location)."""
+
+
+class IRBuilder:
+    """Appends ops to the current region; every method returns the result Value(s)."""
+
+    def __init__(self, region: Region):
+        self.region = region
+        self.loc = None
+
+    # -- plumbing
+    def _emit(self, opname, operands, result_types, attrs=None, regions=()):
+        op = Op(opname, operands, result_types, attrs, regions, self.loc)
+        op.parent = self.region
+        self.region.ops.append(op)
+        return op
+
+    def _one(self, *args, **kw) -> Value:
+        return self._emit(*args, **kw).results[0]
+
+    # -- leaves
+    def const(self, value, dtype: T.DType) -> Value:
+        if dtype.is_float:
+            value = float(value)
+        elif dtype == T.int1:
+            value = bool(value)
+        else:
+            value = int(value)
+            lo, hi = _int_range(dtype)
+            if not lo <= value <= hi:
+                raise IRTypeError(f"constant {value} does not fit in {dtype}")
+        return self._one("const", [], [dtype], {"value": value})
+
+    def program_id(self, axis: int) -> Value:
+        return self._one("program_id", [], [T.int32], {"axis": axis})
+
+    def num_programs(self, axis: int) -> Value:
+        return self._one("num_programs", [], [T.int32], {"axis": axis})
+
+    def arange(self, start: int, end: int) -> Value:
+        if end <= start:
+            raise IRTypeError(f"arange needs end > start, got arange({start}, {end})")
+        n = end - start
+        if n & (n - 1):
+            raise IRTypeError(f"arange length must be a power of two, got {n}")
+        return self._one("arange", [], [T.BlockType(T.int32, n)], {"start": start, "end": end})
+
+    # -- shape and type changes
+    def splat(self, v: Value, size: int) -> Value:
+        if isinstance(v.type, T.BlockType):
+            if v.type.size != size:
+                raise IRTypeError(f"cannot broadcast a block of {v.type.size} lanes to {size}")
+            return v
+        return self._one("splat", [v], [T.BlockType(v.type, size)])
+
+    def cast(self, v: Value, dtype: T.DType) -> Value:
+        src = T.scalar_of(v.type)
+        if isinstance(src, T.PointerType):
+            raise IRTypeError(f"cannot cast a pointer ({v.type}) to {dtype}")
+        if src == dtype:
+            return v
+        return self._one("cast", [v], [T.with_elem(v.type, dtype)], {"to": dtype})
+
+    def bitcast(self, v: Value, dtype: T.DType) -> Value:
+        src = T.scalar_of(v.type)
+        if isinstance(src, T.PointerType) or src.bits != dtype.bits:
+            raise IRTypeError(f"bitcast needs equal widths, got {src} -> {dtype}")
+        if src == dtype:
+            return v
+        return self._one("bitcast", [v], [T.with_elem(v.type, dtype)], {"to": dtype})
+
+    def broadcast_pair(self, a: Value, b: Value):
+        sa, sb = T.block_size(a.type), T.block_size(b.type)
+        if sa is not None and sb is not None and sa != sb:
+            raise IRTypeError(f"shape mismatch: block of {sa} lanes vs block of {sb} lanes")
+        size = sa or sb
+        if size is not None:
+            a, b = self.splat(a, size), self.splat(b, size)
+        return a, b
+
+    def unify(self, a: Value, b: Value):
+        """Broadcast and promote two arithmetic operands to one type."""
+        ea, eb = T.scalar_of(a.type), T.scalar_of(b.type)
+        if isinstance(ea, T.PointerType) or isinstance(eb, T.PointerType):
+            raise IRTypeError(f"arithmetic on pointers is only `pointer + integer` ({a.type}, {b.type})")
+        dt = T.promote(ea, eb)
+        a, b = self.cast(a, dt), self.cast(b, dt)
+        return self.broadcast_pair(a, b)
+
+    # -- arithmetic
+    def binary(self, kind: str, a: Value, b: Value) -> Value:
+        a, b = self.unify(a, b)
+        dt = T.scalar_of(a.type)
+        if kind in INT_BINOPS and dt.is_float:
+            raise IRTypeError(f"bitwise '{kind}' needs integer operands, got {dt}")
+        if kind not in INT_BINOPS + ARITH_BINOPS:
+            raise IRTypeError(f"unknown binary op {kind}")
+        return self._one("binary", [a, b], [a.type], {"kind": kind})
+
+    def cmp(self, pred: str, a: Value, b: Value) -> Value:
+        a, b = self.unify(a, b)
+        return self._one("cmp", [a, b], [T.with_elem(a.type, T.int1)], {"pred": pred})
+
+    def unary(self, kind: str, v: Value) -> Value:
+        dt = T.scalar_of(v.type)
+        if isinstance(dt, T.PointerType):
+            raise IRTypeError(f"'{kind}' is not defined on pointers")
+        if kind in UNARY_FLOAT and not dt.is_float:
+            raise IRTypeError(f"'{kind}' needs a float operand, got {dt}")
+        if kind == "not" and dt.is_float:
+            raise IRTypeError(f"bitwise not needs an integer operand, got {dt}")
+        return self._one("unary", [v], [v.type], {"kind": kind})
+
+    def select(self, cond: Value, a: Value, b: Value) -> Value:
+        if T.scalar_of(cond.type) != T.int1:
+            raise IRTypeError(f"where() needs a boolean condition, got {cond.type}")
+        a, b = self.unify(a, b)
+        size = T.block_size(cond.type) or T.block_size(a.type)
+        if size is not None:
+            cond, a, b = self.splat(cond, size), self.splat(a, size), self.splat(b, size)
+        return self._one("select", [cond, a, b], [a.type])
+
+    def reduce(self, kind: str, v: Value) -> Value:
+        if not isinstance(v.type, T.BlockType):
+            raise IRTypeError(f"reduce '{kind}' needs a block, got scalar {v.type}")
+        return self._one("reduce", [v], [v.type.elem], {"kind": kind})
+
+    # -- memory
+    def addptr(self, ptr: Value, off: Value) -> Value:
+        pt = T.scalar_of(ptr.type)
+        if not isinstance(pt, T.PointerType):
+            raise IRTypeError(f"expected a pointer, got {ptr.type}")
+        ot = T.scalar_of(off.type)
+        if not (isinstance(ot, T.DType) and ot.is_int):
+            raise IRTypeError(f"pointer offsets must be integers, got {off.type}")
+        ptr, off = self.broadcast_pair(ptr, off)
+        return self._one("addptr", [ptr, off], [ptr.type])
+
+    def load(self, ptr: Value, mask=None, other=None) -> Value:
+        pt = T.scalar_of(ptr.type)
+        if not isinstance(pt, T.PointerType):
+            raise IRTypeError(f"load() needs a pointer or block of pointers, got {ptr.type}")
+        rt = T.with_elem(ptr.type, pt.elem)
+        operands = [ptr]
+        if mask is not None:
+            mask = self._check_mask(mask, ptr)
+            other = self.const(0, pt.elem) if other is None else self.cast(other, pt.elem)
+            if isinstance(rt, T.BlockType):
+                other = self.splat(other, rt.size)
+            operands += [mask, other]
+        return self._one("load", operands, [rt])
+
+    def store(self, ptr: Value, value: Value, mask=None):
+        pt = T.scalar_of(ptr.type)
+        if not isinstance(pt, T.PointerType):
+            raise IRTypeError(f"store() needs a pointer or block of pointers, got {ptr.type}")
+        vt = T.scalar_of(value.type)
+        if vt != pt.elem:
+            raise IRTypeError(f"store of {vt} through a pointer to {pt.elem}; cast with .to(...) first")
+        if isinstance(ptr.type, T.BlockType):
+            value = self.splat(value, ptr.type.size)
+        elif isinstance(value.type, T.BlockType):
+            raise IRTypeError(f"cannot store a block {value.type} through a scalar pointer")
+        operands = [ptr, value]
+        if mask is not None:
+            operands.append(self._check_mask(mask, ptr))
+        self._emit("store", operands, [])
+
+    def _check_mask(self, mask, ptr):
+        if T.scalar_of(mask.type) != T.int1:
+            raise IRTypeError(f"mask must be boolean, got {mask.type}")
+        size = T.block_size(ptr.type)
+        if size is None:
+            if isinstance(mask.type, T.BlockType):
+                raise IRTypeError("a block mask needs a block of pointers")
+            return mask
+        return self.splat(mask, size)
+
+    # -- LUT ops
+    def lut_build(self, xs: Value) -> Value:
+        t = xs.type
+        if not isinstance(t, T.BlockType) or not t.elem.is_float:
+            raise IRTypeError(f"lut_build needs a float block of g activations, got {t}")
+        if not 1 <= t.size <= 4:
+            raise IRTypeError(f"lut_build supports g = 1..4 activations per table, got {t.size}")
+        return self._one("lut_build", [xs], [T.BlockType(t.elem, 1 << t.size)])
+
+    def lookup(self, table: Value, idx: Value) -> Value:
+        tt, it = table.type, idx.type
+        if not isinstance(tt, T.BlockType) or tt.size > 16 or tt.size & (tt.size - 1):
+            raise IRTypeError(f"lookup table must be a block of at most 16 entries (a power of two), got {tt}")
+        if isinstance(tt.elem, T.PointerType) or tt.elem.bits < 8:
+            raise IRTypeError(f"lookup table elements must be 8-64-bit numbers, got {tt.elem}")
+        if not isinstance(it, T.BlockType) or it.elem not in (T.uint8, T.int8):
+            raise IRTypeError(f"lookup indices must be a block of u8, got {it}")
+        return self._one("lookup", [table, idx], [T.BlockType(tt.elem, it.size)])
+
+    def concat(self, a: Value, b: Value) -> Value:
+        if not (isinstance(a.type, T.BlockType) and isinstance(b.type, T.BlockType)) or a.type.elem != b.type.elem:
+            raise IRTypeError(f"concat needs two blocks of one dtype, got {a.type} and {b.type}")
+        return self._one("concat", [a, b], [T.BlockType(a.type.elem, a.type.size + b.type.size)])
+
+    def slice(self, v: Value, start: int, size: int) -> Value:
+        if not isinstance(v.type, T.BlockType) or start < 0 or start + size > v.type.size or size < 1:
+            raise IRTypeError(f"slice [{start}:{start + size}] out of range for {v.type}")
+        return self._one("slice", [v], [T.BlockType(v.type.elem, size)], {"start": start, "size": size})
+
+    # -- target-level ops produced by lowering passes
+    def shuffle_bytes(self, table16: Value, idx: Value) -> Value:
+        return self._one("shuffle_bytes", [table16, idx], [T.BlockType(T.uint8, idx.type.size)])
+
+    def bytes_split(self, table: Value):
+        n = table.type.elem.nbytes
+        rts = [T.BlockType(T.uint8, table.type.size)] * n
+        return self._emit("bytes_split", [table], rts).results
+
+    def bytes_combine(self, planes, dtype: T.DType) -> Value:
+        return self._one("bytes_combine", list(planes), [T.BlockType(dtype, planes[0].type.size)],
+                         {"to": dtype})
+
+    # -- control flow
+    def for_op(self, lo: Value, hi: Value, step: Value, inits):
+        """Create a `for` op; returns (op, body region). Caller fills the body and yields."""
+        body = Region([T.int32] + [v.type for v in inits])
+        op = self._emit("for", [lo, hi, step] + list(inits), [v.type for v in inits], regions=[body])
+        return op, body
+
+    def if_op(self, cond: Value, result_types):
+        then_r, else_r = Region(), Region()
+        op = self._emit("if", [cond], list(result_types), regions=[then_r, else_r])
+        return op, then_r, else_r
+
+    def yield_(self, values):
+        self._emit("yield", list(values), [])
+
+
+def _int_range(dt: T.DType):
+    if dt == T.int1:
+        return 0, 1
+    if dt.kind == "uint":
+        return 0, (1 << dt.bits) - 1
+    return -(1 << (dt.bits - 1)), (1 << (dt.bits - 1)) - 1

@@ -1,0 +1,188 @@
+"""The lutc DSL surface (`import lutc.language as tl`): dtypes, constexpr and block builtins.
+
+The functions here are markers: inside an `@lutc.jit` kernel the compiler's frontend
+translates calls to them into IR. Called from ordinary Python they raise.
+"""
+from __future__ import annotations
+
+from .ir import types as _T
+
+# dtypes ---------------------------------------------------------------------------------
+int1 = _T.int1
+int8 = _T.int8
+uint8 = _T.uint8
+int16 = _T.int16
+uint16 = _T.uint16
+int32 = _T.int32
+uint32 = _T.uint32
+int64 = _T.int64
+uint64 = _T.uint64
+float16 = _T.float16
+float32 = _T.float32
+float64 = _T.float64
+
+
+class constexpr:
+    """Annotate a kernel parameter as a compile-time constant: `BLOCK: tl.constexpr`."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"constexpr({self.value!r})"
+
+
+class static_range:
+    """`for i in tl.static_range(n)`: the loop is unrolled at compile time; i is a constant."""
+
+    def __init__(self, *args):
+        self.range = range(*args)
+
+    def __iter__(self):
+        return iter(self.range)
+
+
+def _builtin(fn):
+    name = fn.__name__
+
+    def marker(*args, **kwargs):
+        raise RuntimeError(f"lutc.language.{name}() can only be called inside an @lutc.jit kernel")
+
+    marker.__name__ = name
+    marker.__qualname__ = name
+    marker.__doc__ = fn.__doc__
+    marker.__lutc_builtin__ = name
+    return marker
+
+
+@_builtin
+def program_id(axis):
+    """The index of this program instance along grid `axis` (0, 1 or 2), an i32."""
+
+
+@_builtin
+def num_programs(axis):
+    """The grid size along `axis`, an i32."""
+
+
+@_builtin
+def arange(start, end):
+    """A block of i32 [start, end); the length must be a constexpr power of two."""
+
+
+@_builtin
+def zeros(shape, dtype):
+    """A block of zeros: `shape` is an int or a 1-tuple."""
+
+
+@_builtin
+def full(shape, value, dtype):
+    """A block filled with `value`."""
+
+
+@_builtin
+def load(pointer, mask=None, other=None):
+    """Load through a pointer or block of pointers; masked-off lanes read `other` (0)."""
+
+
+@_builtin
+def store(pointer, value, mask=None):
+    """Store through a pointer or block of pointers; masked-off lanes are not written."""
+
+
+@_builtin
+def where(condition, x, y):
+    """Lane-wise select."""
+
+
+@_builtin
+def minimum(x, y):
+    """Lane-wise minimum."""
+
+
+@_builtin
+def maximum(x, y):
+    """Lane-wise maximum."""
+
+
+@_builtin
+def abs(x):
+    """Lane-wise absolute value."""
+
+
+@_builtin
+def round(x):
+    """Round to nearest, ties to even."""
+
+
+@_builtin
+def floor(x):
+    """Lane-wise floor."""
+
+
+@_builtin
+def ceil(x):
+    """Lane-wise ceil."""
+
+
+@_builtin
+def sqrt(x):
+    """Lane-wise square root."""
+
+
+@_builtin
+def exp(x):
+    """Lane-wise e**x."""
+
+
+@_builtin
+def log(x):
+    """Lane-wise natural log."""
+
+
+@_builtin
+def sum(x):
+    """Sum of the lanes of a block (a scalar)."""
+
+
+@_builtin
+def max(x):
+    """Maximum lane of a block."""
+
+
+@_builtin
+def min(x):
+    """Minimum lane of a block."""
+
+
+@_builtin
+def cdiv(x, y):
+    """Ceiling division."""
+
+
+@_builtin
+def bitcast(x, dtype):
+    """Reinterpret the bits of x as `dtype` (same width)."""
+
+
+@_builtin
+def concat(x, y):
+    """Concatenate two blocks of one dtype."""
+
+
+@_builtin
+def lut_build(xs):
+    """All 2**g subset sums of a block of g activations: T[i] = sum_j bit_j(i) * xs[j]."""
+
+
+@_builtin
+def lookup(table, idx):
+    """Table lookup by byte shuffle: out[j] = table[idx[j]]; idx is a u8 block < len(table)."""
+
+
+@_builtin
+def static_assert(condition, message=""):
+    """A compile-time assertion on constexpr values."""
+
+
+__all__ = [n for n in dir() if not n.startswith("_")]
