@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -11,7 +13,8 @@ from .tensor import bitplanes, code_values
 
 __all__ = ["hlq_fit"]
 
-_CHUNK_ELEMS = 1 << 18  # weights per row chunk: bounds memory and keeps the working set in cache
+_CHUNK_ELEMS = 1 << 19  # weights per row chunk: bounds memory and keeps the working set in cache
+_MAX_THREADS = 8  # row chunks are independent; numpy (bincount, ufuncs, solve) releases the GIL
 _RIDGE = 1e-4  # proximal ridge: pulls undetermined directions (empty or all-ones plane) to the previous fit
 
 
@@ -28,17 +31,28 @@ def hlq_fit(w: np.ndarray, bits: int, group_size: int, rounds: int = 15):
     scales = np.empty((bits, n, g), dtype=np.float16)
     zeros = np.empty((n, g), dtype=np.float16)
     step = max(1, _CHUNK_ELEMS // (g * group_size))
-    for r0 in range(0, n, step):
+
+    def fit_rows(r0: int) -> None:
         r1 = min(n, r0 + step)
         codes[r0:r1], scales[:, r0:r1], zeros[r0:r1] = _fit_chunk(w[r0:r1], bits, group_size, rounds)
+
+    starts = range(0, n, step)
+    threads = min(len(starts), os.cpu_count() or 1, _MAX_THREADS)
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fit_rows, starts))  # list() re-raises any worker exception
+    else:
+        for r0 in starts:
+            fit_rows(r0)
     return codes, scales, zeros
 
 
-def _nearest_codes(wg: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Code of the candidate value nearest to each weight: wg (n, G, gs), values (n, G, C) -> uint8.
+def _nearest_ranks(wg: np.ndarray, values: np.ndarray):
+    """Nearest candidate for each weight, as (rank uint8 (n, G, gs), order (n, G, C)).
 
-    Exact 1-D nearest neighbour over all C codes (same argmin as brute-force squared error):
-    sort the C values, count how many midpoints each weight exceeds, map back through the sort.
+    Exact 1-D nearest neighbour over all C codes (the same argmin as brute-force squared
+    error): sort each (row, group)'s C values, count the midpoints a weight exceeds; that
+    rank's code is order[..., rank].
     """
     order = np.argsort(values, axis=-1, kind="stable")
     vs = np.take_along_axis(values, order, axis=-1)
@@ -46,11 +60,11 @@ def _nearest_codes(wg: np.ndarray, values: np.ndarray) -> np.ndarray:
     rank = np.zeros(wg.shape, dtype=np.uint8)
     for j in range(mid.shape[-1]):
         rank += wg > mid[..., j:j + 1]
-    return np.take_along_axis(order.astype(np.uint8), rank, axis=-1)
+    return rank, order
 
 
 class _Stats:
-    """Per (row, group, code) count and weight sum, via one bincount over a flat bin index."""
+    """Per (row, group, code) count and weight sum, via bincounts over a flat (row, group, rank) index."""
 
     def __init__(self, wg: np.ndarray, valid_last: int, ncodes: int):
         n, g, gs = wg.shape
@@ -61,14 +75,25 @@ class _Stats:
         self.valid_last = valid_last
         self.wflat = wg.reshape(-1).astype(np.float64)
 
-    def __call__(self, codes3: np.ndarray):
-        idx = self.base + codes3
+    def __call__(self, rank: np.ndarray, order: np.ndarray | None = None):
+        """Stats indexed by code; rank -> code through `order` (None: rank is the code)."""
+        idx = self.base + rank
         if self.pad:
             idx[:, -1, self.valid_last:] = self.nbins
         idx = idx.reshape(-1)
         cnt = np.bincount(idx, minlength=self.nbins + 1)[:self.nbins].reshape(self.shape)
-        sw = np.bincount(idx, weights=self.wflat, minlength=self.nbins + 1)[:self.nbins]
-        return cnt.astype(np.float64), sw.reshape(self.shape)
+        sw = np.bincount(idx, weights=self.wflat, minlength=self.nbins + 1)[:self.nbins].reshape(self.shape)
+        cnt = cnt.astype(np.float64)
+        if order is not None:
+            out_cnt, out_sw = np.empty_like(cnt), np.empty_like(sw)
+            np.put_along_axis(out_cnt, order, cnt, axis=-1)
+            np.put_along_axis(out_sw, order, sw, axis=-1)
+            cnt, sw = out_cnt, out_sw
+        return cnt, sw
+
+    def codes(self, rank: np.ndarray, order: np.ndarray) -> np.ndarray:
+        """Map ranks to codes, uint8 (n, G, gs)."""
+        return order.astype(np.uint8).reshape(-1)[self.base + rank]
 
 
 def _params_fp16(params: np.ndarray):
@@ -95,18 +120,18 @@ def _fit_chunk(w: np.ndarray, bits: int, group_size: int, rounds: int):
     outer = np.einsum("ci,cj->cij", design, design).reshape(ncodes, -1)
     eye = np.eye(bits + 1) * _RIDGE
 
-    def error(params, codes3):
-        """Squared error per (row, group) of (params, codes), from code statistics."""
-        cnt, sw = stats(codes3)
+    def error(params, rank, order):
+        """Squared error per (row, group) of params with the given codes, from code statistics."""
+        cnt, sw = stats(rank, order)
         s16, z16 = _params_fp16(params)
         v = code_values(s16, z16).astype(np.float64)  # exactly the float32 values dequantize uses
         return sumw2 - 2.0 * np.einsum("ngc,ngc->ng", v, sw) + np.einsum("ngc,ngc->ng", cnt, v * v), cnt, sw
 
     params = np.concatenate([np.moveaxis(rtn_s, 0, -1), rtn_z[..., None]], -1).astype(np.float64)
-    codes3 = group_view(rtn_codes, group_size, mode="zero")
+    rank, order = group_view(rtn_codes, group_size, mode="zero"), None  # order None: rank is the code
     best_params, best_err = params, None
     for _ in range(rounds):
-        err, cnt, sw = error(params, codes3)
+        err, cnt, sw = error(params, rank, order)
         if best_err is None:
             best_err = err
         else:
@@ -124,14 +149,14 @@ def _fit_chunk(w: np.ndarray, bits: int, group_size: int, rounds: int):
             break  # converged: the codes below would be the same as the current ones
         params = new
         # (a) best code for every weight under the fp16-rounded parameters.
-        codes3 = _nearest_codes(wg, code_values(*_params_fp16(params)))
+        rank, order = _nearest_ranks(wg, code_values(*_params_fp16(params)))
     else:
-        err, _, _ = error(params, codes3)
+        err, _, _ = error(params, rank, order)
         better = err < best_err
         best_params = np.where(better[..., None], params, best_params)
 
     s16, z16 = _params_fp16(best_params)
-    codes3 = _nearest_codes(wg, code_values(s16, z16))
+    codes3 = stats.codes(*_nearest_ranks(wg, code_values(s16, z16)))
     codes = np.ascontiguousarray(codes3.reshape(n, -1)[:, :k])
     # Final safeguard, measured exactly as dequantize does: per group keep RTN where it is better.
     hlq_err = _group_sq_err(wg, codes, s16, z16, group_size, valid_last)

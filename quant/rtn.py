@@ -44,9 +44,9 @@ def rtn_fit(w: np.ndarray, bits: int, group_size: int):
         scales = (s16[None].astype(np.float32)
                   * (2.0 ** np.arange(bits, dtype=np.float32))[:, None, None]).astype(np.float16)
     if not (np.isfinite(scales).all() and np.isfinite(z16).all()):
-        raise ValueError("weights too large for fp16 scales/zeros: max |w| = "
-                         f"{float(np.abs(w).max()):.6g}, step (max-min)/{top} * 2**{bits - 1} must be "
-                         "< 65504")
+        raise ValueError("weights too large for fp16 scales/zeros: a group's min or its top plane "
+                         f"scale 2**{bits - 1} * (max - min) / {top} exceeds the fp16 max 65504 "
+                         f"(max |w| = {float(np.abs(w).max()):.6g})")
     s = s16.astype(np.float32)[..., None]
     safe = np.where(s > 0, s, np.float32(1))
     q = np.rint((wg - z16.astype(np.float32)[..., None]) / safe)

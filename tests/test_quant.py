@@ -229,6 +229,23 @@ def test_hlq_more_rounds_help():
     assert errs[0] > errs[1] > errs[2]
 
 
+def test_row_chunks_and_threads_do_not_change_the_result(monkeypatch):
+    import quant.hlq as hlq_mod
+    import quant.tensor as tensor_mod
+
+    w = random_weights(12, 37, 200, "gauss")
+    ref = quantize(w, 3, 64)  # one chunk
+    ref_out = ref.dequantize()
+    monkeypatch.setattr(hlq_mod, "_CHUNK_ELEMS", 3 * 256)  # 3 rows per chunk -> 13 chunks
+    monkeypatch.setattr(tensor_mod, "_ROW_CHUNK_ELEMS", 500)
+    for threads in (1, 4):
+        monkeypatch.setattr(hlq_mod, "_MAX_THREADS", threads)
+        qt = quantize(w, 3, 64)
+        for f in ("codes", "scales", "zeros"):
+            np.testing.assert_array_equal(getattr(qt, f), getattr(ref, f))
+        np.testing.assert_array_equal(qt.dequantize(), ref_out)
+
+
 # ----- input validation and conversion -----------------------------------------------------
 W = np.ones((4, 8), np.float32)
 
