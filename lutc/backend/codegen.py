@@ -218,10 +218,19 @@ class KernelCodegen:
         return None
 
     # ------------------------------------------------------------------ blocks and LUT ops
+    def _widen(self, v, n):
+        """v padded (with undef lanes) to n lanes."""
+        if v.type.count == n:
+            return v
+        idx = list(range(v.type.count)) + [0] * (n - v.type.count)
+        return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), _const_vec(I32, idx))
+
     def op_concat(self, op, args):
         a, b_ = args
-        n = a.type.count + b_.type.count
-        return self.b.shuffle_vector(a, b_, _const_vec(I32, range(n)))
+        na, nb = a.type.count, b_.type.count
+        w = max(na, nb)
+        lanes = list(range(na)) + [w + j for j in range(nb)]
+        return self.b.shuffle_vector(self._widen(a, w), self._widen(b_, w), _const_vec(I32, lanes))
 
     def op_slice(self, op, args):
         (v,) = args

@@ -503,7 +503,9 @@ class CodeGenerator(ast.NodeVisitor):
             if is_ir(bound.arguments.get(pname)):
                 raise self.error(node, f"argument '{pname}' of {callee.name} is constexpr and "
                                        "needs a compile-time value")
-        sub = CodeGenerator(callee, self.b, dict(bound.arguments), self.grid_rank, self.depth + 1)
+        # lists are passed by value: a callee returns what it changes
+        scope = {k: _copy_lists(v) for k, v in bound.arguments.items()}
+        sub = CodeGenerator(callee, self.b, scope, self.grid_rank, self.depth + 1)
         fdef = callee.parse()
         try:
             sub.run_body(fdef.body)
@@ -512,6 +514,10 @@ class CodeGenerator(ast.NodeVisitor):
         finally:
             self.b.loc = None
         return None
+
+
+def _copy_lists(v):
+    return [_copy_lists(e) for e in v] if isinstance(v, list) else v
 
 
 def _load_copy(target):

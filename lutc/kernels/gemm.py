@@ -1,0 +1,131 @@
+"""The LUT-GEMM kernels, written in the lutc DSL: table construction and table-lookup GEMM.
+
+y[m, n] = sum_groups( sum_b s_b[n, grp] * P_b[m, n, grp] * lut_scale[m, grp] + z[n, grp] * xsum[m, grp] )
+where P_b sums, over the tables of a group, table[idx_b(n, t)] and idx_b(n, t) is formed
+by bit-plane b of the g weights of row n that table t covers.
+"""
+from __future__ import annotations
+
+import lutc.language as tl
+from lutc.jit import jit
+
+
+@jit
+def build_tables(x, luts, lut_scales, xsums, K, NG,
+                 GS: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, TPG: tl.constexpr,
+                 TPGP: tl.constexpr, LUT_DTYPE: tl.constexpr):
+    """One program per (activation row m, weight group): its TPGP tables, scale and sum."""
+    m = tl.program_id(0)
+    grp = tl.program_id(1)
+    TS: tl.constexpr = 1 << G
+    lane = tl.arange(0, GA)
+    xrow = x + m * K + grp * GS
+    kleft = K - grp * GS          # activations left in this row from the group's start
+    xsum = 0.0
+    amax = 0.0
+    for t in range(TPG):
+        kk = t * G + lane
+        xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft))
+        xsum += tl.sum(xs)
+        pos = tl.sum(tl.where(xs > 0.0, xs, 0.0))
+        amax = tl.maximum(amax, tl.maximum(pos, pos - tl.sum(xs)))  # max |subset sum|
+    scale = 1.0
+    inv = 1.0
+    if LUT_DTYPE == tl.int8:
+        scale = amax / 127.0
+        inv = tl.where(amax > 0.0, 127.0 / amax, 0.0)
+    dst = luts + ((m * NG + grp) * TPGP) * TS
+    for t in range(TPGP):
+        kk = t * G + lane
+        xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
+        table = tl.lut_build(xs[0:G])
+        if LUT_DTYPE == tl.int8:
+            q = tl.round(table * inv).to(tl.int8)
+        else:
+            q = table.to(LUT_DTYPE)
+        tl.store(dst + t * TS + tl.arange(0, TS), q)
+    tl.store(lut_scales + m * NG + grp, scale)
+    tl.store(xsums + m * NG + grp, xsum)
+
+
+@jit
+def _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
+           BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
+           SB: tl.constexpr, CPG: tl.constexpr, MB: tl.constexpr, PLANE_MAJOR: tl.constexpr,
+           ACC: tl.constexpr):
+    """Accumulate the lookups of packed byte-chunk c (PB tables) into part[mi * BITS + b]."""
+    TS: tl.constexpr = 1 << G
+    MASK: tl.constexpr = (1 << SB) - 1
+    tables = [[luts_group for _ in tl.static_range(PB)] for _ in tl.static_range(MB)]
+    for mi in tl.static_range(MB):
+        for s in tl.static_range(PB):
+            tp = luts_group + mi * TABLE_STRIDE + (c * PB + s) * TS
+            tables[mi][s] = tl.load(tp + tl.arange(0, TS))
+    for b in tl.static_range(BITS):
+        if PLANE_MAJOR:
+            wp = w_group + (b * CPG + c) * BN
+        else:
+            wp = w_group + (c * BITS + b) * BN
+        packed = tl.load(wp + tl.arange(0, BN))
+        for s in tl.static_range(PB):
+            if s == PB - 1:
+                idx = packed >> (s * SB)
+            else:
+                idx = (packed >> (s * SB)) & MASK
+            for mi in tl.static_range(MB):
+                part[mi * BITS + b] += tl.lookup(tables[mi][s], idx).to(ACC)
+    return part
+
+
+@jit
+def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
+          BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
+          SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
+          MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr):
+    """MB activation rows (m0 ..) against one weight tile of BN rows."""
+    TS: tl.constexpr = 1 << G
+    TABLE_STRIDE = NG * TPGP * TS           # elements between consecutive m's tables
+    MAIN: tl.constexpr = CPG - CPG % UNROLL
+    acc = [tl.zeros((BN,), tl.float32) for _ in tl.static_range(MB)]
+    for grp in range(NG):
+        w_group = w_tile + grp * (CPG * BITS * BN)
+        luts_group = luts + (m0 * NG + grp) * (TPGP * TS)
+        part = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
+        for c0 in range(0, MAIN, UNROLL):
+            for u in tl.static_range(UNROLL):
+                part = _chunk(part, w_group, luts_group, c0 + u, TABLE_STRIDE,
+                              BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
+        for c in tl.static_range(MAIN, CPG):
+            part = _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
+                          BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
+        sz = sz_tile + grp * ((BITS + 1) * BN)
+        zero = tl.load(sz + BITS * BN + tl.arange(0, BN)).to(tl.float32)
+        scales = [tl.load(sz + b * BN + tl.arange(0, BN)).to(tl.float32) for b in tl.static_range(BITS)]
+        for mi in tl.static_range(MB):
+            dot = part[mi * BITS].to(tl.float32) * scales[0]
+            for b in tl.static_range(1, BITS):
+                dot += part[mi * BITS + b].to(tl.float32) * scales[b]
+            row = (m0 + mi) * NG + grp
+            acc[mi] += dot * tl.load(lut_scales + row) + zero * tl.load(xsums + row)
+    for mi in tl.static_range(MB):
+        tl.store(y + (m0 + mi) * N + rows, acc[mi], mask=rows < N)
+
+
+@jit
+def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
+             BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
+             SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
+             MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr):
+    """One program per tile of BN weight rows: y[:, tile] for every activation row."""
+    tile = tl.program_id(0)
+    rows = tile * BN + tl.arange(0, BN)
+    w_tile = w + tile * (NG * CPG * BITS * BN)
+    sz_tile = sz + tile * (NG * (BITS + 1) * BN)
+    MMAIN = M - M % MB
+    for m0 in range(0, MMAIN, MB):
+        _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
+              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC)
+    if MB > 1:
+        for m0 in range(MMAIN, M):
+            _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
+                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC)

@@ -1,0 +1,140 @@
+"""Schedule: the explicit, hashable, JSON-serializable knob set of a LUT-GEMM kernel."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+LUT_DTYPES = ("int8", "float16", "float32")
+INTERLEAVES = ("chunk", "plane")
+KNOB_CHOICES = {
+    "g": (2, 3, 4),
+    "lut_dtype": LUT_DTYPES,
+    "bn": (16, 32, 64, 128),
+    "unroll": (1, 2, 4, 8),
+    "mb": (1, 2, 4),
+    "interleave": INTERLEAVES,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How to run y = x @ W_hat^T for `bits`-bit weights quantized in groups of `group_size`.
+
+    Knobs: g (activations per table; 2**g entries), lut_dtype (table precision), bn (weight
+    rows per tile), unroll (table chunks per loop step), mb (activation rows sharing one
+    pass over a weight tile), interleave (packed order of bit-planes vs table chunks) and
+    threads (None = all cores; it does not change generated code).
+    """
+
+    bits: int
+    group_size: int
+    g: int = 4
+    lut_dtype: str = "int8"
+    bn: int = 32
+    unroll: int = 4
+    mb: int = 1
+    interleave: str = "chunk"
+    threads: int | None = None
+    kernel: str = "lut_gemm"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        def bad(msg):
+            raise ValueError(f"invalid schedule: {msg}")
+        for name in ("bits", "group_size", "g", "bn", "unroll", "mb"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                bad(f"{name} must be an int, got {v!r}")
+        if not 1 <= self.bits <= 4:
+            bad(f"bits must be 1-4, got {self.bits}")
+        if self.group_size < 1:
+            bad(f"group_size must be >= 1, got {self.group_size}")
+        for name, choices in KNOB_CHOICES.items():
+            if getattr(self, name) not in choices:
+                bad(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            bad(f"threads must be None or an int >= 1, got {self.threads!r}")
+        if self.kernel != "lut_gemm":
+            bad(f"unknown kernel {self.kernel!r}")
+
+    # -- derived layout constants
+    @property
+    def slot_bits(self) -> int:
+        """Bits per table index in a packed byte (2 for g=2, else 4)."""
+        return 2 if self.g == 2 else 4
+
+    @property
+    def per_byte(self) -> int:
+        return 8 // self.slot_bits
+
+    @property
+    def tables_per_group(self) -> int:
+        return math.ceil(self.group_size / self.g)
+
+    @property
+    def chunks_per_group(self) -> int:
+        """Packed bytes per row, bit-plane and group (each byte holds `per_byte` indices)."""
+        return math.ceil(self.tables_per_group / self.per_byte)
+
+    @property
+    def padded_tables(self) -> int:
+        return self.chunks_per_group * self.per_byte
+
+    @property
+    def table_size(self) -> int:
+        return 1 << self.g
+
+    @property
+    def acc_dtype(self) -> str:
+        """Accumulator of one group's lookups: int16 for int8 tables when it cannot overflow."""
+        if self.lut_dtype != "int8":
+            return "float32"
+        return "int16" if self.padded_tables * 127 <= 32767 else "int32"
+
+    @property
+    def layout_key(self) -> tuple:
+        """Everything the packed weight layout depends on."""
+        return (self.bits, self.group_size, self.g, self.bn, self.interleave)
+
+    @property
+    def codegen_key(self) -> tuple:
+        """Every knob that changes generated code (threads does not)."""
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "threads")
+
+    def knobs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("bits", "group_size", "kernel")}
+
+    def replace(self, **changes) -> "Schedule":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Schedule":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown schedule field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Schedule":
+        return cls.from_dict(json.loads(s))
+
+
+def make_schedule(bits, group_size=128, **knobs) -> Schedule:
+    """A Schedule with defaults for every knob not given; unknown knobs are an error."""
+    names = {f.name for f in dataclasses.fields(Schedule)} - {"bits", "group_size", "kernel"}
+    unknown = set(knobs) - names
+    if unknown:
+        raise ValueError(f"unknown knob(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    return Schedule(bits=bits, group_size=group_size, **knobs)
