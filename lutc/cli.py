@@ -1,0 +1,126 @@
+"""The `lutc` command line: compile (emit ir/llvm/asm/obj), targets, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parse_value(v: str):
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(v.lower(), v)
+
+
+def _knobs(pairs):
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise SystemExit(f"lutc: --set expects knob=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = _parse_value(v.strip())
+    return out
+
+
+def cmd_compile(args):
+    from .backend.target import get_target
+    from .kernels.compiled import CompiledKernel
+    from .schedule import make_schedule
+    try:
+        sched = make_schedule(args.bits, args.group_size, **_knobs(args.set))
+        target = get_target(args.target)
+    except ValueError as e:
+        raise SystemExit(f"lutc: {e}")
+    kernel = CompiledKernel(sched, target)
+    parts = []
+    for which in ("tables", "gemm"):
+        text = kernel.emit(args.emit, which)
+        if isinstance(text, bytes):
+            if args.output is None:
+                raise SystemExit("lutc: --emit obj needs -o FILE")
+            parts.append(text)
+        else:
+            parts.append(f"; ---- {which} kernel, schedule {sched.to_json()}\n{text}")
+    if args.emit == "obj":
+        base = args.output
+        for which, blob in zip(("tables", "gemm"), parts):
+            path = base if which == "gemm" else _sibling(base, "tables")
+            with open(path, "wb") as f:
+                f.write(blob)
+        return 0
+    out = "\n".join(parts)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(out)
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def _sibling(path, tag):
+    import os
+    root, ext = os.path.splitext(path)
+    return f"{root}.{tag}{ext or '.o'}"
+
+
+def cmd_targets(args):
+    from .backend.target import get_target, target_names
+    for name in target_names():
+        t = get_target(name)
+        d = t.describe()
+        print(f"{name:14s} {d['triple']:28s} cpu={d['cpu']:16s} vector_bits={d['vector_bits']:<4d} "
+              f"shuffle={d['byte_shuffle']}")
+    return 0
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    return run_demo(bits=args.bits, n=args.n, k=args.k, threads=args.threads)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="lutc", description="lutc: LUT-GEMM compiler for low-bit LLMs on CPUs")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compile", help="emit a schedule's lutc IR, LLVM IR, assembly or object")
+    c.add_argument("--target", default="host")
+    c.add_argument("--emit", choices=("ir", "llvm", "asm", "obj"), default="asm")
+    c.add_argument("--bits", type=int, required=True)
+    c.add_argument("--group-size", type=int, default=128)
+    c.add_argument("--set", action="append", metavar="KNOB=VALUE", help="schedule knob (repeatable)")
+    c.add_argument("-o", "--output")
+    c.set_defaults(fn=cmd_compile)
+    t = sub.add_parser("targets", help="list known targets")
+    t.set_defaults(fn=cmd_targets)
+    d = sub.add_parser("demo", help="quantize a random matrix, run the LUT kernel, compare with numpy/torch")
+    d.add_argument("--bits", type=int, default=2)
+    d.add_argument("--n", type=int, default=4096)
+    d.add_argument("--k", type=int, default=4096)
+    d.add_argument("--threads", type=int, default=None)
+    d.set_defaults(fn=cmd_demo)
+    _register_plugins(sub)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+# Other packages add subcommands with a module-level `register(subparsers)`; each
+# subparser sets `fn` (a callable taking the parsed args and returning an exit code).
+PLUGINS = ("quant.cli", "runtime.cli", "lutc.tuning.cli")
+
+
+def _register_plugins(sub):
+    import importlib
+    for name in PLUGINS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        mod.register(sub)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
