@@ -116,8 +116,8 @@ def _register_plugins(sub):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise  # a real import error inside an installed plugin
             continue
         mod.register(sub)
 
