@@ -1,0 +1,348 @@
+"""Tests for the native persistent thread pool (lutc.backend.threadpool)."""
+import ctypes
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+try:
+    from lutc.backend import threadpool as tp
+except ImportError:                      # package __init__ files not there yet: load by path
+    _path = pathlib.Path(__file__).resolve().parents[1] / "lutc" / "backend" / "threadpool.py"
+    _spec = importlib.util.spec_from_file_location("lutc_backend_threadpool", _path)
+    tp = importlib.util.module_from_spec(_spec)
+    sys.modules[_spec.name] = tp
+    _spec.loader.exec_module(tp)
+
+import llvmlite.binding as llvm
+import llvmlite.ir as ir
+
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+NESTED_INNER = 8          # inner tasks per outer task in the nested test
+
+
+def _build_tasks(pool):
+    """JIT a few tasks in their own module/engine:
+    counter(ctx, i): atomically ctx[i] += i + 1
+    nested(ctx, i):  lutc_pool_run(counter, ctx + 8*NESTED_INNER*i, NESTED_INNER, 4)
+    burn(ctx, i):    counter + ~10 us of busy work (so several threads really overlap)
+    loop(task, ctx, ntasks, nthreads, reps): reps native calls of lutc_pool_run."""
+    m = ir.Module(name="threadpool_test_tasks")
+    m.triple = llvm.get_process_triple()
+    run = tp.declare_pool_run(m)
+
+    counter = ir.Function(m, tp.TASK_FNTY, "tp_test_counter")
+    b = ir.IRBuilder(counter.append_basic_block())
+    ctx, i = counter.args
+    slot = b.gep(ctx, [i], inbounds=True, source_etype=I64)
+    b.atomic_rmw("add", slot, b.add(i, I64(1)), "monotonic")
+    b.ret_void()
+
+    nested = ir.Function(m, tp.TASK_FNTY, "tp_test_nested")
+    b = ir.IRBuilder(nested.append_basic_block())
+    ctx, i = nested.args
+    sub = b.gep(ctx, [b.mul(i, I64(NESTED_INNER))], inbounds=True, source_etype=I64)
+    b.call(run, [tp.task_pointer(b, counter), sub, I64(NESTED_INNER), I64(4)])
+    b.ret_void()
+
+    burn = ir.Function(m, tp.TASK_FNTY, "tp_test_burn")
+    entry = burn.append_basic_block("entry")
+    b = ir.IRBuilder(entry)
+    ctx, i = burn.args
+    b.call(counter, [ctx, i])
+    head, body, done = (burn.append_basic_block(n) for n in ("head", "body", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    k = b.phi(I64)
+    k.add_incoming(I64(0), entry)
+    b.cbranch(b.icmp_signed("<", k, I64(20000)), body, done)
+    b.position_at_end(body)
+    b.asm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}", [], True)   # not foldable
+    k.add_incoming(b.add(k, I64(1)), body)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret_void()
+
+    loop = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, I64]), "tp_test_loop")
+    entry = loop.append_basic_block("entry")
+    b = ir.IRBuilder(entry)
+    task, ctx, n, nt, reps = loop.args
+    head, body, done = (loop.append_basic_block(x) for x in ("head", "body", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    r = b.phi(I64)
+    r.add_incoming(I64(0), entry)
+    b.cbranch(b.icmp_signed("<", r, reps), body, done)
+    b.position_at_end(body)
+    b.call(run, [task, ctx, n, nt])
+    r.add_incoming(b.add(r, I64(1)), body)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret_void()
+
+    pool.register_symbol()
+    mod = llvm.parse_assembly(str(m))
+    mod.verify()
+    tm = llvm.Target.from_triple(mod.triple).create_target_machine(jit=True)
+    engine = llvm.create_mcjit_compiler(mod, tm)
+    engine.finalize_object()
+    addr = engine.get_function_address
+    return engine, {name: addr("tp_test_" + name) for name in ("counter", "nested", "burn", "loop")}
+
+
+@pytest.fixture(scope="module")
+def env():
+    pool = tp.get_pool()
+    engine, fns = _build_tasks(pool)
+    yield pool, fns
+    _KEEP.append(engine)                 # never free JIT code that a worker might still reference
+
+
+_KEEP = []
+
+
+def _counts(n):
+    return np.zeros(max(n, 1), dtype=np.int64)
+
+
+def _check(arr, n):
+    assert np.array_equal(arr[:n], np.arange(1, n + 1, dtype=np.int64))
+
+
+def test_llvm_initialize_is_not_used():
+    with pytest.raises(RuntimeError):
+        llvm.initialize()                # removed in llvmlite 0.50; the module must not call it
+
+
+def test_ir_is_opaque_pointer_ir():
+    text = str(tp.build_pool_module("x86_64-unknown-linux-gnu"))
+    assert "*" not in text.replace("/*", "")          # no typed pointers anywhere
+    assert "llvm.x86.sse2.pause" in text
+    for op in ("load atomic", "store atomic", "atomicrmw", "cmpxchg"):
+        assert op in text
+
+
+@pytest.mark.parametrize("triple", ["aarch64-unknown-linux-gnu", "arm64-apple-macosx14.0.0"])
+def test_ir_compiles_for_aarch64(triple):
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    try:
+        target = llvm.Target.from_triple(triple)
+    except RuntimeError:
+        pytest.skip("AArch64 target not built into llvmlite")
+    text = str(tp.build_pool_module(triple))
+    assert "llvm.aarch64.hint" in text and "sse2" not in text
+    mod = llvm.parse_assembly(text)
+    mod.verify()
+    tm = target.create_target_machine()
+    assert len(tm.emit_object(mod)) > 0
+    asm = tm.emit_assembly(mod)
+    assert "yield" in asm and "lutc_pool_run" in asm
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3, 8])
+@pytest.mark.parametrize("ntasks", [0, 1, 2, 3, 17, 1000])
+def test_every_index_exactly_once(env, ntasks, nthreads):
+    pool, fns = env
+    arr = _counts(ntasks)
+    pool.run(fns["counter"], arr.ctypes.data, ntasks, nthreads)
+    _check(arr, ntasks)
+    if ntasks == 0:
+        assert arr[0] == 0
+
+
+def test_parallel_tasks_really_use_workers(env):
+    pool, fns = env
+    arr = _counts(64)
+    pool.run(fns["burn"], arr.ctypes.data, 64, 3)
+    _check(arr, 64)
+    assert pool.nworkers >= 2
+
+
+def test_many_quick_dispatches(env):
+    pool, fns = env
+    arr = _counts(5)
+    for _ in range(10_000):
+        pool.run(fns["counter"], arr.ctypes.data, 5, 2)
+    assert np.array_equal(arr, 10_000 * np.arange(1, 6))
+
+
+def test_many_quick_dispatches_native(env):
+    pool, fns = env
+    arr = _counts(3)
+    loop = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                            ctypes.c_int64)(fns["loop"])
+    loop(fns["counter"], arr.ctypes.data, 3, 3, 20_000)
+    assert np.array_equal(arr, 20_000 * np.arange(1, 4))
+
+
+def test_nested_calls_run_inline(env):
+    pool, fns = env
+    outer = 33
+    arr = _counts(outer * NESTED_INNER)
+    pool.run(fns["nested"], arr.ctypes.data, outer, 4)
+    assert np.array_equal(arr.reshape(outer, NESTED_INNER),
+                          np.tile(np.arange(1, NESTED_INNER + 1), (outer, 1)))
+
+
+def test_ctypes_run_address(env):
+    pool, fns = env
+    assert pool.symbol_name == "lutc_pool_run"
+    f = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
+        pool.run_address)
+    arr = _counts(100)
+    f(fns["counter"], arr.ctypes.data, 100, 2)
+    _check(arr, 100)
+
+
+def test_two_python_threads(env):
+    pool, fns = env
+    reps, n = 2000, 37
+    arrays = [_counts(n) for _ in range(3)]
+    errors = []
+
+    def worker(arr, nthreads):
+        try:
+            for _ in range(reps):
+                pool.run(fns["counter"], arr.ctypes.data, n, nthreads)
+        except BaseException as e:                 # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(arrays[k], 2 + k)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for arr in arrays:
+        assert np.array_equal(arr, reps * np.arange(1, n + 1))
+
+
+def test_get_pool_singleton_thread_safe():
+    got = []
+    ts = [threading.Thread(target=lambda: got.append(tp.get_pool())) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len({id(p) for p in got}) == 1 and got[0] is tp.get_pool()
+
+
+def test_workers_go_to_sleep(env):
+    pool, fns = env
+    arr = _counts(64)
+    pool.run(fns["counter"], arr.ctypes.data, 64, 8)
+    nworkers = pool.nworkers
+    assert nworkers >= 7
+    deadline = time.monotonic() + 2.0
+    while pool.sleeping_workers < nworkers and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert pool.sleeping_workers == nworkers
+    # Idle period: CPU time must grow much less than wall time (spinning workers would burn
+    # up to ncpu * wall).  Loose bound: this checks sleeping, not speed.
+    pool.run(fns["counter"], arr.ctypes.data, 64, 8)
+    c0, w0 = time.process_time(), time.perf_counter()
+    time.sleep(0.05)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    assert cpu < 0.5 * wall, (cpu, wall)
+    _check(arr // 2, 64)
+
+
+def test_shutdown_and_restart(env):
+    pool, fns = env
+    arr = _counts(50)
+    pool.run(fns["counter"], arr.ctypes.data, 50, 3)
+    pool.shutdown()
+    assert pool.nworkers == 0
+    pool.run(fns["counter"], arr.ctypes.data, 50, 3)      # workers come back lazily
+    assert pool.nworkers >= 2
+    assert np.array_equal(arr[:50], 2 * np.arange(1, 51))
+
+
+def test_sleep_and_wake_paths_with_zero_spin(env):
+    """spin budget 0: every idle worker sleeps at once and the dispatcher sleeps on done_cond
+    whenever a worker is still busy -- exercises all condition-variable hand-offs."""
+    pool, fns = env
+    saved = pool.spin_iters
+    pool.set_spin_iters(0)
+    try:
+        rng = np.random.default_rng(1)
+        for k in range(1500):
+            n, nt = int(rng.integers(0, 40)), int(rng.integers(1, 9))
+            arr = _counts(n)
+            pool.run(fns["burn" if k % 5 == 0 else "counter"], arr.ctypes.data, n, nt)
+            _check(arr, n)
+    finally:
+        pool.set_spin_iters(saved)
+
+
+_EXIT_SCRIPT = """
+import sys, threading, numpy as np
+sys.path.insert(0, {tests!r})
+import test_threadpool as T
+pool = T.tp.get_pool()
+engine, fns = T._build_tasks(pool)
+arr = np.zeros(64, np.int64)
+pool.run(fns["burn"], arr.ctypes.data, 64, 4)
+assert pool.nworkers == 3
+def hammer():                       # daemon thread still dispatching while the interpreter exits
+    a = np.zeros(16, np.int64)
+    while True:
+        pool.run(fns["counter"], a.ctypes.data, 16, 3)
+threading.Thread(target=hammer, daemon=True).start()
+print("ok", flush=True)
+"""
+
+
+def test_interpreter_exit_is_clean():
+    here = pathlib.Path(__file__).resolve()
+    script = _EXIT_SCRIPT.format(tests=str(here.parent))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=str(here.parents[1]))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_child_gets_a_working_pool(env):
+    pool, fns = env
+    arr = _counts(200)
+    pool.run(fns["counter"], arr.ctypes.data, 200, 4)       # parent has live workers
+    run_old = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                               ctypes.c_int64)(pool.run_address)
+    pid = os.fork()
+    if pid == 0:                                            # child: never return into pytest
+        code = 1
+        try:
+            a = _counts(300)
+            run_old(fns["counter"], a.ctypes.data, 300, 4)  # stale pool: inline, no hang
+            new = tp.get_pool()
+            new.run(fns["counter"], a.ctypes.data, 300, 4)
+            run_old(fns["counter"], a.ctypes.data, 300, 4)  # now forwarded to the new pool
+            ok = (new is not pool and new.pid == os.getpid() and new.nworkers >= 3
+                  and np.array_equal(a, 3 * np.arange(1, 301)))
+            new.shutdown()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("forked child hung")
+        time.sleep(0.01)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    pool.run(fns["counter"], arr.ctypes.data, 200, 4)       # parent pool unaffected
+    assert np.array_equal(arr, 2 * np.arange(1, 201))
+    assert tp.get_pool() is pool
