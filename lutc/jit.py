@@ -95,18 +95,27 @@ class JITFunction:
             self._fdef = next(n for n in mod.body if isinstance(n, ast.FunctionDef))
         return self._fdef
 
-    def callees(self):
-        """@lutc.jit functions this kernel refers to by global name."""
-        out = []
+    def free_vars(self) -> dict:
+        """Names the kernel reads from its closure or module globals, with their values."""
+        closure = {}
+        if self.fn.__closure__:
+            closure = {n: c.cell_contents for n, c in zip(self.fn.__code__.co_freevars, self.fn.__closure__)
+                       if _cell_filled(c)}
+        out = {}
         for node in ast.walk(self.parse()):
-            if isinstance(node, ast.Name) and node.id in self.globals:
-                v = self.globals[node.id]
-                if isinstance(v, JITFunction) and v is not self:
-                    out.append(v)
+            if isinstance(node, ast.Name) and node.id not in self.signature.parameters:
+                if node.id in closure:
+                    out[node.id] = closure[node.id]
+                elif node.id in self.globals:
+                    out[node.id] = self.globals[node.id]
         return out
 
+    def callees(self):
+        """@lutc.jit functions this kernel refers to by name."""
+        return [v for v in self.free_vars().values() if isinstance(v, JITFunction) and v is not self]
+
     def source_hash(self) -> str:
-        """Hash of this kernel's source and, recursively, its callees' sources."""
+        """Hash of the source of this kernel and its callees, and of the constants they read."""
         seen, stack, h = set(), [self], hashlib.sha256()
         while stack:
             f = stack.pop()
@@ -114,6 +123,8 @@ class JITFunction:
                 continue
             seen.add(id(f))
             h.update(f.name.encode() + b"\0" + f.source.encode() + b"\0")
+            consts = sorted((k, repr(v)) for k, v in f.free_vars().items() if _is_constant(v))
+            h.update(repr(consts).encode())
             stack.extend(sorted(f.callees(), key=lambda c: c.name))
         return h.hexdigest()
 
@@ -177,6 +188,20 @@ class JITFunction:
             compiled = self.compile(sig, cexpr, len(g))
             self._launch_cache[key] = compiled
         compiled.launch(g, values, threads)
+
+
+def _cell_filled(cell) -> bool:
+    try:
+        cell.cell_contents
+        return True
+    except ValueError:
+        return False
+
+
+def _is_constant(v) -> bool:
+    if isinstance(v, (int, float, bool, str, T.DType, type(None))):
+        return True
+    return isinstance(v, tuple) and all(_is_constant(e) for e in v)
 
 
 def jit(fn=None):

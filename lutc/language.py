@@ -67,7 +67,7 @@ def num_programs(axis):
 
 @_builtin
 def arange(start, end):
-    """A block of i32 [start, end); the length must be a constexpr power of two."""
+    """A block of i32 [start, end); start and end are compile-time constants."""
 
 
 @_builtin

@@ -31,8 +31,8 @@ def _shape_size(gen, node, shape):
             raise gen.error(node, f"lutc blocks are 1-D; got shape {tuple(shape)}")
         shape = shape[0]
     size = _const_int(gen, node, shape, "block size")
-    if size < 1 or size & (size - 1):
-        raise gen.error(node, f"block size must be a power of two, got {size}")
+    if not 1 <= size <= 4096:
+        raise gen.error(node, f"block size must be 1..4096 lanes, got {size}")
     return size
 
 

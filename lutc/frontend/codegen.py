@@ -59,6 +59,7 @@ class CodeGenerator(ast.NodeVisitor):
         self.grid_rank = grid_rank
         self.depth = depth
         self.filename = jitfn.filename
+        self.free = jitfn.free_vars()  # closure and global names the kernel reads
 
     # ------------------------------------------------------------------ errors and locations
     def error(self, node, msg) -> CompilationError:
@@ -86,9 +87,8 @@ class CodeGenerator(ast.NodeVisitor):
     def lookup_name(self, node, name):
         if name in self.scope:
             return self.scope[name]
-        g = self.jitfn.globals
-        if name in g:
-            return g[name]
+        if name in self.free:
+            return self.free[name]
         if name in _PY_BUILTINS:
             return _PY_BUILTINS[name]
         raise self.error(node, f"name '{name}' is not defined")

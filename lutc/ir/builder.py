@@ -56,8 +56,8 @@ class IRBuilder:
         if end <= start:
             raise IRTypeError(f"arange needs end > start, got arange({start}, {end})")
         n = end - start
-        if n & (n - 1):
-            raise IRTypeError(f"arange length must be a power of two, got {n}")
+        if n > 4096:
+            raise IRTypeError(f"arange length must be at most 4096 lanes, got {n}")
         return self._one("arange", [], [T.BlockType(T.int32, n)], {"start": start, "end": end})
 
     # -- shape and type changes
