@@ -12,6 +12,7 @@ import threading
 
 import llvmlite
 import llvmlite.binding as llvm
+import numpy as np
 
 from . import __version__
 from .backend.codegen import GRID_SLOTS, build_module
@@ -251,6 +252,13 @@ class CompiledFunction:
     def launch_address(self) -> int:
         return self._module.address(f"{self.name}_launch")
 
+    @property
+    def native_launch(self):
+        """The ctypes entry `launch(ctx_address, ntasks, nthreads)` (no checks at all)."""
+        if self._launch is None:
+            raise LaunchError(f"{self.name} was compiled for {self.target.name}, not this host")
+        return self._launch
+
     def make_ctx(self, grid, values):
         """The argument block passed to native code: grid dims, then one 8-byte slot per param."""
         if len(values) != len(self.params):
@@ -277,15 +285,21 @@ class CompiledFunction:
 
 def _packer(t):
     if isinstance(t, T.PointerType):
+        np_dtype = _np_dtype(t.elem)
+
         def pack(name, v):
-            if hasattr(v, "ctypes"):
-                if T.dtype_from_numpy(v.dtype) != t.elem:
+            if type(v) is np.ndarray:
+                if v.dtype != np_dtype:
                     raise LaunchError(f"argument '{name}': expected an array of {t.elem}, got {v.dtype}")
                 return v.ctypes.data
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v  # a raw address
             if hasattr(v, "data_ptr"):
+                if str(v.dtype).replace("torch.", "") != np_dtype.name:
+                    raise LaunchError(f"argument '{name}': expected a tensor of {t.elem}, got {v.dtype}")
                 return v.data_ptr()
-            if isinstance(v, int):
-                return v
+            if isinstance(v, np.ndarray):
+                return pack(name, np.asarray(v))
             raise LaunchError(f"argument '{name}': expected an array, got {type(v).__name__}")
         return pack
     if t.is_float:
@@ -301,6 +315,11 @@ def _packer(t):
             raise LaunchError(f"argument '{name}': {v} does not fit in {t}")
         return v & 0xFFFFFFFFFFFFFFFF
     return pack_int
+
+
+def _np_dtype(dt):
+    names = {v: k for k, v in _DTYPE_ALIASES.items() if not k.startswith("fp")}
+    return np.dtype(names[dt])
 
 
 def cache_key(jitfn, signature, constexprs, grid_rank, target):

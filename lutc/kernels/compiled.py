@@ -1,11 +1,14 @@
 """CompiledKernel: a compiled LUT-GEMM schedule as a safe Python callable on numpy/torch."""
 from __future__ import annotations
 
+import ctypes
 import os
+import threading
 import weakref
 
 import numpy as np
 
+from ..backend.codegen import GRID_SLOTS
 from ..errors import LaunchError
 from ..ir import types as T
 from ..schedule import Schedule
@@ -98,14 +101,55 @@ class CompiledKernel:
 
     def run(self, xa: np.ndarray, packed: PackedWeights, y: np.ndarray, threads: int):
         """Unchecked core: xa (M, K) f32 C-contiguous, y (M, N) f32. Callers must validate."""
-        s = self.schedule
-        M, ng = xa.shape[0], packed.num_groups
-        luts = np.empty(M * ng * s.padded_tables * s.table_size, self._lut_np)
-        lut_scales = np.empty(M * ng, np.float32)
-        xsums = np.empty(M * ng, np.float32)
-        self._tables.launch((M, ng), [xa, luts, lut_scales, xsums, packed.K, ng], threads)
-        self._gemm.launch((packed.num_tiles,), [packed.w, packed.sz, luts, lut_scales, xsums, y,
-                                                M, packed.N, ng], threads)
+        self.plan(packed, xa.shape[0]).run_ptr(xa.ctypes.data, y.ctypes.data, threads)
+
+    def plan(self, packed: PackedWeights, M: int) -> "LaunchPlan":
+        """The prepared launch for these weights and M (scratch tables, argument blocks), cached."""
+        plans = _PLANS.setdefault(packed, {})
+        key = (id(self), M)
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = LaunchPlan(self, packed, M)
+        return plan
+
+
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class LaunchPlan:
+    """Everything one call needs except the x and y addresses, prepared once.
+
+    Holds the scratch table buffers and both kernels' native argument blocks, so a call
+    patches two addresses and makes two native launches. A lock keeps two Python threads
+    from sharing the scratch buffers at once.
+    """
+
+    def __init__(self, kernel: CompiledKernel, packed: PackedWeights, M: int):
+        s = kernel.schedule
+        ng = packed.num_groups
+        self.M = M
+        self.packed = packed
+        self.luts = np.empty(M * ng * s.padded_tables * s.table_size, kernel._lut_np)
+        self.lut_scales = np.empty(M * ng, np.float32)
+        self.xsums = np.empty(M * ng, np.float32)
+        self._tables, self._gemm = kernel._tables, kernel._gemm
+        self._ctx_t, self._n_t = self._tables.make_ctx(
+            (M, ng), [0, self.luts, self.lut_scales, self.xsums, packed.K, ng])
+        self._ctx_g, self._n_g = self._gemm.make_ctx(
+            (packed.num_tiles,), [packed.w, packed.sz, self.luts, self.lut_scales, self.xsums, 0,
+                                  M, packed.N, ng])
+        self._addr_t = ctypes.addressof(self._ctx_t)
+        self._addr_g = ctypes.addressof(self._ctx_g)
+        self._launch_t, self._launch_g = self._tables.native_launch, self._gemm.native_launch
+        self._lock = threading.Lock()
+
+    def run_ptr(self, x_addr: int, y_addr: int, threads: int):
+        """Unchecked: x_addr points at (M, K) float32, y_addr at (M, N) float32, both C order."""
+        with self._lock:
+            self._ctx_t[GRID_SLOTS] = x_addr
+            self._ctx_g[GRID_SLOTS + 5] = y_addr
+            self._launch_t(self._addr_t, self._n_t, threads)
+            self._launch_g(self._addr_g, self._n_g, threads)
 
 
 def _resolve_threads(threads):
