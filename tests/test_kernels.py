@@ -105,3 +105,15 @@ def test_ops_lut_gemm_and_packing_cache():
     k = lutc.ops.get_kernel(sched)
     assert k.pack(qw) is k.pack(qw)  # packed once per tensor and layout
     assert lutc.ops.get_kernel(sched) is k
+
+
+def test_launch_plans_are_reused_and_bounded():
+    from lutc.kernels import compiled
+    qw, x = _case(2, 32, {}, 40, 64, 1, 0, "rtn")
+    k = lutc.compile(lut_gemm.schedule(bits=2, group_size=32))
+    packed = k.pack(qw)
+    assert k.plan(packed, 1) is k.plan(packed, 1)
+    for m in range(1, 20):
+        xm = np.ones((m, 64), np.float32)
+        np.testing.assert_array_equal(k(xm, packed)[-1], k(xm[:1], packed)[0])
+    assert len(compiled._PLANS[packed]) <= compiled._MAX_PLANS_PER_WEIGHT

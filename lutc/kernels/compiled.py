@@ -106,14 +106,17 @@ class CompiledKernel:
     def plan(self, packed: PackedWeights, M: int) -> "LaunchPlan":
         """The prepared launch for these weights and M (scratch tables, argument blocks), cached."""
         plans = _PLANS.setdefault(packed, {})
-        key = (id(self), M)
+        key = (self.schedule.codegen_key, str(self.target), M)
         plan = plans.get(key)
         if plan is None:
+            while len(plans) >= _MAX_PLANS_PER_WEIGHT:  # bound scratch memory for varying M
+                plans.pop(next(iter(plans)))
             plan = plans[key] = LaunchPlan(self, packed, M)
         return plan
 
 
 _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MAX_PLANS_PER_WEIGHT = 8
 
 
 class LaunchPlan:
