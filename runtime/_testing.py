@@ -1,0 +1,76 @@
+"""Test helpers: a tiny random LLaMA, an RTN QuantizedModel from any HF model, dequantized references."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def tiny_llama(seed=0, vocab=256, hidden=128, ffn=320, layers=2, heads=4, kv_heads=2, tie=False, **extra):
+    """A random transformers LlamaForCausalLM small enough for unit tests (float32, eval mode)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                      tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, **extra)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():   # larger-than-default weights so that logits are well separated
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+    return model
+
+
+def quantize_hf(model, bits=4, group_size=128, method="rtn", lm_head_bits=None):
+    """quant.QuantizedModel from an HF LLaMA model: every nn.Linear (and lm_head) via quant.quantize."""
+    import torch
+    import quant
+    linears, tensors = {}, {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            b = lm_head_bits if (name == "lm_head" and lm_head_bits) else bits
+            linears[name] = quant.quantize(mod.weight.detach(), b, group_size, method=method)
+    for name, p in model.named_parameters():
+        mod_name = name.rsplit(".", 1)[0]
+        if mod_name not in linears:
+            tensors[name] = p.detach().float().numpy().copy()
+    if "lm_head" not in linears:
+        linears["lm_head"] = quant.quantize(model.get_output_embeddings().weight.detach(),
+                                            lm_head_bits or bits, group_size, method=method)
+    if "model.embed_tokens.weight" not in tensors:
+        tensors["model.embed_tokens.weight"] = model.get_input_embeddings().weight.detach().float().numpy().copy()
+    return quant.QuantizedModel(config=model.config.to_dict(), linears=linears, tensors=tensors,
+                                meta=dict(bits=bits, group_size=group_size, method=method))
+
+
+def dequantized_hf(model, qm):
+    """A copy of `model` whose linear weights are qm's dequantized weights (the float reference)."""
+    import copy
+    import torch
+    ref = copy.deepcopy(model)
+    ref.config.tie_word_embeddings = False
+    with torch.no_grad():
+        for name, mod in ref.named_modules():
+            if isinstance(mod, torch.nn.Linear) and name in qm.linears:
+                mod.weight = torch.nn.Parameter(torch.from_numpy(qm.linears[name].dequantize()))
+    return ref.eval()
+
+
+def hf_greedy(model, ids, n):
+    """Greedy continuation of `ids` by n tokens with transformers (the reference)."""
+    import torch
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
+                             pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def runtime_greedy(dec, ids, n):
+    dec.reset()
+    logits = dec.prefill(ids)
+    out = []
+    for _ in range(n):
+        t = int(np.argmax(logits))
+        out.append(t)
+        if len(out) < n:
+            logits = dec.decode(t)
+    return out

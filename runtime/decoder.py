@@ -1,0 +1,251 @@
+"""LeanDecoder: a LLaMA-family decoder whose every linear layer is a lutc kernel; numpy glue, preallocated state."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._native import QuantLinear, concat_rows
+from .config import DecoderConfig, UnsupportedModelError
+
+
+def _layer_names(i):
+    p = f"model.layers.{i}."
+    return dict(q=p + "self_attn.q_proj", k=p + "self_attn.k_proj", v=p + "self_attn.v_proj",
+                o=p + "self_attn.o_proj", gate=p + "mlp.gate_proj", up=p + "mlp.up_proj",
+                down=p + "mlp.down_proj", ln1=p + "input_layernorm.weight",
+                ln2=p + "post_attention_layernorm.weight")
+
+
+class _Layer:
+    __slots__ = ("qkv", "o", "gu", "down", "ln1", "ln2", "k_cache", "v_cache")
+
+
+class _Views:
+    """Row views of the decoder's buffers for one chunk size m, and the bound kernel launches."""
+
+    def __init__(self, dec: "LeanDecoder", m: int):
+        c = dec.cfg
+        self.m = m
+        self.h, self.xn, self.o = dec._h[:m], dec._xn[:m], dec._o[:m]
+        self.qkv = dec._qkv[:m]
+        self.qk = self.qkv[:, :c.q_size + c.kv_size].reshape(m, c.num_heads + c.num_kv_heads, c.head_dim)
+        half = c.head_dim // 2
+        self.qk_a, self.qk_b = self.qk[..., :half], self.qk[..., half:]
+        self.q = self.qkv[:, :c.q_size].reshape(m, c.num_heads, c.head_dim)
+        self.k = self.qkv[:, c.q_size:c.q_size + c.kv_size].reshape(m, c.num_kv_heads, c.head_dim)
+        self.v = self.qkv[:, c.q_size + c.kv_size:].reshape(m, c.num_kv_heads, c.head_dim)
+        self.t1, self.t2 = dec._t1[:m], dec._t2[:m]
+        self.attn = dec._attn[:m]
+        self.gate, self.up = dec._gu[:m, :c.intermediate_size], dec._gu[:m, c.intermediate_size:]
+        self.act = dec._act[:m]
+        self.launches = [(L.qkv.bind(dec._xn, dec._qkv, m), L.o.bind(dec._attn, dec._o, m),
+                          L.gu.bind(dec._xn, dec._gu, m), L.down.bind(dec._act, dec._o, m))
+                         for L in dec.layers]
+
+
+class LeanDecoder:
+    """Greedy-friendly forward passes over token ids: `prefill(ids)` then `decode(id)`, both -> logits.
+
+    qm is a quant.QuantizedModel. Quantized weights are packed for lutc and never dequantized;
+    q/k/v and gate/up are fused into one matrix each (one table build + one GEMM).
+    """
+
+    def __init__(self, qm, n_ctx: int | None = None, threads: int | None = None, lut_dtype: str | None = None,
+                 max_prefill: int = 128):
+        self.cfg = c = DecoderConfig.from_hf(qm.config)
+        self.threads = _check_threads(threads)
+        self.n_ctx = int(n_ctx or min(c.max_position_embeddings, 2048))
+        if self.n_ctx < 1:
+            raise ValueError(f"n_ctx: expected >= 1, got {n_ctx}")
+        self.max_prefill = max(1, min(int(max_prefill), self.n_ctx))
+        self.meta = dict(qm.meta)
+        self.tokenizer_dir = qm.tokenizer_dir
+        _check_model(qm, c)
+        mm = self.max_prefill
+        self.layers = []
+        for i in range(c.num_layers):
+            n, L = _layer_names(i), _Layer()
+            lin = qm.linears
+            L.qkv = QuantLinear(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype, n["q"] + "kv")
+            L.o = QuantLinear(lin[n["o"]], mm, lut_dtype, n["o"])
+            L.gu = QuantLinear(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up")
+            L.down = QuantLinear(lin[n["down"]], mm, lut_dtype, n["down"])
+            L.ln1 = qm.tensors[n["ln1"]]
+            L.ln2 = qm.tensors[n["ln2"]]
+            L.k_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
+            L.v_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
+            self.layers.append(L)
+        self.lm_head = QuantLinear(qm.linears["lm_head"], mm, lut_dtype, "lm_head")
+        self.embed = qm.tensors["model.embed_tokens.weight"]
+        self.norm = qm.tensors["model.norm.weight"]
+        self.cos, self.sin = c.rope_tables(self.n_ctx)
+        H, F = c.hidden_size, c.intermediate_size
+        z = lambda cols: np.zeros((mm, cols), np.float32)  # noqa: E731
+        self._h, self._xn, self._o, self._attn = z(H), z(H), z(H), z(c.q_size)
+        self._qkv, self._gu, self._act = z(c.q_size + 2 * c.kv_size), z(2 * F), z(F)
+        half = c.head_dim // 2
+        self._t1 = np.zeros((mm, c.num_heads + c.num_kv_heads, half), np.float32)
+        self._t2 = np.zeros_like(self._t1)
+        self._logits = z(c.vocab_size)
+        self._scores = np.zeros((c.num_kv_heads, c.num_heads // c.num_kv_heads, self.n_ctx), np.float32)
+        self._views = {}
+        self._lm_launch = {}
+        self.pos = 0
+        self.scale = 1.0 / math.sqrt(c.head_dim)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of packed quantized weights read per decoded token (all linears incl. lm_head)."""
+        return sum(L.qkv.nbytes + L.o.nbytes + L.gu.nbytes + L.down.nbytes for L in self.layers) \
+            + self.lm_head.nbytes
+
+    def reset(self):
+        self.pos = 0
+
+    def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Run the tokens `ids` from the current position; logits of the last one (V,) or of all (M, V)."""
+        ids = self._check_ids(ids)
+        outs = []
+        for s in range(0, len(ids), self.max_prefill):
+            chunk = ids[s:s + self.max_prefill]
+            outs.append(self._forward(chunk, all_logits))
+        return np.concatenate(outs, 0) if all_logits else outs[-1][-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        """One token at the current position; returns its logits (V,), a view valid until the next call."""
+        if self.pos >= self.n_ctx:
+            raise ValueError(f"context full: {self.n_ctx} tokens (raise n_ctx)")
+        return self._forward([int(token)], False)[0]
+
+    # ------------------------------------------------------------------ internals
+    def _check_ids(self, ids):
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise ValueError("empty prompt: need at least one token")
+        if self.pos + len(ids) > self.n_ctx:
+            raise ValueError(f"prompt too long: {len(ids)} tokens at position {self.pos} exceed the "
+                             f"context of {self.n_ctx} tokens")
+        bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} outside the vocabulary 0..{self.cfg.vocab_size - 1}")
+        return ids
+
+    def _view(self, m):
+        v = self._views.get(m)
+        if v is None:
+            v = self._views[m] = _Views(self, m)
+        return v
+
+    def _forward(self, ids, all_logits):
+        c, m, pos, thr = self.cfg, len(ids), self.pos, self.threads
+        V = self._view(m)
+        np.take(self.embed, ids, axis=0, out=V.h)
+        cos, sin = self.cos[pos:pos + m, None, :], self.sin[pos:pos + m, None, :]
+        eps, L_end = c.rms_norm_eps, pos + m
+        for L, (qkv, o, gu, down) in zip(self.layers, V.launches):
+            _rmsnorm(V.h, L.ln1, eps, V.xn)
+            qkv[0](thr), qkv[1](thr)
+            # RoPE (rotate-half form) on q and k heads together
+            np.multiply(V.qk_b, sin, out=V.t1)
+            np.multiply(V.qk_a, sin, out=V.t2)
+            V.qk_a *= cos
+            V.qk_a -= V.t1
+            V.qk_b *= cos
+            V.qk_b += V.t2
+            L.k_cache[:, pos:L_end] = V.k.transpose(1, 0, 2)
+            L.v_cache[:, pos:L_end] = V.v.transpose(1, 0, 2)
+            self._attention(L, V, pos, m)
+            o[0](thr), o[1](thr)
+            V.h += V.o
+            _rmsnorm(V.h, L.ln2, eps, V.xn)
+            gu[0](thr), gu[1](thr)
+            _silu_mul(V.gate, V.up, V.act)
+            down[0](thr), down[1](thr)
+            V.h += V.o
+        self.pos = L_end
+        rows = m if all_logits else 1
+        _rmsnorm(V.h[m - rows:], self.norm, eps, self._xn[:rows] if rows == m else self._xn[m - 1:m])
+        src = 0 if rows == m else m - 1
+        key = (rows, src)
+        lm = self._lm_launch.get(key)
+        if lm is None:
+            lm = self._lm_launch[key] = self.lm_head.bind(self._xn[src:], self._logits, rows)
+        lm[0](thr), lm[1](thr)
+        return self._logits[:rows]
+
+    def _attention(self, L, V, pos, m):
+        c = self.cfg
+        kv, rep, n = c.num_kv_heads, c.num_heads // c.num_kv_heads, pos + m
+        K, Vc = L.k_cache[:, :n], L.v_cache[:, :n]
+        if m == 1:
+            q = V.q[0].reshape(kv, rep, c.head_dim)
+            s = self._scores[:, :, :n]
+            np.matmul(q, K.transpose(0, 2, 1), out=s)
+            s *= self.scale
+            s -= s.max(-1, keepdims=True)
+            np.exp(s, out=s)
+            s /= s.sum(-1, keepdims=True)
+            np.matmul(s, Vc, out=V.attn[0].reshape(kv, rep, c.head_dim))
+            return
+        q = V.q.reshape(m, kv, rep, c.head_dim).transpose(1, 2, 0, 3)          # (kv, rep, m, d)
+        s = np.matmul(q, K.transpose(0, 2, 1)[:, None]) * self.scale           # (kv, rep, m, n)
+        causal = np.arange(n)[None, :] > (pos + np.arange(m))[:, None]
+        s[..., causal] = -np.inf
+        s -= s.max(-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(-1, keepdims=True)
+        out = np.matmul(s, Vc[:, None])                                          # (kv, rep, m, d)
+        V.attn.reshape(m, kv, rep, c.head_dim)[:] = out.transpose(2, 0, 1, 3)
+
+
+def _rmsnorm(x, w, eps, out):
+    if x.shape[0] == 1:
+        inv = 1.0 / math.sqrt(float(np.dot(x[0], x[0])) / x.shape[1] + eps)
+        np.multiply(x, np.float32(inv), out=out)
+    else:
+        var = np.einsum("ij,ij->i", x, x) / np.float32(x.shape[1])
+        np.multiply(x, (1.0 / np.sqrt(var + np.float32(eps)))[:, None].astype(np.float32), out=out)
+    out *= w
+
+
+def _silu_mul(g, u, out):
+    np.negative(g, out=out)
+    np.exp(out, out=out)
+    out += 1.0
+    np.divide(g, out, out=out)
+    out *= u
+
+
+def _check_threads(threads):
+    if threads is None:
+        from lutc.kernels.compiled import default_threads
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
+    return int(threads)
+
+
+def _check_model(qm, c: DecoderConfig):
+    missing = []
+    for i in range(c.num_layers):
+        n = _layer_names(i)
+        missing += [n[k] for k in ("q", "k", "v", "o", "gate", "up", "down") if n[k] not in qm.linears]
+        missing += [n[k] for k in ("ln1", "ln2") if n[k] not in qm.tensors]
+    missing += [k for k in ("lm_head",) if k not in qm.linears]
+    missing += [k for k in ("model.embed_tokens.weight", "model.norm.weight") if k not in qm.tensors]
+    if missing:
+        raise UnsupportedModelError(f"checkpoint is missing {len(missing)} LLaMA tensor(s), e.g. {missing[:3]}")
+    emb = qm.tensors["model.embed_tokens.weight"]
+    if emb.shape != (c.vocab_size, c.hidden_size):
+        raise UnsupportedModelError(f"embed_tokens: expected shape {(c.vocab_size, c.hidden_size)}, got {emb.shape}")
+    expect = {"q": (c.q_size, c.hidden_size), "k": (c.kv_size, c.hidden_size), "v": (c.kv_size, c.hidden_size),
+              "o": (c.hidden_size, c.q_size), "gate": (c.intermediate_size, c.hidden_size),
+              "up": (c.intermediate_size, c.hidden_size), "down": (c.hidden_size, c.intermediate_size)}
+    for i in range(c.num_layers):
+        n = _layer_names(i)
+        for k, shp in expect.items():
+            got = tuple(qm.linears[n[k]].shape)
+            if got != shp:
+                raise UnsupportedModelError(f"{n[k]}: expected shape {shp}, got {got}")
