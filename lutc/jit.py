@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .backend.codegen import GRID_SLOTS, build_module
-from .backend.jit import JITModule, emit_assembly, emit_object, parse_and_optimize
+from .backend.jit import JITModule, emit_assembly, emit_object, parse_and_optimize, runs_here
 from .backend.target import Target, get_target
 from .cache import DiskCache, hash_key
 from .errors import CompilationError, LaunchError
@@ -240,7 +240,7 @@ class CompiledFunction:
         self.target = target
         self.ir = ir_text
         self.obj = obj
-        self._module = JITModule(obj, target) if target.is_host else None
+        self._module = JITModule(obj, target) if runs_here(target) else None
         self._launch = None
         if self._module is not None:
             addr = self._module.address(f"{name}_launch")

@@ -117,3 +117,32 @@ def test_launch_plans_are_reused_and_bounded():
         xm = np.ones((m, 64), np.float32)
         np.testing.assert_array_equal(k(xm, packed)[-1], k(xm[:1], packed)[0])
     assert len(compiled._PLANS[packed]) <= compiled._MAX_PLANS_PER_WEIGHT
+
+
+@pytest.mark.parametrize("bits,gs,knobs,N,K,M", [
+    (2, 1024, dict(g=2), 40, 3000, 2),              # int32 accumulators (512 tables per group)
+    (3, 100, dict(g=3), 33, 250, 3),                # group not a multiple of g, partial groups
+    (4, 48, dict(lut_dtype="float16"), 17, 97, 1),
+    (1, 7, dict(g=3, bn=128), 20, 50, 2),
+])
+def test_odd_group_sizes(bits, gs, knobs, N, K, M):
+    qw, x = _case(bits, gs, knobs, N, K, M, 7, "hlq")
+    sched = lut_gemm.schedule(bits=bits, group_size=gs, **knobs)
+    ref, _ = reference(x, qw)
+    assert (np.abs(lutc.compile(sched)(x, qw) - ref) <= error_bound(x, qw, sched)).all()
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512", "generic-x86"])
+@pytest.mark.parametrize("lut_dtype", ["int8", "float32"])
+def test_named_x86_targets_compute_correctly(target, lut_dtype):
+    """Code for other x86 targets (AVX2 vpshufb, the portable select-chain fallback) runs here
+    when this CPU has their features; it must match the reference too."""
+    from lutc.backend.jit import runs_here
+    from lutc.backend.target import get_target
+    if not runs_here(get_target(target)):
+        pytest.skip(f"this CPU lacks features of {target}")
+    qw, x = _case(3, 64, {}, 70, 150, 3, 11, "hlq")
+    sched = lut_gemm.schedule(bits=3, group_size=64, lut_dtype=lut_dtype, bn=64)
+    y = lutc.compile(sched, target=target)(x, qw, threads=2)
+    ref, _ = reference(x, qw)
+    assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
