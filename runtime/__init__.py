@@ -1,1 +1,24 @@
-"""lutc runtime: run quantized LLaMA-family models with lutc kernels (see issue 4)."""
+"""lutc runtime: run quantized LLaMA-family models with lutc kernels (lean decoder, generation, torch layers)."""
+from .config import DecoderConfig, UnsupportedModelError
+from .decoder import LeanDecoder
+from .generate import GenerationResult, generate
+from .models import load_quantized, load_tokenizer
+from .sampling import Sampler, SamplingParams
+
+
+def load(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128, method="hlq", lut_dtype=None):
+    """(LeanDecoder, tokenizer) for a quantized checkpoint folder or a bundled model name."""
+    qm = load_quantized(model_or_dir, bits=bits, group_size=group_size, method=method)
+    return LeanDecoder(qm, n_ctx=n_ctx, threads=threads, lut_dtype=lut_dtype), load_tokenizer(qm, model_or_dir)
+
+
+def __getattr__(name):   # torch is imported only when the torch integration is used
+    if name in ("LUTLinear", "quantize_model"):
+        from . import torch_ops
+        return getattr(torch_ops, name)
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+
+
+__all__ = ["DecoderConfig", "UnsupportedModelError", "LeanDecoder", "GenerationResult", "generate",
+           "load", "load_quantized", "load_tokenizer", "Sampler", "SamplingParams", "LUTLinear",
+           "quantize_model"]

@@ -74,3 +74,44 @@ def runtime_greedy(dec, ids, n):
         if len(out) < n:
             logits = dec.decode(t)
     return out
+
+
+def llama_config(vocab=49152, hidden=576, ffn=1536, layers=30, heads=9, kv_heads=3, theta=100000.0,
+                 tie=True, max_pos=8192):
+    """An HF-style LLaMA config dict (defaults: SmolLM2-135M's shapes)."""
+    return dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=vocab, hidden_size=hidden,
+                intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv_heads, head_dim=hidden // heads, hidden_act="silu",
+                max_position_embeddings=max_pos, rms_norm_eps=1e-5, rope_theta=theta,
+                tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2)
+
+
+def random_qmodel(config: dict, bits=4, group_size=128, seed=0, lm_head_bits=None):
+    """A QuantizedModel with random codes, scales and zeros for `config` (no float weights ever exist)."""
+    import quant
+    rng = np.random.default_rng(seed)
+    H, F = config["hidden_size"], config["intermediate_size"]
+    nh, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    d = config.get("head_dim") or H // nh
+
+    def qt(n, k, b):
+        g = -(-k // group_size)
+        scales = (rng.random((b, n, g), np.float32) * 0.02 + 0.005) * (2.0 ** np.arange(b))[:, None, None]
+        return quant.QuantizedTensor(bits=b, group_size=group_size, shape=(n, k),
+                                     codes=rng.integers(0, 1 << b, (n, k), dtype=np.uint8),
+                                     scales=scales.astype(np.float16),
+                                     zeros=(-scales.sum(0) / 2).astype(np.float16), method="random")
+    linears, tensors = {}, {}
+    shapes = dict(q=(nh * d, H), k=(kv * d, H), v=(kv * d, H), o=(H, nh * d), gate=(F, H), up=(F, H), down=(H, F))
+    from .decoder import _layer_names
+    for i in range(config["num_hidden_layers"]):
+        names = _layer_names(i)
+        for key, (n, k) in shapes.items():
+            linears[names[key]] = qt(n, k, bits)
+        tensors[names["ln1"]] = np.ones(H, np.float32)
+        tensors[names["ln2"]] = np.ones(H, np.float32)
+    linears["lm_head"] = qt(config["vocab_size"], H, lm_head_bits or bits)
+    tensors["model.embed_tokens.weight"] = rng.standard_normal((config["vocab_size"], H), np.float32) * 0.05
+    tensors["model.norm.weight"] = np.ones(H, np.float32)
+    return quant.QuantizedModel(config=dict(config), linears=linears, tensors=tensors,
+                                meta=dict(bits=bits, group_size=group_size, method="random"))

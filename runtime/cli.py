@@ -1,0 +1,74 @@
+"""`lutc generate MODEL_OR_DIR --prompt ...`: the runtime's CLI plugin (registered by lutc.cli)."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+def register(subparsers):
+    p = subparsers.add_parser("generate", help="generate text from a quantized model with lutc kernels")
+    p.add_argument("model", metavar="MODEL_OR_DIR", help="a quantized checkpoint folder, or smollm2-135m")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="native threads (default: all cores)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ctx", type=int, default=None, help="context length (default: min(model max, 2048))")
+    p.add_argument("--bits", type=int, default=4, help="for a bundled model: weight bits (default 4)")
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--method", default="hlq", help="for a bundled model: quantization method")
+    p.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default=None,
+                   help="table precision (default: the tuned/default schedule's)")
+    p.set_defaults(fn=cmd_generate)
+
+
+def _fail(msg) -> int:
+    print(f"lutc generate: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_generate(args) -> int:
+    from .config import UnsupportedModelError
+    from .sampling import SamplingParams
+    if args.threads is not None and args.threads < 1:
+        return _fail(f"--threads must be >= 1, got {args.threads}")
+    if not args.prompt.strip():
+        return _fail("empty prompt: give some text with --prompt")
+    try:
+        params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
+    except ValueError as e:
+        return _fail(e)
+    try:
+        return _run(args, params)
+    except (ValueError, FileNotFoundError, UnsupportedModelError) as e:
+        return _fail(e)
+
+
+def _run(args, params) -> int:
+    from .decoder import LeanDecoder
+    from .generate import generate, peak_rss_mb
+    from .models import load_quantized, load_tokenizer
+    t0 = time.perf_counter()
+    qm = load_quantized(args.model, bits=args.bits, group_size=args.group_size, method=args.method)
+    tok = load_tokenizer(qm, args.model)
+    if tok is None:
+        raise ValueError(f"{args.model}: the checkpoint has no tokenizer (tokenizer_dir is empty)")
+    dec = LeanDecoder(qm, n_ctx=args.ctx, threads=args.threads, lut_dtype=args.lut_dtype)
+    del qm
+    load_s = time.perf_counter() - t0
+
+    def stream(piece):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    res = generate(dec, tok, args.prompt, params, chat=args.chat, stream=stream)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    print(f"[lutc] load {load_s:.2f} s | prompt {res.prompt_tokens} tok, prefill {res.prefill_tps:.1f} tok/s | "
+          f"generated {len(res.tokens)} tok ({res.stop_reason}), decode {res.decode_tps:.1f} tok/s | "
+          f"threads {dec.threads} | peak RSS {peak_rss_mb():.0f} MiB", file=sys.stderr)
+    return 0

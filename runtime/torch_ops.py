@@ -1,0 +1,127 @@
+"""Torch integration: the `lutc::lut_linear` custom op, LUTLinear (nn.Module) and in-place quantize_model."""
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+
+import numpy as np
+import torch
+
+from lutc.kernels.packing import PackedWeights
+from lutc.ops import get_kernel
+from lutc.schedule import Schedule
+
+from ._native import _schedules
+
+_META: dict = {}             # meta string -> (decode kernel, prefill kernel, N, K, layout fields)
+_PACKED: dict = {}           # (w ptr, sz ptr, meta) -> weakref to PackedWeights
+_LOCK = threading.Lock()
+
+
+def _parse_meta(meta: str):
+    hit = _META.get(meta)
+    if hit is None:
+        d = json.loads(meta)
+        dec, pre = Schedule.from_dict(d["decode"]), Schedule.from_dict(d["prefill"])
+        hit = _META[meta] = (get_kernel(dec), get_kernel(pre), int(d["N"]), int(d["K"]), d)
+    return hit
+
+
+def _packed_for(w: torch.Tensor, sz: torch.Tensor, meta: str, dec_kernel, N, K):
+    key = (w.data_ptr(), sz.data_ptr(), meta)
+    ref = _PACKED.get(key)
+    p = ref() if ref is not None else None
+    if p is None:
+        s = dec_kernel.schedule
+        ng, tiles = -(-K // s.group_size), -(-N // s.bn)
+        p = PackedWeights(s.layout_key, N, K, ng, tiles, w.numpy(), sz.numpy())
+        with _LOCK:
+            _PACKED[key] = weakref.ref(p, lambda _r, k=key: _PACKED.pop(k, None))
+            _KEEP[key] = p       # alive as long as the owning module (dropped by its finalizer)
+    return p
+
+
+_KEEP: dict = {}
+
+
+@torch.library.custom_op("lutc::lut_linear", mutates_args=())
+def lut_linear(x: torch.Tensor, w: torch.Tensor, sz: torch.Tensor, meta: str) -> torch.Tensor:
+    """y = x @ W_hat^T with lutc kernels; w/sz are the packed weights, meta their schedules and shape."""
+    dec, pre, N, K, _ = _parse_meta(meta)
+    if x.shape[-1] != K:
+        raise ValueError(f"lut_linear: expected input (..., {K}), got {tuple(x.shape)}")
+    lead = x.shape[:-1]
+    xa = x.reshape(-1, K).to(torch.float32).contiguous().numpy()
+    M = xa.shape[0]
+    y = np.empty((M, N), np.float32)
+    if M:
+        p = _packed_for(w, sz, meta, dec, N, K)
+        kern = dec if M == 1 else pre
+        kern.run(xa, p, y, torch.get_num_threads())
+    return torch.from_numpy(y).reshape(*lead, N).to(x.dtype)
+
+
+@lut_linear.register_fake
+def _(x, w, sz, meta):
+    N = int(json.loads(meta)["N"])
+    return x.new_empty((*x.shape[:-1], N))
+
+
+class LUTLinear(torch.nn.Module):
+    """A drop-in nn.Linear replacement whose weights are b-bit lutc-packed (buffers, no float copy)."""
+
+    def __init__(self, qt, bias=None, lut_dtype=None, max_prefill=128):
+        super().__init__()
+        dec, pre = _schedules(qt, lut_dtype, max_prefill)
+        kern = get_kernel(dec)
+        packed = kern.pack(qt)
+        self.in_features, self.out_features = qt.K, qt.N
+        self.bits, self.group_size = qt.bits, qt.group_size
+        self.meta = json.dumps(dict(decode=dec.to_dict(), prefill=pre.to_dict(), N=qt.N, K=qt.K), sort_keys=True)
+        self.register_buffer("w", torch.from_numpy(packed.w))
+        self.register_buffer("sz", torch.from_numpy(packed.sz))
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        key = (self.w.data_ptr(), self.sz.data_ptr(), self.meta)
+        _KEEP[key] = packed
+        _PACKED[key] = weakref.ref(packed)
+        weakref.finalize(self, _KEEP.pop, key, None)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, bits=4, group_size=128, method="rtn", lut_dtype=None):
+        import quant
+        qt = quant.quantize(linear.weight.detach(), bits, group_size, method=method)
+        return cls(qt, linear.bias, lut_dtype=lut_dtype)
+
+    def forward(self, x):
+        y = torch.ops.lutc.lut_linear(x, self.w, self.sz, self.meta)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+
+def quantize_model(model, bits=4, group_size=128, method="rtn", lut_dtype=None, lm_head=True, skip=(),
+                   quantized=None):
+    """Replace every nn.Linear of a transformers LLaMA-family model by a LUTLinear, in place.
+
+    method: "rtn" or "hlq" (per-matrix quant.quantize); for GPTQ-style methods quantize with
+    quant.quantize_model and pass its `linears` dict as `quantized`. Returns the model.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    arch = getattr(getattr(model, "config", None), "model_type", None)
+    if arch is not None:
+        from .config import DecoderConfig
+        DecoderConfig.from_hf(model.config.to_dict())         # UnsupportedModelError for other families
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+               and n not in skip and (lm_head or n != "lm_head")]
+    for name, lin in targets:
+        if quantized is not None and name in quantized:
+            new = LUTLinear(quantized[name], lin.bias, lut_dtype=lut_dtype)
+        else:
+            new = LUTLinear.from_linear(lin, bits, group_size, method, lut_dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model
