@@ -1,0 +1,150 @@
+"""`lutc tune` and `lutc db show|merge`: the tuner's command-line plugin (loaded by lutc.cli)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(sub):
+    t = sub.add_parser("tune", help="autotune LUT-GEMM schedules with Optuna and record them in the tuning db")
+    t.add_argument("--target", default="host", help="only 'host': tuning measures on this machine")
+    g = t.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="comma-separated models: llama-2-7b, smollm2-135m")
+    g.add_argument("--shapes", help="comma-separated weight shapes NxK (N outputs, K inputs), e.g. 4096x11008")
+    t.add_argument("--bits", default="2,3,4", help="weight bit widths (default 2,3,4)")
+    t.add_argument("--group-size", type=int, default=128)
+    t.add_argument("--m", default="1,128", help="activation rows M to tune for (default 1,128)")
+    t.add_argument("--trials", type=int, default=32, help="trials per shape in the study (resumed studies count "
+                   "their earlier trials; default 32)")
+    t.add_argument("--timeout", type=float, default=120.0, help="seconds one trial may take (default 120)")
+    t.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or journal:PATH; "
+                   "default: a SQLite file under the user cache")
+    t.add_argument("--study", help="study name prefix (default: lutc-<device>-<code hash>)")
+    t.add_argument("--db", help="tuning db directory or .json file to record results in (default: "
+                   "$LUTC_TUNING_DB or the user's tuning_db)")
+    t.add_argument("--no-db", action="store_true", help="tune and report, but record nothing")
+    t.add_argument("--seed", type=int, default=0, help="sampler seed (give concurrent workers different seeds)")
+    t.add_argument("--repeats", type=int, default=7, help="timed repeats per trial (median kept)")
+    t.add_argument("--plot", metavar="DIR", help="write optimization-history and importance PNGs per study")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_tune)
+
+    d = sub.add_parser("db", help="inspect and merge tuning db files")
+    dsub = d.add_subparsers(dest="db_cmd", required=True)
+    s = dsub.add_parser("show", help="list a device's tuned entries")
+    s.add_argument("--device", help="device id (default: this machine), e.g. x86_64-znver4-2c")
+    s.add_argument("--db", help="db directory or .json file (default: the lookup search path)")
+    s.set_defaults(fn=cmd_db_show)
+    m = dsub.add_parser("merge", help="merge db files of one device")
+    m.add_argument("inputs", nargs="+", metavar="FILE.json")
+    m.add_argument("-o", "--output", required=True, metavar="OUT.json")
+    m.set_defaults(fn=cmd_db_merge)
+
+
+def _problems(args):
+    from .shapes import model_shapes, parse_ints, parse_shapes
+    from .space import Problem
+    if args.model:
+        shapes = []
+        for name in filter(None, (s.strip() for s in args.model.split(","))):
+            shapes += [s for s in model_shapes(name) if s not in shapes]
+    else:
+        shapes = parse_shapes(args.shapes)
+    bits = parse_ints(args.bits, "bits", 1, 4)
+    ms = parse_ints(args.m, "m", 1)
+    if args.group_size < 1:
+        raise ValueError(f"--group-size must be >= 1, got {args.group_size}")
+    return [Problem(b, args.group_size, m, n, k) for b in bits for m in ms for (n, k) in shapes]
+
+
+def cmd_tune(args) -> int:
+    from .db import TuningDBError, db_file
+    from .device import host_fingerprint
+    from .lookup import default_db_path
+    from .report import results_table, save_plots
+    from .search import open_storage, progress_bar, study_name, tune_problem
+    if args.target not in ("host", "native"):
+        print(f"lutc tune: --target {args.target!r}: tuning measures kernels on this machine, so only "
+              "'host' is supported (run lutc tune on the target device and merge its db file)", file=sys.stderr)
+        return 2
+    try:
+        problems = _problems(args)
+    except ValueError as e:
+        print(f"lutc tune: {e}", file=sys.stderr)
+        return 2
+    if args.trials < 1 or args.timeout <= 0 or args.repeats < 1:
+        print("lutc tune: --trials and --repeats must be >= 1 and --timeout > 0", file=sys.stderr)
+        return 2
+    db_path = None if args.no_db else Path(args.db) if args.db else default_db_path()
+    fp = host_fingerprint()
+    print(f"lutc tune: device {fp['id']} ({fp['cpu_model'] or fp['cpu']}, {fp['isa']}); {len(problems)} problems, "
+          f"{args.trials} trials each; db {db_file(db_path, fp['id']) if db_path else '(none)'}", file=sys.stderr)
+    storage = open_storage(args.storage)
+    results, code = [], 0
+    try:
+        for p in problems:
+            r = tune_problem(p, storage=storage, trials=args.trials, timeout=args.timeout, seed=args.seed,
+                             prefix=args.study, db_path=db_path, repeats=args.repeats,
+                             progress=None if args.quiet else progress_bar)
+            results.append(r)
+            if args.plot:
+                import optuna
+                save_plots(optuna.load_study(study_name=study_name(p, args.study), storage=storage), args.plot)
+    except KeyboardInterrupt:
+        print("\nlutc tune: interrupted; rerun the same command to resume the studies", file=sys.stderr)
+        code = 130
+    except TuningDBError as e:
+        print(f"lutc tune: {e}", file=sys.stderr)
+        return 1
+    if results:
+        print(results_table(results))
+    return code
+
+
+def _show_paths(args, device: str):
+    from .db import db_file
+    from .lookup import search_path
+    if args.db:
+        return [db_file(args.db, device)]
+    return [db_file(p, device) for p in search_path()]
+
+
+def cmd_db_show(args) -> int:
+    from .db import TuningDB, TuningDBError
+    from .device import host_device_id
+    from .report import entries_table
+    device = args.device or host_device_id()
+    shown = 0
+    for path in _show_paths(args, device):
+        if not path.exists():
+            continue
+        try:
+            db = TuningDB.load(path)
+        except TuningDBError as e:
+            print(f"lutc db show: {e}", file=sys.stderr)
+            return 1
+        print(entries_table(db))
+        shown += 1
+    if not shown:
+        print(f"lutc db show: no tuning db for device {device} in {', '.join(map(str, _show_paths(args, device)))}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_db_merge(args) -> int:
+    from .db import TuningDB, TuningDBError
+    try:
+        dbs = [TuningDB.load(p) for p in args.inputs]
+        out = Path(args.output)
+        if out.exists():
+            TuningDB.load(out)  # refuse to replace a file we cannot read: it may be someone's data
+        merged = dbs[0]
+        for db in dbs[1:]:
+            merged = merged.merge(db)
+        merged.save(out)
+    except (TuningDBError, OSError) as e:
+        print(f"lutc db merge: {e}", file=sys.stderr)
+        return 1
+    print(f"lutc db merge: {len(merged.entries)} entries -> {out}", file=sys.stderr)
+    return 0

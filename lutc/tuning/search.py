@@ -1,0 +1,305 @@
+"""The Optuna search of one problem: storage, study naming, warm start, ask/tell loop, final A/B, db write."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import socket
+import sys
+import time
+import warnings
+import zlib
+
+from ..schedule import Schedule
+from .db import TuningDB, db_file, make_entry, nearest_entry, updating
+from .device import host_fingerprint, usable_cores
+from .space import (Problem, in_space, invalid_reason, params_of, schedule_from_params, space_for,
+                    suggest)
+from .worker import MeasureWorker
+
+CONVERGED_WITHIN = 1.02   # a trial within 2% of the final best counts as converged
+
+
+def code_hash() -> str:
+    """Hash of the kernels' DSL source and the lutc version: a new hash starts new studies."""
+    from .. import __version__
+    from ..kernels.gemm import build_tables, lut_gemm
+    h = hashlib.sha256(f"{__version__}|{build_tables.source_hash()}|{lut_gemm.source_hash()}".encode())
+    return h.hexdigest()[:10]
+
+
+def default_storage_url() -> str:
+    """Embedded default: a SQLite file under the user cache; no server needed."""
+    from ..cache import cache_dir
+    path = cache_dir() / "tuning" / "optuna.sqlite3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def open_storage(url: str | None):
+    """An Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or journal:PATH (file journal)."""
+    import optuna
+    url = url or default_storage_url()
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+    if url.startswith("sqlite"):
+        kw = {"connect_args": {"timeout": 120}}   # wait for the other writers' locks
+    else:
+        kw = {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+
+
+def study_name(p: Problem, prefix: str | None = None) -> str:
+    from .db import entry_key, m_bucket
+    prefix = prefix or f"lutc-{host_fingerprint()['id']}-{code_hash()}"
+    return f"{prefix}/{entry_key(p.kernel, p.bits, p.group_size, m_bucket(p.M), p.N, p.K)}"
+
+
+def _finished(study) -> list:
+    from optuna.trial import TrialState
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=states)
+            if t.user_attrs.get("status") != "interrupted"]
+
+
+def _complete(study) -> list:
+    from optuna.trial import TrialState
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def open_study(p: Problem, storage, name: str, seed: int, trials: int):
+    """Create or resume the study; the sampler seed depends on --seed, the study and its progress."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+    n = len(study.get_trials(deepcopy=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.TPESampler(
+            seed=zlib.crc32(f"{seed}|{name}|{n}".encode()), n_startup_trials=min(10, max(4, trials // 3)),
+            multivariate=True, constant_liar=True)
+    return study
+
+
+def warm_start(study, p: Problem, space: dict, cores: int, db_path=None):
+    """Enqueue the default schedule and the db's entry for this (or the nearest) shape."""
+    from ..ops import default_schedule
+    from .lookup import load_dbs
+    seeds = [("default", default_schedule(p.bits, p.group_size, p.M))]
+    pool = [e for db in load_dbs() for e in db.entries.values()]
+    if db_path is not None:
+        path = db_file(db_path, host_fingerprint()["id"])
+        if path.exists():
+            pool = list(TuningDB.load(path).entries.values()) + pool  # a corrupt file stops us here
+    e = nearest_entry(pool, p.kernel, p.bits, p.group_size, p.M, p.N, p.K)
+    if e is not None:
+        seeds.append(("db", Schedule.from_dict(e["schedule"])))
+    for why, s in seeds:
+        params = params_of(s, cores)
+        if in_space(params, space):
+            study.enqueue_trial(params, user_attrs={"warm_start": why}, skip_if_exists=True)
+
+
+@dataclasses.dataclass
+class TuneResult:
+    problem: Problem
+    study: str
+    trials: int = 0
+    failed: int = 0
+    best: Schedule | None = None
+    time_s: float | None = None
+    spread: float | None = None
+    default_time_s: float | None = None
+    default_spread: float | None = None
+    converged_trial: int | None = None
+    converged_min: float | None = None
+    minutes: float = 0.0
+    note: str = ""
+
+    @property
+    def speedup(self):
+        if self.time_s and self.default_time_s:
+            return self.default_time_s / self.time_s
+        return None
+
+
+def _record(trial, res: dict):
+    keys = ("status", "reason", "median_s", "min_s", "max_s", "spread", "repeats", "coarse", "err_max",
+            "err_ratio", "compile_s", "wall_s", "threads")
+    for k in keys:
+        if k in res and res[k] is not None:
+            trial.set_user_attr(k, res[k])
+
+
+def _duplicate(study, params: dict):
+    for t in _complete(study):
+        if t.params == params:
+            return t
+    return None
+
+
+def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: int, repeats: int, bar=None):
+    """Ask/tell until the study holds `trials` finished trials (from any worker)."""
+    from optuna.trial import TrialState
+    tag = f"{socket.gethostname()}:{os.getpid()}"
+    while len(_finished(study)) < trials:
+        trial, params = study.ask(), None
+        try:
+            params = suggest(trial, space)
+            trial.set_user_attr("worker", tag)
+            sched = schedule_from_params(p, params)
+            why = invalid_reason(sched, p)
+            dup = None if why else _duplicate(study, params)
+            if why:
+                _record(trial, {"status": "invalid", "reason": why})
+                study.tell(trial, state=TrialState.PRUNED)
+            elif dup is not None:
+                trial.set_user_attr("status", "duplicate")
+                trial.set_user_attr("duplicate_of", dup.number)
+                study.tell(trial, dup.value)
+            else:
+                best = min((t.value for t in _complete(study)), default=None)
+                timing = {"repeats": repeats, "cutoff_s": 3 * best if best else None}
+                res = worker.measure(sched, timing)
+                _record(trial, res)
+                if res["status"] == "ok":
+                    study.tell(trial, res["median_s"])
+                else:
+                    study.tell(trial, state=TrialState.FAIL)
+        except KeyboardInterrupt:
+            trial.set_user_attr("status", "interrupted")
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if params is not None:
+                study.enqueue_trial(params, user_attrs={"warm_start": "resumed"})
+            raise
+        if bar is not None:
+            bar(len(_finished(study)), _best_value(study))
+
+
+def _best_value(study):
+    return min((t.value for t in _complete(study)), default=None)
+
+
+def convergence(study) -> tuple:
+    """(trial number, minutes since the study's first trial) when the best came within 2% of final."""
+    done = sorted(_complete(study), key=lambda t: t.number)
+    if not done:
+        return None, None
+    final = min(t.value for t in done)
+    first = min(t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start)
+    for t in done:
+        if t.value <= CONVERGED_WITHIN * final:
+            return t.number, (t.datetime_complete - first).total_seconds() / 60
+    return None, None
+
+
+def compare(worker: MeasureWorker, schedules: list, rounds: int, repeats: int) -> list:
+    """Interleaved timing of several schedules (round-robin, `rounds` times): per schedule the
+    median of its rounds' medians, the median spread and the worst error ratio."""
+    import numpy as np
+    runs = [[] for _ in schedules]
+    for _ in range(rounds):
+        for i, s in enumerate(schedules):
+            r = worker.measure(s, {"repeats": repeats})
+            if r["status"] != "ok":
+                raise RuntimeError(f"final measurement of {s.to_json()} failed: {r['status']}: {r['reason']}")
+            runs[i].append(r)
+    return [{"median_s": float(np.median([r["median_s"] for r in rs])),
+             "spread": float(np.median([r["spread"] for r in rs])),
+             "err_ratio": max(r["err_ratio"] for r in rs)} for rs in runs]
+
+
+def finalists(study, p: Problem, k: int) -> list:
+    """The k fastest distinct schedules of the study (re-timed together to beat the winner's curse)."""
+    out, seen = [], set()
+    for t in sorted(_complete(study), key=lambda t: t.value):
+        key = tuple(sorted(t.params.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(schedule_from_params(p, t.params))
+        if len(out) == k:
+            break
+    return out
+
+
+def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, prefix=None, db_path=None,
+                 repeats=7, final_rounds=5, finalists_k=3, data_seed=0, progress=None) -> TuneResult:
+    """Tune one problem in its study (resuming it), re-time the `finalists_k` fastest schedules
+    against the default (interleaved), and record the winner in the db at `db_path` (None: no write)."""
+    from ..ops import default_schedule
+    from .lookup import clear_cache
+    t0 = time.time()
+    cores = usable_cores()
+    space = space_for(p, cores)
+    name = study_name(p, prefix)
+    if storage is None or isinstance(storage, str):
+        storage = open_storage(storage)
+    study = open_study(p, storage, name, seed, trials)
+    warm_start(study, p, space, cores, db_path)
+    out = TuneResult(p, name)
+    problem = {"bits": p.bits, "group_size": p.group_size, "M": p.M, "N": p.N, "K": p.K, "seed": data_seed}
+    with MeasureWorker(problem, timeout=timeout) as worker:
+        bar = progress(p, trials, len(_finished(study))) if progress else None
+        try:
+            run_trials(study, p, worker, space, trials, repeats, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        finished = _finished(study)
+        out.trials = len(finished)
+        out.failed = sum(1 for t in finished if t.state.name == "FAIL")
+        if not _complete(study):
+            out.note = "no valid configuration"
+            out.minutes = (time.time() - t0) / 60
+            return out
+        default = default_schedule(p.bits, p.group_size, p.M)
+        cands = finalists(study, p, finalists_k)
+        d, *stats = compare(worker, [default] + cands, final_rounds, repeats)
+        i = min(range(len(cands)), key=lambda i: stats[i]["median_s"])
+        best, b = cands[i], stats[i]
+    if b["median_s"] >= d["median_s"]:
+        out.note = f"default is fastest; best trial measured {b['median_s'] * 1e3:.4f} ms in the A/B"
+        best, b = default, d
+    out.best, out.time_s, out.spread = best, b["median_s"], b["spread"]
+    out.default_time_s, out.default_spread = d["median_s"], d["spread"]
+    out.converged_trial, out.converged_min = convergence(study)
+    out.minutes = (time.time() - t0) / 60
+    if db_path is not None:
+        entry = make_entry(best, p.M, p.N, p.K, out.time_s, out.default_time_s, "measured",
+                           spread=out.spread, default_spread=out.default_spread, err_ratio=b["err_ratio"],
+                           trials=out.trials, study=name, code_hash=code_hash(),
+                           converged_trial=out.converged_trial)
+        fp = host_fingerprint()
+        with updating(db_file(db_path, fp["id"]), fp) as db:
+            db.put(entry)
+        clear_cache()
+    return out
+
+
+def progress_bar(p: Problem, total: int, initial: int):
+    """A tqdm bar showing the best time so far (plain lines when tqdm is missing)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+
+    class Bar:
+        def __init__(self):
+            self.bar = tqdm(total=total, initial=min(initial, total), desc=p.label, file=sys.stderr,
+                            mininterval=0.5, dynamic_ncols=True) if tqdm else None
+            self.n = initial
+
+        def __call__(self, n, best):
+            text = f"best {best * 1e3:.4f} ms" if best else "best -"
+            if self.bar is None:
+                print(f"{p.label}: {n}/{total} trials, {text}", file=sys.stderr)
+            else:
+                self.bar.set_postfix_str(text, refresh=False)
+                self.bar.update(min(n, total) - self.bar.n)
+            self.n = n
+
+        def close(self):
+            if self.bar is not None:
+                self.bar.close()
+    return Bar()

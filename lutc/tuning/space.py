@@ -1,0 +1,82 @@
+"""The search space: every Schedule knob as an Optuna parameter, with constraints checked before compiling."""
+from __future__ import annotations
+
+import dataclasses
+
+from ..schedule import KNOB_CHOICES, Schedule
+
+PARAMS = ("g", "lut_dtype", "bn", "unroll", "mb", "interleave", "threads")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One tuning problem: y (M, N) = x (M, K) @ W_hat (N, K)^T with `bits`-bit weights."""
+
+    bits: int
+    group_size: int
+    M: int
+    N: int
+    K: int
+    kernel: str = "lut_gemm"
+
+    @property
+    def label(self) -> str:
+        return f"W{self.bits} g{self.group_size} M={self.M} {self.N}x{self.K}"
+
+
+def thread_choices(cores: int) -> tuple:
+    """1, powers of two below `cores`, and `cores` itself."""
+    out, t = {1, cores}, 2
+    while t < cores:
+        out.add(t)
+        t *= 2
+    return tuple(sorted(out))
+
+
+def space_for(p: Problem, cores: int) -> dict:
+    """Choices per knob for this problem. Knobs that cannot help are cut here, so they are
+    never sampled: mb above M (the extra rows never exist) and bn above N (pure padding)."""
+    space = {name: tuple(KNOB_CHOICES[name]) for name in PARAMS if name in KNOB_CHOICES}
+    space["mb"] = tuple(v for v in KNOB_CHOICES["mb"] if v <= max(1, p.M))
+    smallest = min(KNOB_CHOICES["bn"])
+    space["bn"] = tuple(v for v in KNOB_CHOICES["bn"] if v <= max(smallest, p.N))
+    space["threads"] = thread_choices(cores)
+    return space
+
+
+def invalid_reason(s: Schedule, p: Problem) -> str | None:
+    """Why a combination of knobs is pointless for this problem (pruned before compiling), or None."""
+    if s.unroll > s.chunks_per_group:
+        return (f"unroll={s.unroll} exceeds the {s.chunks_per_group} table chunks of a group "
+                f"(g={s.g}, group_size={s.group_size}): the unrolled loop would never run")
+    tiles = -(-p.N // s.bn)
+    if s.threads is not None and s.threads > tiles:
+        return f"threads={s.threads} exceeds the {tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
+    return None
+
+
+def schedule_from_params(p: Problem, params: dict) -> Schedule:
+    return Schedule(bits=p.bits, group_size=p.group_size, kernel=p.kernel,
+                    **{k: params[k] for k in PARAMS})
+
+
+def params_of(s: Schedule, cores: int) -> dict:
+    """The Optuna parameters of a schedule (threads=None means all cores)."""
+    d = {k: getattr(s, k) for k in PARAMS}
+    if d["threads"] is None:
+        d["threads"] = cores
+    return d
+
+
+def in_space(params: dict, space: dict) -> bool:
+    return all(params.get(k) in space[k] for k in PARAMS)
+
+
+def suggest(trial, space: dict) -> dict:
+    return {name: trial.suggest_categorical(name, list(space[name])) for name in PARAMS}
+
+
+def describe(s: Schedule) -> str:
+    """A compact one-line knob summary: 'g4 int8 bn64 u4 mb1 chunk t2'."""
+    t = "*" if s.threads is None else s.threads
+    return f"g{s.g} {s.lut_dtype} bn{s.bn} u{s.unroll} mb{s.mb} {s.interleave} t{t}"

@@ -1,0 +1,241 @@
+"""Measurement in a worker process: compile, check accuracy, time; crashes and hangs fail one trial only."""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+
+import numpy as np
+
+# ---------------------------------------------------------------------- timing
+
+
+def time_call(fn, repeats=7, warmup_s=0.05, min_repeat_s=0.01, cutoff_s=None) -> dict:
+    """Warm up (>= 2 calls and >= warmup_s), then `repeats` repeats of `inner` calls each, where
+    `inner` makes a repeat last >= min_repeat_s. Returns the median per-call time and the spread.
+    A candidate whose warm-up is slower than cutoff_s gets one repeat only (it cannot win)."""
+    n, t0 = 0, time.perf_counter()
+    while n < 2 or time.perf_counter() - t0 < warmup_s:
+        fn()
+        n += 1
+    per_call = (time.perf_counter() - t0) / n
+    coarse = cutoff_s is not None and per_call > cutoff_s
+    inner = max(1, math.ceil(min_repeat_s / max(per_call, 1e-9)))
+    samples = []
+    for _ in range(1 if coarse else repeats):
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t) / inner)
+    a = np.asarray(samples)
+    med = float(np.median(a))
+    q25, q75 = np.percentile(a, [25, 75])
+    return {"median_s": med, "min_s": float(a.min()), "max_s": float(a.max()),
+            "spread": float((q75 - q25) / med) if med > 0 else 0.0,
+            "repeats": len(samples), "inner": inner, "coarse": bool(coarse)}
+
+
+def pin_threads(cpus: list, threads: int):
+    """Restrict every thread of this process to the first `threads` of `cpus` (Linux only)."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(tid), cpus[:threads])
+            except OSError:
+                pass
+    except (AttributeError, OSError):
+        pass
+
+
+FAULTS_ENV = "LUTC_TUNE_FAULTS"
+
+
+def injected_fault(sched) -> str | None:
+    """Fault injection for tests: $LUTC_TUNE_FAULTS='knob=value:action,...' with action crash,
+    hang or compile_error makes the worker misbehave on matching schedules."""
+    for item in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
+        cond, _, action = item.partition(":")
+        knob, _, value = cond.partition("=")
+        if str(getattr(sched, knob.strip(), None)) == value.strip():
+            return action.strip()
+    return None
+
+
+# ---------------------------------------------------------------------- worker side
+
+
+class _Bench:
+    """The problem's data, reference and kernels, living in the worker process."""
+
+    def __init__(self, problem: dict):
+        import quant
+        from .accuracy import ErrorBound
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except AttributeError:
+            self.cpus = list(range(os.cpu_count() or 1))
+        p = problem
+        rng = np.random.default_rng(p["seed"])
+        w = rng.standard_normal((p["N"], p["K"]), dtype=np.float32)
+        self.qt = quant.quantize(w, p["bits"], p["group_size"], method="rtn")
+        del w
+        self.x = rng.standard_normal((p["M"], p["K"]), dtype=np.float32)
+        self.y = np.empty((p["M"], p["N"]), np.float32)
+        self.bound = ErrorBound(self.qt, self.x)
+        self.kernels = {}
+
+    def kernel(self, sched):
+        import lutc
+        k = self.kernels.get(sched.codegen_key)
+        if k is None:
+            if len(self.kernels) >= 8:
+                self.kernels.pop(next(iter(self.kernels)))
+            k = self.kernels[sched.codegen_key] = lutc.compile(sched)
+        return k
+
+    def measure(self, sched_dict: dict, timing: dict) -> dict:
+        from ..schedule import Schedule
+        sched = Schedule.from_dict(sched_dict)
+        fault = injected_fault(sched)
+        if fault == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif fault == "hang":
+            time.sleep(3600)
+        t0 = time.perf_counter()
+        try:
+            if fault == "compile_error":
+                raise RuntimeError("injected compile error")
+            kern = self.kernel(sched)
+        except Exception as e:  # noqa: BLE001 - any compile failure fails this trial only
+            return {"status": "compile_error", "reason": f"{type(e).__name__}: {e}"}
+        compile_s = time.perf_counter() - t0
+        threads = sched.threads or len(self.cpus)
+        pin_threads(self.cpus, threads)
+        packed = kern.pack(self.qt)
+        self.y.fill(np.nan)
+        kern(self.x, packed, out=self.y, threads=threads)
+        acc = self.bound.check(self.y, sched)
+        base = {"compile_s": compile_s, "err_max": acc["max_err"], "err_ratio": acc["ratio"], "threads": threads}
+        if not acc["ok"]:
+            return dict(base, status="inaccurate", reason=acc["reason"])
+        x, y = self.x, self.y
+        stats = time_call(lambda: kern.run(x, packed, y, threads), **timing)
+        return dict(base, status="ok", reason="", **stats)
+
+
+def _serve(conn, problem: dict):
+    """Worker main loop: set up the problem, then answer ('measure', schedule, timing) requests."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        bench = _Bench(problem)
+    except Exception:  # noqa: BLE001
+        conn.send({"status": "setup_error", "reason": traceback.format_exc(limit=3)})
+        return
+    conn.send({"status": "ready"})
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg[0] == "stop":
+            return
+        try:
+            out = bench.measure(msg[1], msg[2])
+        except Exception as e:  # noqa: BLE001
+            out = {"status": "error", "reason": f"{type(e).__name__}: {e}"}
+        conn.send(out)
+
+# ---------------------------------------------------------------------- parent side
+
+
+class WorkerSetupError(RuntimeError):
+    """The worker could not build the problem's data (not a candidate's fault)."""
+
+
+def _death(proc) -> str:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"worker killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    return f"worker exited with code {code}"
+
+
+class MeasureWorker:
+    """A worker process for one problem. measure() never raises for a bad candidate: a crash,
+    a hang past `timeout` seconds or a compile error comes back as a failed result with its reason,
+    and the next call starts a fresh worker. Workers are also recycled every `recycle_every` calls."""
+
+    def __init__(self, problem: dict, timeout: float = 120.0, setup_timeout: float = 900.0, recycle_every: int = 40):
+        self.problem = dict(problem)
+        self.timeout, self.setup_timeout, self.recycle_every = timeout, setup_timeout, recycle_every
+        self._proc = self._conn = None
+        self._calls = 0
+
+    def _start(self):
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, self.problem), daemon=True, name="lutc-tune-worker")
+        self._proc.start()
+        child.close()
+        self._conn, self._calls = parent, 0
+        if not parent.poll(self.setup_timeout):
+            self.close()
+            raise WorkerSetupError(f"worker setup took longer than {self.setup_timeout:.0f}s")
+        try:
+            msg = parent.recv()
+        except EOFError:
+            reason = _death(self._proc)
+            self.close()
+            raise WorkerSetupError(f"worker died during setup ({reason})") from None
+        if msg["status"] != "ready":
+            self.close()
+            raise WorkerSetupError(f"worker setup failed: {msg['reason']}")
+
+    def request(self, msg: tuple) -> dict:
+        if self._proc is None or self._calls >= self.recycle_every:
+            self.close()
+            self._start()
+        self._calls += 1
+        start = time.perf_counter()
+        try:
+            self._conn.send(msg)
+            if not self._conn.poll(self.timeout):
+                self.close()
+                return {"status": "timeout", "reason": f"no result within the {self.timeout:g}s timeout (hang?)"}
+            out = self._conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self._proc.join(5)
+            reason = _death(self._proc)
+            self.close()
+            return {"status": "crashed", "reason": reason}
+        out["wall_s"] = time.perf_counter() - start
+        return out
+
+    def measure(self, schedule, timing: dict | None = None) -> dict:
+        return self.request(("measure", schedule.to_dict(), dict(timing or {})))
+
+    def close(self):
+        if self._conn is not None:
+            try:
+                if self._proc.is_alive():
+                    self._conn.send(("stop",))
+            except (OSError, BrokenPipeError):
+                pass
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(2)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(5)
+        self._proc = self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
