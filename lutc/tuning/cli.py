@@ -87,6 +87,10 @@ def cmd_tune(args) -> int:
                              prefix=args.study, db_path=db_path, repeats=args.repeats,
                              progress=None if args.quiet else progress_bar)
             results.append(r)
+            sp = f"{r.speedup:.2f}x" if r.speedup else "-"
+            print(f"lutc tune: {p.label}: {r.trials} trials, {r.minutes:.1f} min, converged at trial "
+                  f"{r.converged_trial}; default {_ms(r.default_time_s)} ms, tuned {_ms(r.time_s)} ms ({sp}) "
+                  f"{r.note}", file=sys.stderr, flush=True)
             if args.plot:
                 import optuna
                 save_plots(optuna.load_study(study_name=study_name(p, args.study), storage=storage), args.plot)
@@ -99,6 +103,10 @@ def cmd_tune(args) -> int:
     if results:
         print(results_table(results))
     return code
+
+
+def _ms(t) -> str:
+    return "-" if t is None else f"{t * 1e3:.4f}"
 
 
 def _show_paths(args, device: str):
