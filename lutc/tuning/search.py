@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 import zlib
+from pathlib import Path
 
 from ..schedule import Schedule
 from .db import TuningDB, db_file, make_entry, nearest_entry, updating
@@ -31,9 +32,7 @@ def code_hash() -> str:
 def default_storage_url() -> str:
     """Embedded default: a SQLite file under the user cache; no server needed."""
     from ..cache import cache_dir
-    path = cache_dir() / "tuning" / "optuna.sqlite3"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return f"sqlite:///{cache_dir() / 'tuning' / 'optuna.sqlite3'}"
 
 
 def open_storage(url: str | None):
@@ -44,6 +43,9 @@ def open_storage(url: str | None):
         from optuna.storages.journal import JournalFileBackend
         return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
     if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         kw = {"connect_args": {"timeout": 120}}   # wait for the other writers' locks
     else:
         kw = {"pool_pre_ping": True}
@@ -106,6 +108,7 @@ class TuneResult:
     problem: Problem
     study: str
     trials: int = 0
+    ran: int = 0
     failed: int = 0
     best: Schedule | None = None
     time_s: float | None = None
@@ -139,12 +142,16 @@ def _duplicate(study, params: dict):
     return None
 
 
-def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: int, repeats: int, bar=None):
-    """Ask/tell until the study holds `trials` finished trials (from any worker)."""
+def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: int, repeats: int, bar=None) -> int:
+    """Ask/tell until the study holds `trials` finished trials (from any worker); returns how
+    many trials this process ran. Ctrl-C fails the running trial as 'interrupted' and queues its
+    parameters again, so a rerun resumes where this one stopped."""
     from optuna.trial import TrialState
     tag = f"{socket.gethostname()}:{os.getpid()}"
+    ran = 0
     while len(_finished(study)) < trials:
-        trial, params = study.ask(), None
+        trial, params, told = study.ask(), None, False
+        ran += 1
         try:
             params = suggest(trial, space)
             trial.set_user_attr("worker", tag)
@@ -153,28 +160,29 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
             dup = None if why else _duplicate(study, params)
             if why:
                 _record(trial, {"status": "invalid", "reason": why})
-                study.tell(trial, state=TrialState.PRUNED)
+                state, value = TrialState.PRUNED, None
             elif dup is not None:
                 trial.set_user_attr("status", "duplicate")
                 trial.set_user_attr("duplicate_of", dup.number)
-                study.tell(trial, dup.value)
+                state, value = TrialState.COMPLETE, dup.value
             else:
-                best = min((t.value for t in _complete(study)), default=None)
-                timing = {"repeats": repeats, "cutoff_s": 3 * best if best else None}
-                res = worker.measure(sched, timing)
+                best = _best_value(study)
+                res = worker.measure(sched, {"repeats": repeats, "cutoff_s": 3 * best if best else None})
                 _record(trial, res)
-                if res["status"] == "ok":
-                    study.tell(trial, res["median_s"])
-                else:
-                    study.tell(trial, state=TrialState.FAIL)
+                ok = res["status"] == "ok"
+                state, value = (TrialState.COMPLETE, res["median_s"]) if ok else (TrialState.FAIL, None)
+            study.tell(trial, value, state=state)
+            told = True
         except KeyboardInterrupt:
-            trial.set_user_attr("status", "interrupted")
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            if params is not None:
-                study.enqueue_trial(params, user_attrs={"warm_start": "resumed"})
+            if not told:
+                trial.set_user_attr("status", "interrupted")
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                if params is not None:
+                    study.enqueue_trial(params, user_attrs={"warm_start": "resumed"})
             raise
         if bar is not None:
             bar(len(_finished(study)), _best_value(study))
+    return ran
 
 
 def _best_value(study):
@@ -242,7 +250,7 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
     with MeasureWorker(problem, timeout=timeout) as worker:
         bar = progress(p, trials, len(_finished(study))) if progress else None
         try:
-            run_trials(study, p, worker, space, trials, repeats, bar)
+            out.ran = run_trials(study, p, worker, space, trials, repeats, bar)
         finally:
             if bar is not None:
                 bar.close()
