@@ -110,8 +110,9 @@ class LeanDecoder:
         outs = []
         for s in range(0, len(ids), self.max_prefill):
             chunk = ids[s:s + self.max_prefill]
-            outs.append(self._forward(chunk, all_logits))
-        return np.concatenate(outs, 0) if all_logits else outs[-1][-1]
+            out = self._forward(chunk, all_logits)
+            outs.append(out.copy() if all_logits else out)
+        return np.concatenate(outs, 0) if all_logits else outs[-1][-1].copy()
 
     def decode(self, token: int) -> np.ndarray:
         """One token at the current position; returns its logits (V,), a view valid until the next call."""
