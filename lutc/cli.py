@@ -44,12 +44,10 @@ def cmd_compile(args):
             parts.append(text)
         else:
             parts.append(f"; ---- {which} kernel, schedule {sched.to_json()}\n{text}")
-    if args.emit == "obj":
-        base = args.output
-        for which, blob in zip(("tables", "gemm"), parts):
-            path = base if which == "gemm" else _sibling(base, "tables")
-            with open(path, "wb") as f:
-                f.write(blob)
+    if args.emit == "obj":  # Mach-O for Darwin targets, ELF otherwise; checked before writing
+        from .backend.aot import write_objects
+        for path, info in write_objects(dict(zip(("tables", "gemm"), parts)), args.output, target):
+            print(f"lutc: wrote {path} ({info.format} {info.arch})", file=sys.stderr)
         return 0
     out = "\n".join(parts)
     if args.output:
@@ -60,19 +58,14 @@ def cmd_compile(args):
     return 0
 
 
-def _sibling(path, tag):
-    import os
-    root, ext = os.path.splitext(path)
-    return f"{root}.{tag}{ext or '.o'}"
-
-
 def cmd_targets(args):
-    from .backend.target import get_target, target_names
+    from .backend.target import get_target, native_mismatch, target_names
     for name in target_names():
         t = get_target(name)
         d = t.describe()
+        runs = "runs here" if native_mismatch(t) is None else "compile only"
         print(f"{name:14s} {d['triple']:28s} cpu={d['cpu']:16s} vector_bits={d['vector_bits']:<4d} "
-              f"shuffle={d['byte_shuffle']}")
+              f"shuffle={str(d['byte_shuffle']):7s} {d['object_format']:6s} {runs}")
     return 0
 
 
