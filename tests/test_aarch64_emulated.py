@@ -1,0 +1,111 @@
+"""AArch64 NEON kernels proven correct here: compiled for m2's cpu/features and aarch64-linux,
+linked with tests/aarch64_harness/harness.c, run under qemu-aarch64, checked against numpy."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+
+import quant
+from aarch64_harness import emulate
+from kernel_reference import error_bound, reference
+from lutc.backend.target import get_target, linux_twin
+from lutc.kernels import lut_gemm, pack_weights
+from lutc.kernels.compiled import CompiledKernel
+from test_kernels import problems
+
+# (target, qemu cpu model): m2's exact cpu and features as ELF under the most capable emulated
+# CPU, and the generic armv8.2-a target on qemu's Cortex-A76 (the Raspberry Pi 5's core), which
+# faults on any instruction beyond that core's features.
+M2_ELF = (linux_twin("m2"), "max")
+A76 = (get_target("aarch64-linux"), "cortex-a76")
+_COST_CAP = 4 * 2 * 4 * 64  # bits * mb * unroll * bn: keeps each compile near a second
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    why = emulate.missing_tools()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"emulated AArch64 tests cannot run in CI: {why}")
+        pytest.skip(why)
+    return tmp_path_factory.mktemp("aarch64")
+
+
+_EXES = {}
+
+
+def _emulated(workdir, target_cpu, sched, x, qw):
+    target, cpu = target_cpu
+    kernel = CompiledKernel(sched, target)
+    key = (target.key, sched.codegen_key)
+    if key not in _EXES:
+        _EXES[key] = emulate.build(kernel, workdir / f"k{len(_EXES)}")
+    run_dir = _EXES[key].parent
+    return emulate.lut_gemm_emulated(kernel, _EXES[key], x, pack_weights(qw, sched), run_dir, cpu)
+
+
+def _problem(bits, gs, N, K, M, seed, method="hlq"):
+    rng = np.random.default_rng(seed)
+    qw = quant.quantize(rng.standard_normal((N, K)).astype(np.float32), bits, gs, method=method, rounds=3)
+    return qw, rng.standard_normal((M, K)).astype(np.float32)
+
+
+def _check(y, x, qw, sched, label):
+    ref, _ = reference(x, qw)
+    assert y.shape == ref.shape and np.isfinite(y).all(), label
+    err = np.abs(y.astype(np.float64) - ref)
+    bound = error_bound(x, qw, sched)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert (err <= bound).all(), f"{label} {sched}: err {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
+
+
+@pytest.mark.parametrize("lut_dtype", ["int8", "float16", "float32"])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_m2_code_matches_reference_under_qemu(workdir, bits, lut_dtype):
+    """Every bit width and table precision on a ragged shape: N, K not multiples of tile or group."""
+    qw, x = _problem(bits, 64, 77, 201, 7, bits)
+    sched = lut_gemm.schedule(bits=bits, group_size=64, lut_dtype=lut_dtype)
+    _check(_emulated(workdir, M2_ELF, sched, x, qw), x, qw, sched, "m2 (ELF, qemu max)")
+
+
+@pytest.mark.parametrize("knobs", [dict(lut_dtype="int8", g=2, bn=16), dict(lut_dtype="float16", g=3, mb=2),
+                                   dict(lut_dtype="float32", interleave="plane", unroll=1)])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_aarch64_linux_on_cortex_a76(workdir, bits, knobs):
+    qw, x = _problem(bits, 32, 50, 97, 3, 10 + bits, "rtn")
+    sched = lut_gemm.schedule(bits=bits, group_size=32, **knobs)
+    _check(_emulated(workdir, A76, sched, x, qw), x, qw, sched, "aarch64-linux (qemu cortex-a76)")
+
+
+@settings(max_examples=8, deadline=None)
+@given(problems())
+def test_property_cases_under_qemu(workdir, p):
+    """The host property tests' problem space (test_kernels.problems), run as AArch64 code."""
+    bits, gs, knobs, N, K, M, seed, method = p
+    assume(bits * knobs["mb"] * knobs["unroll"] * knobs["bn"] <= _COST_CAP)
+    qw, x = _problem(bits, gs, N, K, M, seed, method)
+    sched = lut_gemm.schedule(bits=bits, group_size=gs, **knobs)
+    target_cpu = M2_ELF if seed % 2 else A76
+    _check(_emulated(workdir, target_cpu, sched, x, qw), x, qw, sched, target_cpu[0].name)
+
+
+def test_harness_catches_wrong_results_and_overflows(workdir):
+    """The harness is not vacuous: a dropped bit-plane fails the bound; a short y is reported."""
+    qw, x = _problem(2, 64, 40, 128, 2, 3, "rtn")
+    sched = lut_gemm.schedule(bits=2, group_size=64)
+    wrong = quant.QuantizedTensor(2, 64, qw.shape, qw.codes & 1, qw.scales, qw.zeros)
+    y = _emulated(workdir, A76, sched, x, wrong)
+    with pytest.raises(AssertionError, match="err"):
+        _check(y, x, qw, sched, "dropped plane")
+    kernel = CompiledKernel(sched, A76[0])
+    exe = _EXES[(A76[0].key, sched.codegen_key)]
+    packed = pack_weights(qw, sched)
+    plan = emulate.Plan(exe.parent)
+    bx, bw, bsz = plan.input(x), plan.input(packed.w), plan.input(packed.sz)
+    luts = plan.scratch(2 * 2 * sched.padded_tables * 16)
+    scales, sums, y = plan.scratch(16), plan.scratch(16), plan.scratch(2 * 40 * 4 - 4)  # one float short
+    plan.launch(kernel._tables, (2, 2), [bx, luts, scales, sums, 128, 2])
+    plan.launch(kernel._gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, 2, 40, 2])
+    with pytest.raises(RuntimeError, match="out-of-bounds write around buffer 6"):
+        emulate.run(exe, plan, "cortex-a76")
