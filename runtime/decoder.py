@@ -1,11 +1,13 @@
-"""LeanDecoder: a LLaMA-family decoder whose every linear layer is a lutc kernel; numpy glue, preallocated state."""
+"""LeanDecoder: a LLaMA-family decoder whose every linear layer is a lutc kernel, run as one native program per step."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from ._native import QuantLinear, concat_rows
+from . import kernels as K
+from ._native import Launch, QuantLinear, concat_rows
+from ._program import Program
 from .config import DecoderConfig, UnsupportedModelError
 
 
@@ -49,10 +51,16 @@ class LeanDecoder:
 
     qm is a quant.QuantizedModel. Quantized weights are packed for lutc and never dequantized;
     q/k/v and gate/up are fused into one matrix each (one table build + one GEMM).
+    engine="native" runs a whole forward pass (embedding, norms, RoPE, attention, MLP, lm_head) as
+    one native Program of lutc kernels: one Python->native call per step. engine="numpy" runs
+    the same lutc GEMMs with numpy glue in between (the readable reference).
     """
 
     def __init__(self, qm, n_ctx: int | None = None, threads: int | None = None, lut_dtype: str | None = None,
-                 max_prefill: int = 128):
+                 max_prefill: int = 128, engine: str = "native"):
+        if engine not in ("native", "numpy"):
+            raise ValueError(f"engine: expected 'native' or 'numpy', got {engine!r}")
+        self.engine = engine
         self.cfg = c = DecoderConfig.from_hf(qm.config)
         self.threads = _check_threads(threads)
         self.n_ctx = int(n_ctx or min(c.max_position_embeddings, 2048))
@@ -91,8 +99,14 @@ class LeanDecoder:
         self._scores = np.zeros((c.num_kv_heads, c.num_heads // c.num_kv_heads, self.n_ctx), np.float32)
         self._views = {}
         self._lm_launch = {}
+        self._programs = {}
+        self._ids = np.zeros(mm, np.int32)
+        self._state = np.zeros(4, np.int32)                     # [0] = position of the chunk's first token
+        self._attn_scores = np.zeros(mm * c.num_heads * self.n_ctx, np.float32)
         self.pos = 0
         self.scale = 1.0 / math.sqrt(c.head_dim)
+        if engine == "native":
+            self._kern = _glue_kernels(c)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -140,6 +154,49 @@ class LeanDecoder:
         return v
 
     def _forward(self, ids, all_logits):
+        if self.engine == "numpy":
+            return self._forward_numpy(ids, all_logits)
+        m = len(ids)
+        prog = self._programs.get((m, all_logits))
+        if prog is None:
+            prog = self._programs[(m, all_logits)] = self._build_program(m, all_logits)
+        self._ids[:m] = ids
+        self._state[0] = self.pos
+        prog.run()
+        self.pos += m
+        return self._logits[:m if all_logits else 1]
+
+    def _build_program(self, m, all_logits) -> Program:
+        """Every launch of one forward pass over m tokens, with argument blocks bound to the buffers."""
+        c, thr, V, kern = self.cfg, self.threads, self._view(m), self._kern
+        one = 1 if m == 1 else thr          # small steps of a single token do not pay a dispatch
+        H, eps, nqkv = c.hidden_size, c.rms_norm_eps, c.q_size + 2 * c.kv_size
+        p = lambda a: a.ctypes.data         # noqa: E731
+        steps = [(Launch(kern["embed"], (m,), [p(self._ids), p(self.embed), p(self._h), H], "embed"), one)]
+
+        def norm(w, add):
+            return (Launch(kern["rms_add" if add else "rms"], (m,), [p(self._h), p(self._o), p(w), p(self._xn),
+                                                                      H, eps], "rmsnorm"), one)
+        steps.append(norm(self.layers[0].ln1, False))
+        for i, (L, (qkv, o, gu, down)) in enumerate(zip(self.layers, V.launches)):
+            steps += [(qkv[0], one), (qkv[1], thr)]
+            steps.append((Launch(kern["rope_kv"], (m, c.num_heads + c.num_kv_heads),
+                                 [p(self._qkv), p(self.cos), p(self.sin), p(L.k_cache), p(L.v_cache),
+                                  p(self._state), nqkv, self.n_ctx], "rope_kv"), one))
+            steps.append((Launch(kern["attention"], (m, c.num_kv_heads),
+                                 [p(self._qkv), p(L.k_cache), p(L.v_cache), p(self._attn), p(self._attn_scores),
+                                  p(self._state), nqkv, self.n_ctx, self.scale], "attention"), thr))
+            steps += [(o[0], one), (o[1], thr), norm(L.ln2, True), (gu[0], one), (gu[1], thr)]
+            steps.append((Launch(kern["silu_mul"], (m, -(-c.intermediate_size // _SILU_BLOCK)),
+                                 [p(self._gu), p(self._act), c.intermediate_size], "silu_mul"), one))
+            steps += [(down[0], one), (down[1], thr)]
+            steps.append(norm(self.layers[i + 1].ln1 if i + 1 < len(self.layers) else self.norm, True))
+        rows = m if all_logits else 1
+        lm = self.lm_head.bind(self._xn[m - rows:], self._logits, rows)
+        steps += [(lm[0], one), (lm[1], thr)]
+        return Program(steps)
+
+    def _forward_numpy(self, ids, all_logits):
         c, m, pos, thr = self.cfg, len(ids), self.pos, self.threads
         V = self._view(m)
         np.take(self.embed, ids, axis=0, out=V.h)
@@ -199,6 +256,18 @@ class LeanDecoder:
         s /= s.sum(-1, keepdims=True)
         out = np.matmul(s, Vc[:, None])                                          # (kv, rep, m, d)
         V.attn.reshape(m, kv, rep, c.head_dim)[:] = out.transpose(2, 0, 1, 3)
+
+
+_SILU_BLOCK = 256
+
+
+def _glue_kernels(c: DecoderConfig) -> dict:
+    """Compile (or load from the disk cache) the non-GEMM kernels for this model's shapes."""
+    heads = dict(NH=c.num_heads, NKV=c.num_kv_heads, HD=c.head_dim)
+    return dict(embed=K.compiled("embed", BLOCK=64), rms=K.compiled("add_rmsnorm", BLOCK=64, ADD=False),
+                rms_add=K.compiled("add_rmsnorm", BLOCK=64, ADD=True), rope_kv=K.compiled("rope_kv", **heads),
+                attention=K.compiled("attention", BT=16, **heads),
+                silu_mul=K.compiled("silu_mul", BLOCK=_SILU_BLOCK))
 
 
 def _rmsnorm(x, w, eps, out):

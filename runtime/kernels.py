@@ -1,0 +1,146 @@
+"""The decoder's non-GEMM steps as lutc DSL kernels: embedding, RMSNorm(+residual), RoPE + KV write, attention, SiLU-gate."""
+from __future__ import annotations
+
+import lutc.language as tl
+from lutc.jit import jit
+
+
+@jit
+def _exp(x):
+    """e**x for a float32 block: 2**n * poly(r), r = x - n*ln2 in [-ln2/2, ln2/2]; ~1e-7 relative error."""
+    x = tl.minimum(tl.maximum(x, -87.0), 88.0)
+    n = tl.floor(x * 1.4426950408889634 + 0.5)
+    r = x - n * 0.693145751953125 - n * 1.428606765330187e-06
+    p = 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    two_n = tl.bitcast((n.to(tl.int32) + 127) << 23, tl.float32)
+    return p * two_n
+
+
+@jit
+def embed(ids, table, h, H, BLOCK: tl.constexpr):
+    """h[m] = table[ids[m]]; one program per row."""
+    m = tl.program_id(0)
+    src = table + tl.load(ids + m).to(tl.int64) * H
+    for k0 in range(0, H, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        msk = offs < H
+        tl.store(h + m * H + offs, tl.load(src + offs, mask=msk), mask=msk)
+
+
+@jit
+def add_rmsnorm(h, d, w, out, H, eps, BLOCK: tl.constexpr, ADD: tl.constexpr):
+    """(ADD: h[m] += d[m]), then out[m] = h[m] / rms(h[m]) * w; one program per row."""
+    m = tl.program_id(0)
+    row = h + m * H
+    ss = tl.zeros((BLOCK,), tl.float32)
+    for k0 in range(0, H, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        msk = offs < H
+        x = tl.load(row + offs, mask=msk)
+        if ADD:
+            x = x + tl.load(d + m * H + offs, mask=msk)
+            tl.store(row + offs, x, mask=msk)
+        ss += x * x
+    inv = 1.0 / tl.sqrt(tl.sum(ss) / H + eps)
+    for k0 in range(0, H, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        msk = offs < H
+        x = tl.load(row + offs, mask=msk)
+        tl.store(out + m * H + offs, x * inv * tl.load(w + offs, mask=msk), mask=msk)
+
+
+@jit
+def rope_kv(qkv, cos, sin, kc, vc, state, NQKV, NCTX,
+            NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr):
+    """Rotate q head h (in place) or k head h - NH (into the K cache, with its v head into the V cache)."""
+    m = tl.program_id(0)
+    h = tl.program_id(1)
+    HALF: tl.constexpr = HD // 2
+    pos = tl.load(state) + m
+    i = tl.arange(0, HALF)
+    c = tl.load(cos + pos * HALF + i)
+    s = tl.load(sin + pos * HALF + i)
+    base = qkv + m * NQKV + h * HD
+    a = tl.load(base + i)
+    b = tl.load(base + HALF + i)
+    ra = a * c - b * s
+    rb = b * c + a * s
+    if h < NH:
+        tl.store(base + i, ra)
+        tl.store(base + HALF + i, rb)
+    else:
+        kh = h - NH
+        dst = kc + (kh * NCTX + pos) * HD
+        tl.store(dst + i, ra)
+        tl.store(dst + HALF + i, rb)
+        d = tl.arange(0, HD)
+        tl.store(vc + (kh * NCTX + pos) * HD + d, tl.load(qkv + m * NQKV + (NH + NKV + kh) * HD + d))
+
+
+@jit
+def attention(qkv, kc, vc, out, scores, state, NQKV, NCTX, scale,
+              NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, BT: tl.constexpr):
+    """Causal GQA for row m and kv head g: the NH/NKV query heads of g over positions 0..pos+m."""
+    m = tl.program_id(0)
+    g = tl.program_id(1)
+    REP: tl.constexpr = NH // NKV
+    n = tl.load(state) + m + 1
+    d = tl.arange(0, HD)
+    kbase = kc + g * NCTX * HD
+    vbase = vc + g * NCTX * HD
+    for r in tl.static_range(REP):
+        hq = g * REP + r
+        q = tl.load(qkv + m * NQKV + hq * HD + d) * scale
+        srow = scores + ((m * NKV + g) * REP + r) * NCTX
+        mx = -3.0e38
+        for t in range(n):
+            s = tl.sum(q * tl.load(kbase + t * HD + d))
+            tl.store(srow + t, s)
+            mx = tl.maximum(mx, s)
+        tot = tl.zeros((BT,), tl.float32)
+        for t0 in range(0, n, BT):
+            offs = t0 + tl.arange(0, BT)
+            msk = offs < n
+            e = tl.where(msk, _exp(tl.load(srow + offs, mask=msk) - mx), 0.0)
+            tl.store(srow + offs, e, mask=msk)
+            tot += e
+        inv = 1.0 / tl.sum(tot)
+        acc = tl.zeros((HD,), tl.float32)
+        for t in range(n):
+            acc += tl.load(srow + t) * tl.load(vbase + t * HD + d)
+        tl.store(out + m * (NH * HD) + hq * HD + d, acc * inv)
+
+
+@jit
+def silu_mul(gu, act, F, BLOCK: tl.constexpr):
+    """act[m] = silu(gate[m]) * up[m], where gu[m] = [gate | up]; programs over (row, block)."""
+    m = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    msk = offs < F
+    g = tl.load(gu + m * 2 * F + offs, mask=msk)
+    u = tl.load(gu + m * 2 * F + F + offs, mask=msk)
+    tl.store(act + m * F + offs, g / (1.0 + _exp(-g)) * u, mask=msk)
+
+
+_F32P, _I32P, _I32, _F32 = "*f32", "*i32", "i32", "f32"
+SIGNATURES = {
+    "embed": (embed, dict(ids=_I32P, table=_F32P, h=_F32P, H=_I32), 1),
+    "add_rmsnorm": (add_rmsnorm, dict(h=_F32P, d=_F32P, w=_F32P, out=_F32P, H=_I32, eps=_F32), 1),
+    "rope_kv": (rope_kv, dict(qkv=_F32P, cos=_F32P, sin=_F32P, kc=_F32P, vc=_F32P, state=_I32P,
+                              NQKV=_I32, NCTX=_I32), 2),
+    "attention": (attention, dict(qkv=_F32P, kc=_F32P, vc=_F32P, out=_F32P, scores=_F32P, state=_I32P,
+                                  NQKV=_I32, NCTX=_I32, scale=_F32), 2),
+    "silu_mul": (silu_mul, dict(gu=_F32P, act=_F32P, F=_I32), 2),
+}
+
+
+def compiled(name: str, **constexprs):
+    """The CompiledFunction of kernel `name` for these constexprs (memory and disk cached)."""
+    fn, sig, rank = SIGNATURES[name]
+    return fn.compile(sig, constexprs, rank)
