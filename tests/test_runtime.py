@@ -12,13 +12,14 @@ from runtime._testing import (dequantized_hf, hf_greedy, quantize_hf, random_qmo
 PROMPTS = [[1, 5, 7, 9, 33, 100], [1, 200], [1, 17, 17, 17, 42, 250, 3, 99, 128, 64, 12]]
 
 
-@pytest.fixture(scope="module", params=[(4, False), (2, True)], ids=["w4-untied", "w2-tied"])
+@pytest.fixture(scope="module", params=[(4, False, "native"), (2, True, "native"), (3, False, "numpy")],
+                ids=["w4-untied-native", "w2-tied-native", "w3-numpy"])
 def setup(request):
-    bits, tie = request.param
+    bits, tie, engine = request.param
     model = tiny_llama(seed=bits, tie=tie)
     qm = quantize_hf(model, bits, 64)
     ref = dequantized_hf(model, qm)
-    dec = LeanDecoder(qm, n_ctx=96, threads=2, lut_dtype="float32", max_prefill=16)
+    dec = LeanDecoder(qm, n_ctx=96, threads=2, lut_dtype="float32", max_prefill=16, engine=engine)
     return model, qm, ref, dec
 
 
@@ -59,6 +60,21 @@ def test_decode_logits_match_prefill(setup):
     rows = [dec.prefill(ids[:2])] + [dec.decode(t).copy() for t in ids[2:]]
     np.testing.assert_allclose(np.stack(rows[1:]), want[2:], rtol=0, atol=_tol(want))
     np.testing.assert_allclose(rows[0], want[1], rtol=0, atol=_tol(want))
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 64, "rope_theta": 500000.0},
+    {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}], ids=["llama3", "linear"])
+def test_rope_scaling_and_mha(rope):
+    """RoPE scaling from the config; head_dim 128 and as many kv heads as heads (plain MHA)."""
+    model = tiny_llama(seed=1, heads=2, kv_heads=2, hidden=256, rope_parameters=rope)
+    qm = quantize_hf(model, 4, 64)
+    ref = dequantized_hf(model, qm)
+    dec = LeanDecoder(qm, n_ctx=128, threads=1, lut_dtype="float32")
+    ids = list(range(1, 90))                     # past original_max_position_embeddings
+    want = _ref_logits(ref, ids)
+    np.testing.assert_allclose(dec.prefill(ids, all_logits=True), want, rtol=0, atol=_tol(want))
 
 
 @pytest.mark.parametrize("lut_dtype,rms_tol", [("int8", 0.08), ("float16", 0.005)])
