@@ -25,6 +25,10 @@ def register(sub):
     t.add_argument("--no-db", action="store_true", help="tune and report, but record nothing")
     t.add_argument("--seed", type=int, default=0, help="sampler seed (give concurrent workers different seeds)")
     t.add_argument("--repeats", type=int, default=7, help="timed repeats per trial (median kept)")
+    t.add_argument("--retries", type=int, default=2, help="re-time a measurement up to N times (pausing) while "
+                   "other processes use more than a quarter core (default 2)")
+    t.add_argument("--cache", choices=("cold", "hot"), default="cold",
+                   help="cold (default): time weights streamed from DRAM, as in decoding; hot: weights cached")
     t.add_argument("--plot", metavar="DIR", help="write optimization-history and importance PNGs per study")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_tune)
@@ -72,8 +76,8 @@ def cmd_tune(args) -> int:
     except ValueError as e:
         print(f"lutc tune: {e}", file=sys.stderr)
         return 2
-    if args.trials < 1 or args.timeout <= 0 or args.repeats < 1:
-        print("lutc tune: --trials and --repeats must be >= 1 and --timeout > 0", file=sys.stderr)
+    if args.trials < 1 or args.timeout <= 0 or args.repeats < 1 or args.retries < 0:
+        print("lutc tune: --trials and --repeats must be >= 1, --retries >= 0 and --timeout > 0", file=sys.stderr)
         return 2
     db_path = None if args.no_db else Path(args.db) if args.db else default_db_path()
     fp = host_fingerprint()
@@ -84,7 +88,8 @@ def cmd_tune(args) -> int:
     try:
         for p in problems:
             r = tune_problem(p, storage=storage, trials=args.trials, timeout=args.timeout, seed=args.seed,
-                             prefix=args.study, db_path=db_path, repeats=args.repeats,
+                             prefix=args.study, db_path=db_path, repeats=args.repeats, retries=args.retries,
+                             cache=args.cache,
                              progress=None if args.quiet else progress_bar)
             results.append(r)
             sp = f"{r.speedup:.2f}x" if r.speedup else "-"
@@ -93,7 +98,7 @@ def cmd_tune(args) -> int:
                   f"{r.note}", file=sys.stderr, flush=True)
             if args.plot:
                 import optuna
-                save_plots(optuna.load_study(study_name=study_name(p, args.study), storage=storage), args.plot)
+                save_plots(optuna.load_study(study_name=study_name(p, args.study, args.cache), storage=storage), args.plot)
     except KeyboardInterrupt:
         print("\nlutc tune: interrupted; rerun the same command to resume the studies", file=sys.stderr)
         code = 130

@@ -52,10 +52,11 @@ def open_storage(url: str | None):
     return optuna.storages.RDBStorage(url, engine_kwargs=kw)
 
 
-def study_name(p: Problem, prefix: str | None = None) -> str:
+def study_name(p: Problem, prefix: str | None = None, cache: str = "cold") -> str:
+    """'<prefix>/<db key>/<cache mode>'; the default prefix names the device and the kernel code."""
     from .db import entry_key, m_bucket
     prefix = prefix or f"lutc-{host_fingerprint()['id']}-{code_hash()}"
-    return f"{prefix}/{entry_key(p.kernel, p.bits, p.group_size, m_bucket(p.M), p.N, p.K)}"
+    return f"{prefix}/{entry_key(p.kernel, p.bits, p.group_size, m_bucket(p.M), p.N, p.K)}/{cache}"
 
 
 def _finished(study) -> list:
@@ -115,6 +116,7 @@ class TuneResult:
     spread: float | None = None
     default_time_s: float | None = None
     default_spread: float | None = None
+    contention: float | None = None      # cores other processes used during the final timing
     converged_trial: int | None = None
     converged_min: float | None = None
     minutes: float = 0.0
@@ -129,7 +131,7 @@ class TuneResult:
 
 def _record(trial, res: dict):
     keys = ("status", "reason", "median_s", "min_s", "max_s", "spread", "repeats", "coarse", "err_max",
-            "err_ratio", "compile_s", "wall_s", "threads")
+            "err_ratio", "compile_s", "wall_s", "threads", "contention", "attempts", "weight_copies")
     for k in keys:
         if k in res and res[k] is not None:
             trial.set_user_attr(k, res[k])
@@ -142,7 +144,7 @@ def _duplicate(study, params: dict):
     return None
 
 
-def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: int, repeats: int, bar=None) -> int:
+def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: int, timing: dict, bar=None) -> int:
     """Ask/tell until the study holds `trials` finished trials (from any worker); returns how
     many trials this process ran. Ctrl-C fails the running trial as 'interrupted' and queues its
     parameters again, so a rerun resumes where this one stopped."""
@@ -167,7 +169,7 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
                 state, value = TrialState.COMPLETE, dup.value
             else:
                 best = _best_value(study)
-                res = worker.measure(sched, {"repeats": repeats, "cutoff_s": 3 * best if best else None})
+                res = worker.measure(sched, dict(timing, cutoff_s=3 * best if best else None))
                 _record(trial, res)
                 ok = res["status"] == "ok"
                 state, value = (TrialState.COMPLETE, res["median_s"]) if ok else (TrialState.FAIL, None)
@@ -202,19 +204,20 @@ def convergence(study) -> tuple:
     return None, None
 
 
-def compare(worker: MeasureWorker, schedules: list, rounds: int, repeats: int) -> list:
+def compare(worker: MeasureWorker, schedules: list, rounds: int, timing: dict) -> list:
     """Interleaved timing of several schedules (round-robin, `rounds` times): per schedule the
     median of its rounds' medians, the median spread and the worst error ratio."""
     import numpy as np
     runs = [[] for _ in schedules]
     for _ in range(rounds):
         for i, s in enumerate(schedules):
-            r = worker.measure(s, {"repeats": repeats})
+            r = worker.measure(s, timing)
             if r["status"] != "ok":
                 raise RuntimeError(f"final measurement of {s.to_json()} failed: {r['status']}: {r['reason']}")
             runs[i].append(r)
     return [{"median_s": float(np.median([r["median_s"] for r in rs])),
              "spread": float(np.median([r["spread"] for r in rs])),
+             "contention": float(np.median([r["contention"] for r in rs])),
              "err_ratio": max(r["err_ratio"] for r in rs)} for rs in runs]
 
 
@@ -232,7 +235,8 @@ def finalists(study, p: Problem, k: int) -> list:
 
 
 def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, prefix=None, db_path=None,
-                 repeats=7, final_rounds=5, finalists_k=3, data_seed=0, progress=None) -> TuneResult:
+                 repeats=7, retries=2, final_rounds=5, finalists_k=3, data_seed=0, cache="cold",
+                 progress=None) -> TuneResult:
     """Tune one problem in its study (resuming it), re-time the `finalists_k` fastest schedules
     against the default (interleaved), and record the winner in the db at `db_path` (None: no write)."""
     from ..ops import default_schedule
@@ -240,17 +244,18 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
     t0 = time.time()
     cores = usable_cores()
     space = space_for(p, cores)
-    name = study_name(p, prefix)
+    name = study_name(p, prefix, cache)
     if storage is None or isinstance(storage, str):
         storage = open_storage(storage)
     study = open_study(p, storage, name, seed, trials)
     warm_start(study, p, space, cores, db_path)
     out = TuneResult(p, name)
-    problem = {"bits": p.bits, "group_size": p.group_size, "M": p.M, "N": p.N, "K": p.K, "seed": data_seed}
+    problem = {"bits": p.bits, "group_size": p.group_size, "M": p.M, "N": p.N, "K": p.K, "seed": data_seed,
+               "cache": cache}
     with MeasureWorker(problem, timeout=timeout) as worker:
         bar = progress(p, trials, len(_finished(study))) if progress else None
         try:
-            out.ran = run_trials(study, p, worker, space, trials, repeats, bar)
+            out.ran = run_trials(study, p, worker, space, trials, {"repeats": repeats, "retries": retries}, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -263,7 +268,7 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
             return out
         default = default_schedule(p.bits, p.group_size, p.M)
         cands = finalists(study, p, finalists_k)
-        d, *stats = compare(worker, [default] + cands, final_rounds, repeats)
+        d, *stats = compare(worker, [default] + cands, final_rounds, {"repeats": repeats, "retries": retries + 2})
         i = min(range(len(cands)), key=lambda i: stats[i]["median_s"])
         best, b = cands[i], stats[i]
     if b["median_s"] >= d["median_s"]:
@@ -271,13 +276,14 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
         best, b = default, d
     out.best, out.time_s, out.spread = best, b["median_s"], b["spread"]
     out.default_time_s, out.default_spread = d["median_s"], d["spread"]
+    out.contention = max(b["contention"], d["contention"])
     out.converged_trial, out.converged_min = convergence(study)
     out.minutes = (time.time() - t0) / 60
     if db_path is not None:
         entry = make_entry(best, p.M, p.N, p.K, out.time_s, out.default_time_s, "measured",
                            spread=out.spread, default_spread=out.default_spread, err_ratio=b["err_ratio"],
-                           trials=out.trials, study=name, code_hash=code_hash(),
-                           converged_trial=out.converged_trial)
+                           trials=out.trials, study=name, code_hash=code_hash(), cache=cache,
+                           contention=b["contention"], converged_trial=out.converged_trial)
         fp = host_fingerprint()
         with updating(db_file(db_path, fp["id"]), fp) as db:
             db.put(entry)
