@@ -118,6 +118,12 @@ class LeanDecoder:
     def reset(self):
         self.pos = 0
 
+    def set_threads(self, threads: int):
+        """Change the native thread count (programs are rebuilt on next use)."""
+        self.threads = _check_threads(threads)
+        self._programs.clear()
+        self._lm_launch.clear()
+
     def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
         """Run the tokens `ids` from the current position; logits of the last one (V,) or of all (M, V)."""
         ids = self._check_ids(ids)

@@ -48,7 +48,8 @@ def _bundled(name, bits, group_size, method, progress):
     else:  # the model-level quantizer is not there yet: quantize each linear directly
         from ._testing import quantize_hf
         model, tok = _load_bundled_hf(name)
-        qm = quantize_hf(model, bits, group_size, method="rtn" if method not in ("rtn", "hlq") else method)
+        qm = quantize_hf(model, bits, group_size, method="rtn" if method not in ("rtn", "hlq") else method,
+                         lm_head_bits=4)
         qm.meta["tokenizer"] = tok
     if not can_cache:
         return qm

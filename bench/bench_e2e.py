@@ -1,0 +1,280 @@
+"""End-to-end decode/prefill tokens/s: lutc runtime vs llama.cpp (llama-cpp-python), same run, as ratios.
+
+Usage: python bench/bench_e2e.py [--quick] [--models smollm2,llama7b] [--threads 1,2] [--no-llama]
+Writes bench/results/e2e.json and bench/results/e2e.png. llama-cpp-python is optional: without it
+only the lutc side and the memory roofline are measured.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS, StreamBuffer, conditions, write_json  # noqa: E402
+
+LLAMA7B = dict(vocab=49152, hidden=4096, ffn=11008, layers=4, heads=32, kv_heads=32, theta=10000.0, tie=False,
+               max_pos=4096)
+PAIRS = {4: "Q4_0", 2: "Q2_K"}          # lutc bits -> llama.cpp type compared against
+WORK = pathlib.Path(os.environ.get("LUTC_BENCH_DIR", str(pathlib.Path.home() / ".cache" / "lutc" / "bench")))
+
+
+# ------------------------------------------------------------------------------ models
+def lutc_model(family, bits, group_size=128):
+    """A QuantizedModel: SmolLM2's real weights (RTN, lm_head 4-bit) or the random LLaMA-2-7B-shaped one."""
+    from runtime._testing import llama_config, random_qmodel
+    if family == "smollm2":
+        from runtime.models import load_quantized
+        return load_quantized("smollm2-135m", bits=bits, group_size=group_size, method="rtn", progress=False)
+    return random_qmodel(llama_config(**LLAMA7B), bits, group_size, seed=bits, lm_head_bits=4)
+
+
+def _smollm2_gguf():
+    from runtime.models import smollm2_gguf
+    return smollm2_gguf()
+
+
+def llama_file(family, qtype) -> pathlib.Path:
+    """The GGUF llama.cpp runs: the shipped SmolLM2 Q4_1 requantized, or a random 7B-shaped F16 quantized."""
+    import llama_cpp
+    WORK.mkdir(parents=True, exist_ok=True)
+    out = WORK / f"{family}-{qtype}.gguf"
+    if out.exists():
+        return out
+    src = _smollm2_gguf() if family == "smollm2" else _random_llama_f16()
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    p.allow_requantize = True
+    p.nthread = os.cpu_count() or 1
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(p)) != 0:
+        raise RuntimeError(f"llama_model_quantize failed for {out.name}")
+    os.replace(tmp, out)
+    return out
+
+
+def _random_llama_f16() -> pathlib.Path:
+    """LLaMA-2-7B shapes (4 layers, vocab 49152 with SmolLM2's tokenizer), random F16, written with `gguf`."""
+    import gguf
+    path = WORK / "llama7b-F16.gguf"
+    if path.exists():
+        return path
+    c = LLAMA7B
+    r = gguf.GGUFReader(str(_smollm2_gguf()))
+    strs = lambda f: [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]  # noqa: E731
+    w = gguf.GGUFWriter(str(path) + ".tmp", "llama")
+    w.add_name("random-llama2-7b-shapes")
+    w.add_block_count(c["layers"])
+    w.add_context_length(c["max_pos"])
+    w.add_embedding_length(c["hidden"])
+    w.add_feed_forward_length(c["ffn"])
+    w.add_head_count(c["heads"])
+    w.add_head_count_kv(c["kv_heads"])
+    w.add_rope_freq_base(c["theta"])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(c["hidden"] // c["heads"])
+    w.add_vocab_size(c["vocab"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(strs(r.fields["tokenizer.ggml.pre"])[0])
+    w.add_token_list(strs(r.fields["tokenizer.ggml.tokens"]))
+    tt = r.fields["tokenizer.ggml.token_type"]
+    w.add_token_types([int(tt.parts[i][0]) for i in tt.data])
+    w.add_token_merges(strs(r.fields["tokenizer.ggml.merges"]))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    rng = np.random.default_rng(0)
+    rnd = lambda *s: (rng.standard_normal(s, np.float32) * 0.02).astype(np.float16)  # noqa: E731
+    H, F, V = c["hidden"], c["ffn"], c["vocab"]
+    w.add_tensor("token_embd.weight", rnd(V, H))
+    w.add_tensor("output_norm.weight", np.ones(H, np.float32))
+    w.add_tensor("output.weight", rnd(V, H))
+    for i in range(c["layers"]):
+        for n, shape in (("attn_q", (H, H)), ("attn_k", (H, H)), ("attn_v", (H, H)), ("attn_output", (H, H)),
+                         ("ffn_gate", (F, H)), ("ffn_up", (F, H)), ("ffn_down", (H, F))):
+            w.add_tensor(f"blk.{i}.{n}.weight", rnd(*shape))
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(H, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(H, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(str(path) + ".tmp", path)
+    return path
+
+
+def gguf_bytes_per_token(path) -> int:
+    """Bytes of weights llama.cpp reads per token: every tensor except the token embedding table
+    (unless it doubles as the output matrix, as in tied models)."""
+    import gguf
+    r = gguf.GGUFReader(str(path))
+    names = {t.name for t in r.tensors}
+    return int(sum(t.n_bytes for t in r.tensors if t.name != "token_embd.weight" or "output.weight" not in names))
+
+
+# ------------------------------------------------------------------------------ timing
+def time_lutc(dec, prompt, n_decode, prefill_ids):
+    dec.reset()
+    dec.prefill(prompt)
+    tok, ts = 5, []
+    for _ in range(n_decode):
+        t = time.perf_counter()
+        logits = dec.decode(tok)
+        ts.append(time.perf_counter() - t)
+        tok = int(np.argmax(logits))
+    dec.reset()
+    t = time.perf_counter()
+    dec.prefill(prefill_ids)
+    return float(np.median(ts)), time.perf_counter() - t
+
+
+def time_llama(llm, prompt, n_decode, prefill_ids):
+    llm.reset()
+    llm.eval(prompt)
+    tok, ts = 5, []
+    for _ in range(n_decode):
+        t = time.perf_counter()
+        llm.eval([tok])
+        ts.append(time.perf_counter() - t)
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(prefill_ids)
+    return float(np.median(ts)), time.perf_counter() - t
+
+
+def bandwidth(threads_list, reps):
+    buf = StreamBuffer(max(threads_list), mb_per_thread=256)
+    buf.numpy_sum(1, 1)
+    return {t: float(np.median(buf.numpy_sum(t, reps))) for t in threads_list}
+
+
+# ------------------------------------------------------------------------------ main
+def run(args):
+    from runtime import LeanDecoder
+    has_llama = not args.no_llama and importlib.util.find_spec("llama_cpp") is not None
+    threads = [int(t) for t in args.threads.split(",")]
+    out = dict(benchmark="e2e", conditions=conditions(), llama_cpp=None, rows=[],
+               protocol=dict(prompt_tokens=args.prompt, decode_tokens=args.decode, prefill_tokens=args.prefill,
+                             rounds=args.rounds, stat="median over rounds of the median step time"))
+    if has_llama:
+        import llama_cpp
+        out["llama_cpp"] = llama_cpp.__version__
+    print(f"measuring bandwidth ({threads} threads)...", flush=True)
+    out["bandwidth_GBs"] = bw = bandwidth(threads, 5)
+    rng = np.random.default_rng(0)
+    prompt = [int(t) for t in rng.integers(3, 40000, args.prompt)]
+    prefill_ids = [int(t) for t in rng.integers(3, 40000, args.prefill)]
+    for family in args.models.split(","):
+        for bits in (4, 2):
+            qtype = PAIRS[bits]
+            print(f"[{family}] loading W{bits} (lutc) and {qtype} (llama.cpp)...", flush=True)
+            dec = LeanDecoder(lutc_model(family, bits), n_ctx=args.prompt + args.decode + args.prefill + 8,
+                              threads=threads[0])
+            llms, gpath = {}, None
+            if has_llama:
+                from llama_cpp import Llama
+                gpath = llama_file(family, qtype)
+                llms = {t: Llama(model_path=str(gpath), n_threads=t, n_threads_batch=t, n_ctx=512, n_batch=512,
+                                 verbose=False) for t in threads}
+            samples = {t: dict(lutc=[], llama=[]) for t in threads}
+            for _ in range(args.rounds):                    # interleaved: drift hits both sides alike
+                for t in threads:
+                    dec.set_threads(t)
+                    samples[t]["lutc"].append(time_lutc(dec, prompt, args.decode, prefill_ids))
+                    if has_llama:
+                        samples[t]["llama"].append(time_llama(llms[t], prompt, args.decode, prefill_ids))
+            for t in threads:
+                row = dict(model=family, lutc=f"W{bits}g128", llama_type=qtype, threads=t,
+                           lutc_bytes_per_token=dec.weight_bytes, bandwidth_GBs=bw[t])
+                lt = np.array(samples[t]["lutc"])
+                row["lutc_decode_tps"] = 1.0 / float(np.median(lt[:, 0]))
+                row["lutc_prefill_tps"] = args.prefill / float(np.median(lt[:, 1]))
+                row["lutc_roofline_tps"] = bw[t] * 1e9 / dec.weight_bytes
+                row["lutc_roofline_frac"] = row["lutc_decode_tps"] / row["lutc_roofline_tps"]
+                if has_llama:
+                    ll = np.array(samples[t]["llama"])
+                    row["llama_decode_tps"] = 1.0 / float(np.median(ll[:, 0]))
+                    row["llama_prefill_tps"] = args.prefill / float(np.median(ll[:, 1]))
+                    row["llama_bytes_per_token"] = gguf_bytes_per_token(gpath)
+                    row["decode_ratio"] = row["lutc_decode_tps"] / row["llama_decode_tps"]
+                    row["prefill_ratio"] = row["lutc_prefill_tps"] / row["llama_prefill_tps"]
+                out["rows"].append(row)
+                _print_row(row)
+            del dec, llms
+    out["conditions"]["loadavg_end"] = list(os.getloadavg())
+    return out
+
+
+def _print_row(r):
+    s = (f"{r['model']:8s} {r['lutc']:8s} vs {r['llama_type']:5s} t={r['threads']}: decode lutc "
+         f"{r['lutc_decode_tps']:7.1f} tok/s ({100 * r['lutc_roofline_frac']:.0f}% of roofline "
+         f"{r['lutc_roofline_tps']:.0f})  prefill {r['lutc_prefill_tps']:7.1f} tok/s")
+    if "llama_decode_tps" in r:
+        s += (f" | llama.cpp decode {r['llama_decode_tps']:7.1f} prefill {r['llama_prefill_tps']:7.1f} | "
+              f"ratio decode x{r['decode_ratio']:.2f} prefill x{r['prefill_ratio']:.2f}")
+    print(s, flush=True)
+
+
+def plot(out, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = out["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, kind in zip(axes, ("decode", "prefill")):
+        labels = [f"{r['model']}\n{r['lutc']}/{r['llama_type']}\nt={r['threads']}" for r in rows]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r[f"lutc_{kind}_tps"] for r in rows], 0.4, label="lutc")
+        if rows and f"llama_{kind}_tps" in rows[0]:
+            ax.bar(x + 0.2, [r[f"llama_{kind}_tps"] for r in rows], 0.4, label="llama.cpp")
+            for i, r in enumerate(rows):
+                ax.annotate(f"x{r[f'{kind}_ratio']:.2f}", (i, max(r[f"lutc_{kind}_tps"], r[f"llama_{kind}_tps"])),
+                            ha="center", va="bottom", fontsize=8)
+        if kind == "decode":
+            ax.scatter(x - 0.2, [r["lutc_roofline_tps"] for r in rows], marker="_", s=300, c="k",
+                       label="lutc memory roofline")
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("tokens/s")
+        ax.set_title(f"{kind} tokens/s ({'128-token prompt' if kind == 'prefill' else 'median step'})")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"lutc runtime vs llama.cpp — {out['conditions']['cpu']}, loadavg "
+                 f"{out['conditions']['loadavg_start'][0]:.1f}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="smollm2,llama7b")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--prompt", type=int, default=16, help="prompt tokens before the timed decode")
+    p.add_argument("--decode", type=int, default=64, help="timed decode steps per round")
+    p.add_argument("--prefill", type=int, default=128, help="prompt tokens of the prefill measurement")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="1 round of 16 decode steps")
+    p.add_argument("--no-llama", action="store_true", help="skip llama.cpp even if it is installed")
+    p.add_argument("--out", default=str(RESULTS / "e2e.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.decode = 1, 16
+    out = run(args)
+    write_json(args.out, out)
+    png = pathlib.Path(args.out).with_suffix(".png")
+    try:
+        plot(out, png)
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+    print(f"wrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
