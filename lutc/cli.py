@@ -100,7 +100,7 @@ def main(argv=None):
 
 # Other packages add subcommands with a module-level `register(subparsers)`; each
 # subparser sets `fn` (a callable taking the parsed args and returning an exit code).
-PLUGINS = ("quant.cli", "runtime.cli", "lutc.tuning.cli")
+PLUGINS = ("quant.cli", "runtime.cli", "lutc.tuning.cli", "lutc.remote.cli")
 
 
 def _register_plugins(sub):
