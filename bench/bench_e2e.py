@@ -149,6 +149,45 @@ def time_llama(llm, prompt, n_decode, prefill_ids):
     return float(np.median(ts)), time.perf_counter() - t
 
 
+def python_overhead(qm, reps=200):
+    """Per-token Python cost of the native engine: decode() with its native Program emptied (so only
+    Python and the one ctypes call remain), next to a full step and the numpy-glue engine's step."""
+    from runtime import LeanDecoder
+    nat = LeanDecoder(qm, n_ctx=64, threads=1)
+    npy = LeanDecoder(qm, n_ctx=64, threads=1, engine="numpy")
+    med = lambda a: float(np.median(a)) * 1e6  # noqa: E731
+
+    def steps(dec, n):
+        ts = []
+        for _ in range(n):
+            dec.reset()
+            dec.prefill([1, 2, 3, 4])
+            t = time.perf_counter()
+            dec.decode(5)
+            ts.append(time.perf_counter() - t)
+        return ts
+    full, numpy_full = steps(nat, 30), steps(npy, 30)
+    prog = nat._programs[(1, False)]
+    n_launch, prog._n = prog._n, 0               # keep the Python path and the ctypes call, skip the kernels
+    py = []
+    try:
+        for _ in range(reps // 20):                # back-to-back decode() calls, as in generation
+            t = time.perf_counter()
+            for _ in range(1000):
+                nat.pos = 8
+                nat.decode(5)
+            py.append((time.perf_counter() - t) / 1000)
+    finally:
+        prog._n = n_launch
+    logits = np.zeros(qm.config["vocab_size"], np.float32)
+    t = time.perf_counter()
+    for _ in range(1000):
+        int(np.argmax(logits))
+    return dict(native_step_us=med(full), python_per_token_us=med(py), numpy_engine_step_us=med(numpy_full),
+                greedy_argmax_us=(time.perf_counter() - t) * 1e3, native_launches_per_token=n_launch,
+                numpy_engine_launches_per_token=8 * len(npy.layers) + 2)
+
+
 def bandwidth(threads_list, reps):
     buf = StreamBuffer(max(threads_list), mb_per_thread=256)
     buf.numpy_sum(1, 1)
@@ -175,8 +214,12 @@ def run(args):
         for bits in (4, 2):
             qtype = PAIRS[bits]
             print(f"[{family}] loading W{bits} (lutc) and {qtype} (llama.cpp)...", flush=True)
-            dec = LeanDecoder(lutc_model(family, bits), n_ctx=args.prompt + args.decode + args.prefill + 8,
-                              threads=threads[0])
+            qm = lutc_model(family, bits)
+            if family == "smollm2" and bits == 4:
+                out["python_overhead"] = python_overhead(qm)
+                print(f"python overhead per token: {out['python_overhead']}", flush=True)
+            dec = LeanDecoder(qm, n_ctx=args.prompt + args.decode + args.prefill + 8, threads=threads[0])
+            del qm
             llms, gpath = {}, None
             if has_llama:
                 from llama_cpp import Llama
@@ -245,8 +288,10 @@ def plot(out, path):
         ax.set_ylabel("tokens/s")
         ax.set_title(f"{kind} tokens/s ({'128-token prompt' if kind == 'prefill' else 'median step'})")
         ax.legend(fontsize=8)
-    fig.suptitle(f"lutc runtime vs llama.cpp — {out['conditions']['cpu']}, loadavg "
-                 f"{out['conditions']['loadavg_start'][0]:.1f}", fontsize=10)
+    c = out["conditions"]
+    fig.suptitle(f"lutc runtime vs llama.cpp — {c['cpu']}, {c['ncpu']} cores, 1-min loadavg "
+                 f"{c['loadavg_start'][0]:.1f} at start, {c['loadavg_end'][0]:.1f} at end (shared machine)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
