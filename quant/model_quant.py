@@ -1,0 +1,217 @@
+"""quantize_model(): quantize every linear layer of a LLaMA-family HF model, block by block (GPTQ-style)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .api import quantize
+from .calib import calibration_ids
+from .gptq import HessianAccumulator, gptq_quantize
+from .model import QuantizedModel
+from .source import open_source, tokenizer_dir_for
+from .tensor import QuantizedTensor, _is_int
+
+__all__ = ["quantize_model", "MODEL_METHODS", "split_rows"]
+
+MODEL_METHODS = ("rtn", "hlq", "gptq", "hlq-gptq")
+_CALIBRATED = {"gptq": "rtn", "hlq-gptq": "hlq"}  # method -> group fit inside GPTQ
+
+
+def _lutc_version() -> str:
+    try:
+        import lutc
+        return str(lutc.__version__)
+    except Exception:  # noqa: BLE001 - the version is informational
+        return "unknown"
+
+
+def split_rows(qt: QuantizedTensor, sizes) -> list:
+    """Split a QuantizedTensor along N into consecutive parts of the given row counts."""
+    out, r0 = [], 0
+    for n in sizes:
+        r1 = r0 + n
+        out.append(QuantizedTensor(bits=qt.bits, group_size=qt.group_size, shape=(int(n), qt.K),
+                                   codes=np.ascontiguousarray(qt.codes[r0:r1]),
+                                   scales=np.ascontiguousarray(qt.scales[:, r0:r1]),
+                                   zeros=np.ascontiguousarray(qt.zeros[r0:r1]), method=qt.method))
+        r0 = r1
+    return out
+
+
+class _InputHessians:
+    """Forward hooks accumulating one Hessian per distinct linear input (q/k/v share one, gate/up one)."""
+
+    def __init__(self, linears: dict):
+        self.acc, self.owner, self._live = {}, {}, {}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in linears.items()]
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            x = inputs[0]
+            if name not in self.owner:
+                live = self._live.get(id(x))
+                if live is not None and live[0] is x:
+                    self.owner[name] = live[1]
+                else:
+                    self.owner[name] = name
+                    self.acc[name] = HessianAccumulator(x.shape[-1])
+            if self.owner[name] == name:
+                self.acc[name].add(x)
+                self._live[id(x)] = (x, name)  # holding x keeps id(x) unique within this batch
+        return hook
+
+    def end_batch(self):
+        self._live.clear()
+
+    def groups(self) -> list:
+        """[(owner, [names sharing its input])] in module order."""
+        out = {}
+        for name, own in self.owner.items():
+            out.setdefault(own, []).append(name)
+        return list(out.items())
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+def _run_layer(layer, h, pe, pos, batch_size, out=None, hooks=None):
+    """Run a decoder layer over the calibration states h (S, T, D) in batches; write into `out` if given."""
+    for b0 in range(0, h.shape[0], batch_size):
+        y = layer(h[b0:b0 + batch_size], attention_mask=None, position_ids=pos, position_embeddings=pe)
+        if isinstance(y, tuple):
+            y = y[0]
+        if out is not None:
+            out[b0:b0 + batch_size] = y
+        if hooks is not None:
+            hooks.end_batch()
+
+
+class _Progress:
+    def __init__(self, enabled: bool, label: str):
+        self.enabled, self.label, self.t0 = enabled, label, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __call__(self, msg: str):
+        if self.enabled:
+            print(f"[quant {self.label}] {msg} ({self.elapsed():.1f}s)", file=sys.stderr, flush=True)
+
+
+def _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen):
+    for name, v, lo, hi in (("bits", bits, 1, 4), ("lm_head_bits", lm_head_bits, 1, 4),
+                            ("group_size", group_size, 1, None), ("lm_head_group_size", lm_head_group_size, 1, None),
+                            ("nsamples", nsamples, 1, None), ("seqlen", seqlen, 2, None)):
+        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            rng = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ValueError(f"{name}: expected an int {rng}, got {v!r}")
+    if method not in MODEL_METHODS:
+        raise ValueError(f"method: expected one of {MODEL_METHODS}, got {method!r}")
+
+
+def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str = "hlq-gptq", calib=None,
+                   lm_head_bits: int = 4, lm_head_group_size: int = 128, nsamples: int = 32, seqlen: int = 512,
+                   progress: bool = True, *, tokenizer=None, act_order: bool = False, damp: float = 0.01,
+                   rounds: int = 15, batch_size: int = 4, seed: int = 0) -> QuantizedModel:
+    """Quantize every linear layer (and lm_head) of a LLaMA-family model; returns a QuantizedModel.
+
+    model_or_path: an HF model object, an HF safetensors directory (read lazily, one block
+    at a time), a .gguf file, or "smollm2-135m". method: "rtn" | "hlq" (no calibration) or
+    "gptq" | "hlq-gptq" (GPTQ with a uniform / HLQ group fit). Calibrated methods run the
+    calibration activations block by block through the already-quantized earlier blocks.
+    lm_head (also when tied to the embeddings) uses lm_head_bits / lm_head_group_size.
+    calib: None (built-in corpus), a text file path, or token ids (nsamples, seqlen).
+    """
+    _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
+    from transformers import AutoModelForCausalLM
+
+    src = open_source(model_or_path, tokenizer)
+    config = src.config
+    n_layers = int(config.num_hidden_layers)
+    prog = _Progress(progress, f"{method} W{bits} g{group_size}")
+    for need in ("model.embed_tokens.weight", "model.norm.weight", "model.layers.0.self_attn.q_proj.weight"):
+        if not src.has(need):
+            raise ValueError(f"source model {src.description}: no tensor {need!r}; "
+                             "expected a LLaMA-family causal LM")
+    with torch.device("meta"):
+        skel = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    linears, tensors, info = {}, {}, {}
+    embed = src.get("model.embed_tokens.weight")
+    tensors["model.embed_tokens.weight"] = embed.detach().numpy()
+    fit = _CALIBRATED.get(method)
+    calib_meta = None
+    with torch.inference_mode():
+        if fit is not None:
+            if (calib is None or isinstance(calib, (str, os.PathLike))) and src.tokenizer is None:
+                raise ValueError("calibration text needs a tokenizer: pass tokenizer=... or calib=token ids")
+            ids, calib_src = calibration_ids(src.tokenizer, calib, nsamples, seqlen, seed)
+            calib_meta = {"source": calib_src, "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1]),
+                          "seed": seed, "act_order": bool(act_order), "damp": damp}
+            h = torch.nn.functional.embedding(ids, embed)
+            pos = torch.arange(ids.shape[1])[None]
+            pe = type(skel.model.rotary_emb)(config=skel.config)(h[:1], pos)
+            prog(f"calibration: {ids.shape[0]} x {ids.shape[1]} tokens from {calib_src}")
+        for i in range(n_layers):
+            prefix = f"model.layers.{i}."
+            layer = skel.model.layers[i].to_empty(device="cpu")
+            sd_names = list(layer.state_dict().keys())
+            layer.load_state_dict({k: src.get(prefix + k) for k in sd_names}, strict=True)
+            mods = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+            if fit is not None:
+                hooks = _InputHessians(mods)
+                _run_layer(layer, h, pe, pos, batch_size, hooks=hooks)
+                hooks.remove()
+                for owner, names in hooks.groups():
+                    w = torch.cat([mods[n].weight for n in names]) if len(names) > 1 else mods[names[0]].weight
+                    qt, gi = gptq_quantize(w, hooks.acc[owner].H, bits, group_size, fit=fit, damp=damp,
+                                           act_order=act_order, rounds=rounds)
+                    info[prefix + ",".join(names)] = gi
+                    for n, part in zip(names, split_rows(qt, [mods[n].out_features for n in names])):
+                        linears[prefix + n] = part
+                del hooks
+            else:
+                for n, m in mods.items():
+                    linears[prefix + n] = quantize(m.weight.detach().numpy(), bits, group_size, method, rounds)
+            for n, m in mods.items():
+                m.weight.copy_(torch.from_numpy(linears[prefix + n].dequantize()))
+            if fit is not None:
+                _run_layer(layer, h, pe, pos, batch_size, out=h)
+            quantized = {n + ".weight" for n in mods}
+            for k in sd_names:
+                if k not in quantized:
+                    tensors[prefix + k] = src.get(prefix + k).detach().numpy().copy()
+            layer.to_empty(device="meta")  # frees this block's float32 weights
+            loss = sum(v["loss"] for k, v in info.items() if k.startswith(prefix))
+            prog(f"layer {i + 1}/{n_layers}" + (f", GPTQ loss {loss:.4g}" if fit is not None else ""))
+        tensors["model.norm.weight"] = src.get("model.norm.weight").detach().numpy().copy()
+        w_head = src.get("lm_head.weight")
+        if fit is not None:
+            norm = skel.model.norm.to_empty(device="cpu")
+            norm.load_state_dict({"weight": src.get("model.norm.weight")})
+            acc = HessianAccumulator(h.shape[-1])
+            for b0 in range(0, h.shape[0], batch_size):
+                acc.add(norm(h[b0:b0 + batch_size]))
+            del h
+            linears["lm_head"], info["lm_head"] = gptq_quantize(
+                w_head, acc.H, lm_head_bits, lm_head_group_size, fit=fit, damp=damp, act_order=act_order,
+                rounds=rounds)
+        else:
+            linears["lm_head"] = quantize(w_head.detach().numpy(), lm_head_bits, lm_head_group_size, method, rounds)
+        prog("lm_head")
+    tok_dir = src.tokenizer_dir or (tokenizer_dir_for(src.tokenizer) if src.tokenizer is not None else None)
+    meta = {"method": method, "bits": int(bits), "group_size": int(group_size),
+            "lm_head_bits": int(lm_head_bits), "lm_head_group_size": int(lm_head_group_size),
+            "source": src.description, "lutc_version": _lutc_version(), "calibration": calib_meta,
+            "rounds": int(rounds), "seconds": round(prog.elapsed(), 2),
+            "gptq_loss_total": round(sum(v["loss"] for v in info.values()), 6) if info else None}
+    cfg = json.loads(config.to_json_string(use_diff=False))  # JSON-normal form: what a checkpoint stores
+    if not cfg.get("architectures"):
+        cfg["architectures"] = [type(skel).__name__]
+    return QuantizedModel(config=cfg, linears=linears, tensors=tensors, tokenizer_dir=tok_dir, meta=meta)

@@ -1,0 +1,103 @@
+"""Perplexity table of a source model under rtn / gptq / hlq / hlq-gptq at W2-W4, g64/g128 (python -m quant.ppl_table)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .calib import eval_ids
+from .eval import evaluate
+from .model_quant import quantize_model
+from .source import load_source_model
+
+METHODS = ("rtn", "gptq", "hlq", "hlq-gptq")
+CELLS_FIRST = [("gptq", 2, 64), ("hlq-gptq", 2, 64), ("gptq", 3, 128), ("hlq-gptq", 3, 128)]  # the targets
+
+
+def _cells():
+    rest = [(m, b, g) for m in METHODS for b in (2, 3, 4) for g in (64, 128)]
+    return CELLS_FIRST + [c for c in rest if c not in CELLS_FIRST]
+
+
+def _save(path, results):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+def markdown(results: dict) -> str:
+    """The table: rows float32 then methods, columns W2/W3/W4 x g64/g128; cells 'ppl (quantization s)'."""
+    cols = [(b, g) for b in (2, 3, 4) for g in (64, 128)]
+    lines = ["| method | " + " | ".join(f"W{b} g{g}" for b, g in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    base = results.get("float32")
+    if base:
+        lines.append("| float32 | " + " | ".join(f"{base['ppl']:.2f}" for _ in cols) + " |")
+    for m in METHODS:
+        cells = []
+        for b, g in cols:
+            r = results.get(f"{m}-W{b}-g{g}")
+            cells.append(f"{r['ppl']:.2f} ({r['quant_seconds']:.0f} s)" if r else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m quant.ppl_table", description=__doc__)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--out", default="ppl_table.json", help="results JSON (resumed if it exists)")
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--window", type=int, default=1024)
+    p.add_argument("--stride", type=int, default=512)
+    p.add_argument("--nsamples", type=int, default=None)
+    p.add_argument("--seqlen", type=int, default=None)
+    p.add_argument("--cells", default=None, help="comma list like hlq-gptq:2:64 (default: all 24)")
+    p.add_argument("--lut", default="", help="cells (method:bits:group) also evaluated with LUT kernels")
+    p.add_argument("--lut-tokens", type=int, default=1024)
+    args = p.parse_args(argv)
+    results = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            results = json.load(f)
+    src, tok = load_source_model(args.model)
+    ids, source = eval_ids(tok, None, args.max_tokens)
+    ev = dict(window=args.window, stride=args.stride)
+    results["settings"] = {"model": args.model, "eval_tokens": int(ids.numel()), "eval_source": source, **ev}
+    if "float32" not in results:
+        results["float32"] = evaluate(src, tokens=ids, **ev)
+        _save(args.out, results)
+    print(f"float32: {results['float32']['ppl']:.3f}", file=sys.stderr, flush=True)
+    cells = _cells() if not args.cells else [(m, int(b), int(g)) for m, b, g in
+                                              (c.split(":") for c in args.cells.split(","))]
+    lut = {tuple(c.split(":")) for c in args.lut.split(",") if c}
+    qkw = {k: v for k, v in (("nsamples", args.nsamples), ("seqlen", args.seqlen)) if v is not None}
+    for m, b, g in cells:
+        key = f"{m}-W{b}-g{g}"
+        want_lut = (m, str(b), str(g)) in lut and "lut_float32" not in results.get(key, {})
+        if key in results and not want_lut:
+            continue
+        t0 = time.perf_counter()
+        qm = quantize_model(src, b, g, m, tokenizer=tok, **qkw)
+        qsec = time.perf_counter() - t0
+        r = results.get(key) or {"quant_seconds": round(qsec, 1), **evaluate(qm, tokens=ids, **ev)}
+        if want_lut:
+            short = ids[:args.lut_tokens]
+            lkw = dict(tokens=short, window=min(args.window, short.numel()), stride=args.stride)
+            r["lut_tokens"] = int(short.numel())
+            r["fake_short"] = evaluate(qm, mode="fake", **lkw)["ppl"]
+            r["lut_float32"] = evaluate(qm, mode="lut", lut_dtype="float32", **lkw)["ppl"]
+            r["lut_int8"] = evaluate(qm, mode="lut", lut_dtype="int8", **lkw)["ppl"]
+        results[key] = r
+        _save(args.out, results)
+        print(f"{key}: ppl {r['ppl']:.3f}, quantization {r['quant_seconds']:.0f}s", file=sys.stderr, flush=True)
+        del qm
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
