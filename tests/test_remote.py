@@ -170,6 +170,16 @@ def test_loopback_measures_and_verifies(runner):
         assert r["status"] == "ok" and r["err_max"] < 1e-3
 
 
+def test_client_mirrors_the_runners_problem_eviction(runner):
+    rng = np.random.default_rng(3)
+    probs = [(quant.quantize(rng.standard_normal((16, 64)).astype(np.float32), 2, 64, method="rtn"),
+              rng.standard_normal((1, 64)).astype(np.float32)) for _ in range(3)]
+    sched = lut_gemm.schedule(bits=2, group_size=64, bn=16)
+    with _client(runner) as c:
+        for qw, x in probs + probs[:1]:   # the first was evicted on both ends and is sent again
+            assert c.measure(sched, qw=qw, x=x, timing=FAST)["status"] == "ok"
+
+
 def test_wrong_token_is_rejected_and_the_runner_keeps_serving(runner):
     with pytest.raises(RunnerError, match="rejected this token"):
         _client(runner, token=b"not-the-right-token-at-all").connect()

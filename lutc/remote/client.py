@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from .problem import encode_problem, software
+from .runner import MAX_PROBLEMS
 from .protocol import (DEFAULT_MAX_PAYLOAD, AuthenticationError, Channel, ProtocolError, parse_address,
                        read_token, session_key)
 
@@ -31,7 +32,7 @@ class RemoteRunner:
         self.timeout, self.connect_timeout, self.max_payload = timeout, connect_timeout, max_payload
         self._ch = None
         self.info = None
-        self._problems = {}     # id(qw), id(x) -> problem id on the runner (this connection)
+        self._problems = {}     # (id(qw), id(x)) -> (problem id on the runner, qw, x), this connection
         self._data = {}         # generated problems by (bits, group_size, M, N, K, seed)
 
     @classmethod
@@ -125,8 +126,11 @@ class RemoteRunner:
         key = (id(qw), id(x))
         if key not in self._problems:
             fields, payload = encode_problem(qw, x)
-            self._problems[key] = self._request(dict(op="problem", **fields), payload)["problem"]
-        return self._problems[key]
+            pid = self._request(dict(op="problem", **fields), payload)["problem"]
+            while len(self._problems) >= MAX_PROBLEMS:  # the runner keeps as many, oldest out first
+                self._problems.pop(next(iter(self._problems)))
+            self._problems[key] = (pid, qw, x)  # holding qw and x keeps their ids unique
+        return self._problems[key][0]
 
     def problem_data(self, bits, group_size, M, N, K, seed=0):
         """The same random problem the local tuner worker measures: rtn weights, normal x."""
