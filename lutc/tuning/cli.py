@@ -25,6 +25,8 @@ def register(sub):
     t.add_argument("--no-db", action="store_true", help="tune and report, but record nothing")
     t.add_argument("--seed", type=int, default=0, help="sampler seed (give concurrent workers different seeds)")
     t.add_argument("--repeats", type=int, default=7, help="timed repeats per trial (median kept)")
+    t.add_argument("--final-rounds", type=int, default=5, help="interleaved rounds re-timing the best schedules "
+                   "against the default before recording (default 5)")
     t.add_argument("--retries", type=int, default=2, help="re-time a measurement up to N times (pausing) while "
                    "other processes use more than a quarter core (default 2)")
     t.add_argument("--cache", choices=("cold", "hot"), default="cold",
@@ -76,8 +78,9 @@ def cmd_tune(args) -> int:
     except ValueError as e:
         print(f"lutc tune: {e}", file=sys.stderr)
         return 2
-    if args.trials < 1 or args.timeout <= 0 or args.repeats < 1 or args.retries < 0:
-        print("lutc tune: --trials and --repeats must be >= 1, --retries >= 0 and --timeout > 0", file=sys.stderr)
+    if min(args.trials, args.repeats, args.final_rounds) < 1 or args.retries < 0 or args.timeout <= 0:
+        print("lutc tune: --trials, --repeats and --final-rounds must be >= 1, --retries >= 0 and --timeout > 0",
+              file=sys.stderr)
         return 2
     db_path = None if args.no_db else Path(args.db) if args.db else default_db_path()
     fp = host_fingerprint()
@@ -89,7 +92,7 @@ def cmd_tune(args) -> int:
         for p in problems:
             r = tune_problem(p, storage=storage, trials=args.trials, timeout=args.timeout, seed=args.seed,
                              prefix=args.study, db_path=db_path, repeats=args.repeats, retries=args.retries,
-                             cache=args.cache,
+                             final_rounds=args.final_rounds, cache=args.cache,
                              progress=None if args.quiet else progress_bar)
             results.append(r)
             sp = f"{r.speedup:.2f}x" if r.speedup else "-"

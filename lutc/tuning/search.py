@@ -42,6 +42,8 @@ def open_storage(url: str | None):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
         return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+    if url.startswith(("postgresql://", "postgres://")):
+        url = _postgres_driver(url)
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
@@ -49,7 +51,24 @@ def open_storage(url: str | None):
         kw = {"connect_args": {"timeout": 120}}   # wait for the other writers' locks
     else:
         kw = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+    import sqlalchemy.exc
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+        except sqlalchemy.exc.IntegrityError:
+            # two workers creating the schema of a fresh database at once: one loses the race
+            # (PostgreSQL: duplicate pg_type row); the tables exist on the next attempt
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 picks psycopg (3) for postgresql://; use psycopg2 when only it is installed."""
+    import importlib.util
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
 
 
 def study_name(p: Problem, prefix: str | None = None, cache: str = "cold") -> str:
@@ -221,16 +240,20 @@ def compare(worker: MeasureWorker, schedules: list, rounds: int, timing: dict) -
              "err_ratio": max(r["err_ratio"] for r in rs)} for rs in runs]
 
 
-def finalists(study, p: Problem, k: int) -> list:
-    """The k fastest distinct schedules of the study (re-timed together to beat the winner's curse)."""
-    out, seen = [], set()
+def finalists(study, p: Problem, k: int, threads: tuple = ()) -> list:
+    """The k fastest distinct schedules of the study, plus the fastest one at every thread count in
+    `threads` (thread scaling is what background load distorts most), to be re-timed together."""
+    out = []
     for t in sorted(_complete(study), key=lambda t: t.value):
-        key = tuple(sorted(t.params.items()))
-        if key not in seen:
-            seen.add(key)
-            out.append(schedule_from_params(p, t.params))
+        s = schedule_from_params(p, t.params)
+        if s not in out:
+            out.append(s)
         if len(out) == k:
             break
+    for n in threads:
+        s = out[0].replace(threads=n)
+        if s not in out and invalid_reason(s, p) is None:
+            out.append(s)
     return out
 
 
@@ -267,8 +290,8 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
             out.minutes = (time.time() - t0) / 60
             return out
         default = default_schedule(p.bits, p.group_size, p.M)
-        cands = finalists(study, p, finalists_k)
-        d, *stats = compare(worker, [default] + cands, final_rounds, {"repeats": repeats, "retries": retries + 2})
+        cands = finalists(study, p, finalists_k, space["threads"])
+        d, *stats = compare(worker, [default] + cands, final_rounds, {"repeats": repeats, "retries": retries})
         i = min(range(len(cands)), key=lambda i: stats[i]["median_s"])
         best, b = cands[i], stats[i]
     if b["median_s"] >= d["median_s"]:

@@ -1,0 +1,108 @@
+"""End to end: tune_problem records measured entries, resumes studies, survives failing candidates; the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from lutc.tuning.db import TuningDB, db_file
+from lutc.tuning.device import host_device_id
+from lutc.tuning.search import open_storage, study_name, tune_problem
+from lutc.tuning.space import Problem
+
+FAST = dict(repeats=3, retries=0, final_rounds=1, finalists_k=2, cache="hot", timeout=60)
+P = Problem(bits=2, group_size=128, M=1, N=64, K=256)
+
+
+def _trials(url, name):
+    return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+
+
+def test_tune_records_an_entry_and_resumes_without_rerunning(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUTC_TUNING_DB", str(tmp_path / "none"))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    r = tune_problem(P, storage=url, trials=5, seed=3, prefix="t", db_path=tmp_path, **FAST)
+    assert r.trials == 5 and r.ran == 5 and r.best is not None and r.time_s > 0 and r.default_time_s > 0
+    trials = _trials(url, study_name(P, "t", "hot"))
+    assert trials[0].user_attrs["warm_start"] == "default"             # warm start: the default first
+    assert all(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
+    e = TuningDB.load(db_file(tmp_path, host_device_id())).get("lut_gemm", 2, 128, 1, 64, 256)
+    assert e["source"] == "measured" and e["trials"] == 5 and e["time_s"] == pytest.approx(r.time_s)
+    assert e["default_time_s"] == pytest.approx(r.default_time_s) and e["err_ratio"] <= 1
+    r2 = tune_problem(P, storage=url, trials=7, seed=3, prefix="t", db_path=tmp_path, **FAST)
+    assert r2.ran == 2 and len(_trials(url, study_name(P, "t", "hot"))) == 7
+
+
+def test_seeded_search_is_reproducible(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUTC_TUNING_DB", str(tmp_path / "none"))
+    runs = []
+    for i in range(2):
+        url = f"sqlite:///{tmp_path / f'r{i}.db'}"
+        tune_problem(P, storage=url, trials=4, seed=11, prefix="r", db_path=None, **FAST)
+        runs.append([t.params for t in _trials(url, study_name(P, "r", "hot"))])
+    assert runs[0] == runs[1]                      # the startup trials come from the seeded sampler
+
+
+def test_failing_candidates_fail_one_trial_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUTC_TUNING_DB", str(tmp_path / "none"))
+    monkeypatch.setenv("LUTC_TUNE_FAULTS", "lut_dtype=float16:crash,lut_dtype=float32:hang")
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    study = optuna.create_study(study_name=study_name(P, "f", "hot"), storage=open_storage(url))
+    base = {"g": 4, "bn": 16, "unroll": 4, "mb": 1, "interleave": "chunk", "threads": 1}
+    for dt in ("float16", "float32", "int8"):
+        study.enqueue_trial(dict(base, lut_dtype=dt))
+    r = tune_problem(P, storage=url, trials=3, seed=0, prefix="f", db_path=None, **dict(FAST, timeout=5))
+    by = {t.params["lut_dtype"]: t for t in _trials(url, study.study_name)[:3]}
+    assert by["float16"].state.name == "FAIL" and by["float16"].user_attrs["status"] == "crashed"
+    assert "SIGSEGV" in by["float16"].user_attrs["reason"]
+    assert by["float32"].state.name == "FAIL" and by["float32"].user_attrs["status"] == "timeout"
+    assert by["int8"].state.name == "COMPLETE" and r.best.lut_dtype == "int8"
+
+
+def _lutc(*args):
+    return [sys.executable, "-m", "lutc.cli", *args]
+
+
+def test_cli_ctrl_c_then_rerun_resumes_the_same_study(tmp_path):
+    env = dict(os.environ, LUTC_TUNING_DB=str(tmp_path / "db"))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    cmd = _lutc("tune", "--shapes", "64x256", "--bits", "2", "--m", "1", "--trials", "6", "--storage", url,
+                "--study", "c", "--cache", "hot", "--retries", "0", "--repeats", "3", "--quiet")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    name = study_name(P, "c", "hot")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if any(t.state.name == "COMPLETE" for t in _trials(url, name)):
+                break
+        except KeyError:                           # the study does not exist yet
+            pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)             # what Ctrl-C in a terminal does
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err        # 0 only if it had finished already
+    if proc.returncode == 130:
+        assert "rerun the same command to resume" in err
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    trials = _trials(url, name)
+    finished = [t for t in trials if t.user_attrs.get("status") != "interrupted"]
+    assert len(finished) == 6 and all(t.state.name != "RUNNING" for t in trials)
+    assert "tuned ms" in done.stdout and "64x256" in done.stdout
+    db = json.loads((tmp_path / "db" / f"{host_device_id()}.json").read_text())
+    assert "lut_gemm/w2/g128/m1/64x256" in db["entries"]
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    from lutc.cli import main
+    assert main(["tune", "--shapes", "64by256"]) == 2
+    assert "expected NxK" in capsys.readouterr().err
+    assert main(["tune", "--model", "gpt-5"]) == 2
+    assert main(["tune", "--shapes", "64x256", "--target", "aarch64-linux"]) == 2
+    assert "only 'host'" in capsys.readouterr().err
+    assert main(["tune", "--shapes", "64x256", "--bits", "5"]) == 2
