@@ -36,8 +36,8 @@ def lutc_model(family, bits, group_size=128):
 
 
 def _smollm2_gguf():
-    from runtime.models import smollm2_gguf
-    return smollm2_gguf()
+    from quant.source import smollm2_gguf_path
+    return pathlib.Path(smollm2_gguf_path())
 
 
 def llama_file(family, qtype) -> pathlib.Path:

@@ -45,7 +45,7 @@ def cmd_generate(args) -> int:
         return _fail(e)
     try:
         return _run(args, params)
-    except (ValueError, FileNotFoundError, UnsupportedModelError) as e:
+    except (ValueError, FileNotFoundError, UnsupportedModelError) as e:   # incl. quant.CheckpointError
         return _fail(e)
 
 

@@ -21,9 +21,9 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from runtime.models import _load_bundled_hf
+    import quant
     torch.set_num_threads(2)
-    model, tok = _load_bundled_hf("smollm2-135m")
+    model, tok = quant.load_source_model("smollm2-135m")
     # W4 RTN in groups of 128: K=576 leaves a ragged last group of 64, exercised here on purpose
     qm = quantize_hf(model, 4, 128, method="rtn")
     ref = dequantized_hf(model, qm)
