@@ -208,3 +208,50 @@ def test_cli_rejects_bad_args(capsys):
     assert "empty prompt" in capsys.readouterr().err
     assert main(["generate", "/nonexistent/ckpt", "--prompt", "hi"]) == 2
     assert "neither a quantized checkpoint" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny quantized checkpoint (quant.save_checkpoint) with a small byte-level BPE tokenizer."""
+    import quant
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    root = tmp_path_factory.mktemp("ckpt")
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(["hello world, the lookup table"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(root / "tok")
+    model = tiny_llama(seed=11, vocab=300)
+    qm = quantize_hf(model, 4, 64)
+    qm.tokenizer_dir = str(root / "tok")
+    return quant.save_checkpoint(qm, str(root / "w4"))
+
+
+def test_cli_generate_from_checkpoint(checkpoint, capsys):
+    from lutc.cli import main
+    assert main(["generate", checkpoint, "--prompt", "hello world", "--max-tokens", "8", "--threads", "1"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.strip()
+    assert "prefill" in cap.err and "decode" in cap.err and "tok/s" in cap.err and "peak RSS" in cap.err
+    assert main(["generate", checkpoint, "--prompt", "hello", "--max-tokens", "4", "--temperature", "0.8",
+                 "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--stop", "zz"]) == 0
+
+
+def test_cli_rejects_unsupported_checkpoint(checkpoint, tmp_path, capsys):
+    import json
+    import shutil
+    from lutc.cli import main
+    bad = tmp_path / "gpt2"
+    shutil.copytree(checkpoint, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    (bad / "config.json").write_text(json.dumps(cfg))
+    assert main(["generate", str(bad), "--prompt", "hello", "--max-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and ("unsupported" in err or "gpt2" in err)
+    long = "hello world " * 600
+    assert main(["generate", checkpoint, "--prompt", long, "--max-tokens", "2", "--ctx", "64"]) == 2
+    assert "prompt too long" in capsys.readouterr().err
