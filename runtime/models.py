@@ -31,7 +31,21 @@ def load_quantized(model_or_dir, bits=4, group_size=128, method="hlq", progress=
     if not path.is_dir():
         raise FileNotFoundError(f"{key!r} is neither a quantized checkpoint folder nor a bundled model "
                                 f"({', '.join(BUNDLED)})")
+    _check_architecture(path)
     return quant.load_checkpoint(str(path))
+
+
+def _check_architecture(path: Path):
+    """Refuse a checkpoint whose config is not a LLaMA-family decoder before loading its weights."""
+    import json
+    from .config import DecoderConfig
+    cfg_file = path / "config.json"
+    if cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (OSError, ValueError):
+            return                                  # quant.load_checkpoint reports the broken file
+        DecoderConfig.from_hf(cfg)
 
 
 def _bundled(name, bits, group_size, method, progress):
