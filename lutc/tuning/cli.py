@@ -29,6 +29,9 @@ def register(sub):
                    "against the default before recording (default 5)")
     t.add_argument("--retries", type=int, default=2, help="re-time a measurement up to N times (pausing) while "
                    "other processes use more than a quarter core (default 2)")
+    t.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic of the repeats to minimize: median (default) or min (estimates the "
+                   "uncontended time when other processes load the machine)")
     t.add_argument("--cache", choices=("cold", "hot"), default="cold",
                    help="cold (default): time weights streamed from DRAM, as in decoding; hot: weights cached")
     t.add_argument("--plot", metavar="DIR", help="write optimization-history and importance PNGs per study")
@@ -68,7 +71,7 @@ def cmd_tune(args) -> int:
     from .device import host_fingerprint
     from .lookup import default_db_path
     from .report import results_table, save_plots
-    from .search import open_storage, progress_bar, study_name, tune_problem
+    from .search import open_storage, progress_bar, tune_problem
     if args.target not in ("host", "native"):
         print(f"lutc tune: --target {args.target!r}: tuning measures kernels on this machine, so only "
               "'host' is supported (run lutc tune on the target device and merge its db file)", file=sys.stderr)
@@ -92,7 +95,7 @@ def cmd_tune(args) -> int:
         for p in problems:
             r = tune_problem(p, storage=storage, trials=args.trials, timeout=args.timeout, seed=args.seed,
                              prefix=args.study, db_path=db_path, repeats=args.repeats, retries=args.retries,
-                             final_rounds=args.final_rounds, cache=args.cache,
+                             stat=args.stat, final_rounds=args.final_rounds, cache=args.cache,
                              progress=None if args.quiet else progress_bar)
             results.append(r)
             sp = f"{r.speedup:.2f}x" if r.speedup else "-"
@@ -101,7 +104,7 @@ def cmd_tune(args) -> int:
                   f"{r.note}", file=sys.stderr, flush=True)
             if args.plot:
                 import optuna
-                save_plots(optuna.load_study(study_name=study_name(p, args.study, args.cache), storage=storage), args.plot)
+                save_plots(optuna.load_study(study_name=r.study, storage=storage), args.plot)
     except KeyboardInterrupt:
         print("\nlutc tune: interrupted; rerun the same command to resume the studies", file=sys.stderr)
         code = 130

@@ -44,8 +44,8 @@ def make_entry(schedule: Schedule, M: int, N: int, K: int, time_s: float, defaul
     e = {"kernel": schedule.kernel, "bits": schedule.bits, "group_size": schedule.group_size,
          "m_bucket": m_bucket(M), "N": int(N), "K": int(K), "schedule": schedule.to_dict(),
          "time_s": float(time_s), "default_time_s": None if default_time_s is None else float(default_time_s),
-         "lutc_version": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-         "source": source}
+         "lutc_version": __version__, "source": source,
+         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     e.update(extra)
     return e
 

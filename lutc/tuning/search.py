@@ -71,11 +71,12 @@ def _postgres_driver(url: str) -> str:
     return url
 
 
-def study_name(p: Problem, prefix: str | None = None, cache: str = "cold") -> str:
-    """'<prefix>/<db key>/<cache mode>'; the default prefix names the device and the kernel code."""
+def study_name(p: Problem, prefix: str | None = None, cache: str = "cold", stat: str = "median") -> str:
+    """'<prefix>/<db key>/<cache mode>[-min]'; the default prefix names the device and the kernel code."""
     from .db import entry_key, m_bucket
     prefix = prefix or f"lutc-{host_fingerprint()['id']}-{code_hash()}"
-    return f"{prefix}/{entry_key(p.kernel, p.bits, p.group_size, m_bucket(p.M), p.N, p.K)}/{cache}"
+    mode = cache if stat == "median" else f"{cache}-{stat}"
+    return f"{prefix}/{entry_key(p.kernel, p.bits, p.group_size, m_bucket(p.M), p.N, p.K)}/{mode}"
 
 
 def _finished(study) -> list:
@@ -149,8 +150,8 @@ class TuneResult:
 
 
 def _record(trial, res: dict):
-    keys = ("status", "reason", "median_s", "min_s", "max_s", "spread", "repeats", "coarse", "err_max",
-            "err_ratio", "compile_s", "wall_s", "threads", "contention", "attempts", "weight_copies")
+    keys = ("status", "reason", "value_s", "stat", "median_s", "min_s", "max_s", "spread", "repeats", "coarse",
+            "err_max", "err_ratio", "compile_s", "wall_s", "threads", "contention", "attempts", "weight_copies")
     for k in keys:
         if k in res and res[k] is not None:
             trial.set_user_attr(k, res[k])
@@ -191,7 +192,7 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
                 res = worker.measure(sched, dict(timing, cutoff_s=3 * best if best else None))
                 _record(trial, res)
                 ok = res["status"] == "ok"
-                state, value = (TrialState.COMPLETE, res["median_s"]) if ok else (TrialState.FAIL, None)
+                state, value = (TrialState.COMPLETE, res["value_s"]) if ok else (TrialState.FAIL, None)
             study.tell(trial, value, state=state)
             told = True
         except KeyboardInterrupt:
@@ -234,7 +235,7 @@ def compare(worker: MeasureWorker, schedules: list, rounds: int, timing: dict) -
             if r["status"] != "ok":
                 raise RuntimeError(f"final measurement of {s.to_json()} failed: {r['status']}: {r['reason']}")
             runs[i].append(r)
-    return [{"median_s": float(np.median([r["median_s"] for r in rs])),
+    return [{"value_s": float(np.median([r["value_s"] for r in rs])),
              "spread": float(np.median([r["spread"] for r in rs])),
              "contention": float(np.median([r["contention"] for r in rs])),
              "err_ratio": max(r["err_ratio"] for r in rs)} for rs in runs]
@@ -258,16 +259,20 @@ def finalists(study, p: Problem, k: int, threads: tuple = ()) -> list:
 
 
 def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, prefix=None, db_path=None,
-                 repeats=7, retries=2, final_rounds=5, finalists_k=3, data_seed=0, cache="cold",
+                 repeats=7, retries=2, stat="median", final_rounds=5, finalists_k=3, data_seed=0, cache="cold",
                  progress=None) -> TuneResult:
     """Tune one problem in its study (resuming it), re-time the `finalists_k` fastest schedules
     against the default (interleaved), and record the winner in the db at `db_path` (None: no write)."""
     from ..ops import default_schedule
     from .lookup import clear_cache
     t0 = time.time()
+    # 'min' of many short repeats estimates the uncontended time on a machine others are loading
+    timing = {"repeats": repeats, "retries": retries, "stat": stat}
+    if stat == "min":
+        timing["min_repeat_s"] = 0.002
     cores = usable_cores()
     space = space_for(p, cores)
-    name = study_name(p, prefix, cache)
+    name = study_name(p, prefix, cache, stat)
     if storage is None or isinstance(storage, str):
         storage = open_storage(storage)
     study = open_study(p, storage, name, seed, trials)
@@ -278,7 +283,7 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
     with MeasureWorker(problem, timeout=timeout) as worker:
         bar = progress(p, trials, len(_finished(study))) if progress else None
         try:
-            out.ran = run_trials(study, p, worker, space, trials, {"repeats": repeats, "retries": retries}, bar)
+            out.ran = run_trials(study, p, worker, space, trials, timing, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -291,21 +296,21 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
             return out
         default = default_schedule(p.bits, p.group_size, p.M)
         cands = finalists(study, p, finalists_k, space["threads"])
-        d, *stats = compare(worker, [default] + cands, final_rounds, {"repeats": repeats, "retries": retries})
-        i = min(range(len(cands)), key=lambda i: stats[i]["median_s"])
+        d, *stats = compare(worker, [default] + cands, final_rounds, timing)
+        i = min(range(len(cands)), key=lambda i: stats[i]["value_s"])
         best, b = cands[i], stats[i]
-    if b["median_s"] >= d["median_s"]:
-        out.note = f"default is fastest; best trial measured {b['median_s'] * 1e3:.4f} ms in the A/B"
+    if b["value_s"] >= d["value_s"]:
+        out.note = f"default is fastest; best trial measured {b['value_s'] * 1e3:.4f} ms in the A/B"
         best, b = default, d
-    out.best, out.time_s, out.spread = best, b["median_s"], b["spread"]
-    out.default_time_s, out.default_spread = d["median_s"], d["spread"]
+    out.best, out.time_s, out.spread = best, b["value_s"], b["spread"]
+    out.default_time_s, out.default_spread = d["value_s"], d["spread"]
     out.contention = max(b["contention"], d["contention"])
     out.converged_trial, out.converged_min = convergence(study)
     out.minutes = (time.time() - t0) / 60
     if db_path is not None:
         entry = make_entry(best, p.M, p.N, p.K, out.time_s, out.default_time_s, "measured",
                            spread=out.spread, default_spread=out.default_spread, err_ratio=b["err_ratio"],
-                           trials=out.trials, study=name, code_hash=code_hash(), cache=cache,
+                           trials=out.trials, study=name, code_hash=code_hash(), cache=cache, stat=stat,
                            contention=b["contention"], converged_trial=out.converged_trial)
         fp = host_fingerprint()
         with updating(db_file(db_path, fp["id"]), fp) as db:

@@ -56,10 +56,14 @@ class ContentionMeter:
         return max(0.0, other / self._hz / max(wall, 1e-3))
 
 
-def time_call(fn, repeats=7, warmup_s=0.05, min_repeat_s=0.01, cutoff_s=None) -> dict:
+STATS = ("median", "min")
+
+
+def time_call(fn, repeats=7, warmup_s=0.05, min_repeat_s=0.01, cutoff_s=None, stat="median") -> dict:
     """Warm up (>= 2 calls and >= warmup_s), then `repeats` repeats of `inner` calls each, where
-    `inner` makes a repeat last >= min_repeat_s. Returns the median per-call time, the spread
-    ((q75 - q25) / median) and the CPU other processes used meanwhile ('contention', in cores).
+    `inner` makes a repeat last >= min_repeat_s. Returns the median and min per-call times, the
+    spread ((q75 - q25) / median), the CPU other processes used meanwhile ('contention', in cores)
+    and value_s, the statistic `stat` the tuner optimizes (the median unless asked otherwise).
     A candidate whose warm-up is slower than cutoff_s gets one repeat only (it cannot win)."""
     meter = ContentionMeter()
     n, t0 = 0, time.perf_counter()
@@ -78,7 +82,8 @@ def time_call(fn, repeats=7, warmup_s=0.05, min_repeat_s=0.01, cutoff_s=None) ->
     a = np.asarray(samples)
     med = float(np.median(a))
     q25, q75 = np.percentile(a, [25, 75])
-    return {"median_s": med, "min_s": float(a.min()), "max_s": float(a.max()),
+    return {"value_s": med if stat == "median" else float(a.min()), "stat": stat,
+            "median_s": med, "min_s": float(a.min()), "max_s": float(a.max()),
             "spread": float((q75 - q25) / med) if med > 0 else 0.0,
             "repeats": len(samples), "inner": inner, "coarse": bool(coarse), "contention": meter.cores()}
 
