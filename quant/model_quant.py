@@ -44,61 +44,70 @@ def split_rows(qt: QuantizedTensor, sizes) -> list:
     return out
 
 
-class _InputHessians:
-    """Forward hooks accumulating one Hessian per distinct linear input (q/k/v share one, gate/up one)."""
+def _input_groups(mods: dict, run) -> tuple[list, list]:
+    """Linears grouped by shared input (q/k/v, gate/up), in call order, from one probe run;
+    plus the linears the probe never called."""
+    seen, owner = {}, {}
 
-    def __init__(self, linears: dict):
-        self.acc, self.owner, self._live = {}, {}, {}
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in linears.items()]
-
-    def _hook(self, name):
-        def hook(module, inputs, output):
+    def hook(name):
+        def record(module, inputs, output):
             x = inputs[0]
-            if name not in self.owner:
-                live = self._live.get(id(x))
-                if live is not None and live[0] is x:
-                    self.owner[name] = live[1]
-                else:
-                    self.owner[name] = name
-                    self.acc[name] = HessianAccumulator(x.shape[-1])
-            if self.owner[name] == name:
-                self.acc[name].add(x)
-                self._live[id(x)] = (x, name)  # holding x keeps id(x) unique within this batch
-        return hook
+            hit = seen.get(id(x))
+            owner.setdefault(name, hit[1] if hit is not None and hit[0] is x else name)
+            seen.setdefault(id(x), (x, name))  # holding x keeps id(x) unique during the probe
+        return record
 
-    def end_batch(self):
-        self._live.clear()
+    handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    groups = {}
+    for name in owner:
+        groups.setdefault(owner[name], []).append(name)
+    return list(groups.values()), [n for n in mods if n not in owner]
 
-    def groups(self) -> list:
-        """[(owner, [names sharing its input])] in module order."""
-        out = {}
-        for name, own in self.owner.items():
-            out.setdefault(own, []).append(name)
-        return list(out.items())
+
+class _SequentialGPTQ:
+    """True-sequential GPTQ in one forward pass over the whole calibration batch: a pre-hook on the
+    first linear of each input-sharing group builds the Hessian from that input and quantizes the
+    group (writing fake-quant weights) before the layer uses them. So every linear sees inputs
+    produced by the already-quantized linears before it, and each block runs forward once."""
+
+    def __init__(self, mods: dict, groups: list, quantize_group):
+        self._quantize_group = quantize_group
+        self._handles = [mods[names[0]].register_forward_pre_hook(self._hook(names)) for names in groups]
+
+    def _hook(self, names):
+        def pre(module, inputs):
+            x = inputs[0].reshape(-1, inputs[0].shape[-1])
+            acc = HessianAccumulator(x.shape[-1])
+            for part in x.split(8192):
+                acc.add(part)
+            self._quantize_group(names, acc.H)
+        return pre
 
     def remove(self):
         for h in self._handles:
             h.remove()
 
 
-def _run_layer(layer, h, pe, pos, batch_size, out=None, hooks=None):
-    """Run a decoder layer over the calibration states h (S, T, D) in batches; write into `out` if given."""
-    for b0 in range(0, h.shape[0], batch_size):
-        y = layer(h[b0:b0 + batch_size], attention_mask=None, position_ids=pos, position_embeddings=pe)
-        if isinstance(y, tuple):
-            y = y[0]
-        if out is not None:
-            out[b0:b0 + batch_size] = y
-        if hooks is not None:
-            hooks.end_batch()
+def _run_layer(layer, h, pos, pe):
+    y = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)
+    return y[0] if isinstance(y, tuple) else y
 
 
 class _Progress:
     def __init__(self, enabled: bool, label: str):
-        self.enabled, self.label, self.t0 = enabled, label, time.perf_counter()
+        self.enabled, self.label, self.t0, self.c0 = enabled, label, time.perf_counter(), time.process_time()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
+
+    def cpu(self) -> float:
+        """CPU seconds of this process (all threads): comparable across runs on a shared machine."""
+        return time.process_time() - self.c0
 
     def __call__(self, msg: str):
         if self.enabled:
@@ -119,13 +128,15 @@ def _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsam
 def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str = "hlq-gptq", calib=None,
                    lm_head_bits: int = 4, lm_head_group_size: int = 128, nsamples: int = 32, seqlen: int = 512,
                    progress: bool = True, *, tokenizer=None, act_order: bool = False, damp: float = 0.01,
-                   rounds: int = 15, batch_size: int = 4, seed: int = 0) -> QuantizedModel:
+                   rounds: int = 15, seed: int = 0) -> QuantizedModel:
     """Quantize every linear layer (and lm_head) of a LLaMA-family model; returns a QuantizedModel.
 
     model_or_path: an HF model object, an HF safetensors directory (read lazily, one block
     at a time), a .gguf file, or "smollm2-135m". method: "rtn" | "hlq" (no calibration) or
     "gptq" | "hlq-gptq" (GPTQ with a uniform / HLQ group fit). Calibrated methods run the
-    calibration activations block by block through the already-quantized earlier blocks.
+    calibration activations block by block through the already-quantized earlier blocks, and
+    within a block true-sequentially (o_proj's Hessian comes from quantized q/k/v, and so on):
+    one forward pass per block over all nsamples x seqlen tokens at once.
     lm_head (also when tied to the embeddings) uses lm_head_bits / lm_head_group_size.
     calib: None (built-in corpus), a text file path, or token ids (nsamples, seqlen).
     """
@@ -165,24 +176,27 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             layer.load_state_dict({k: src.get(prefix + k) for k in sd_names}, strict=True)
             mods = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
             if fit is not None:
-                hooks = _InputHessians(mods)
-                _run_layer(layer, h, pe, pos, batch_size, hooks=hooks)
-                hooks.remove()
-                for owner, names in hooks.groups():
+                def quantize_group(names, H, prefix=prefix, mods=mods):
                     w = torch.cat([mods[n].weight for n in names]) if len(names) > 1 else mods[names[0]].weight
-                    qt, gi = gptq_quantize(w, hooks.acc[owner].H, bits, group_size, fit=fit, damp=damp,
-                                           act_order=act_order, rounds=rounds)
+                    qt, gi = gptq_quantize(w, H, bits, group_size, fit=fit, damp=damp, act_order=act_order,
+                                           rounds=rounds)
                     info[prefix + ",".join(names)] = gi
                     for n, part in zip(names, split_rows(qt, [mods[n].out_features for n in names])):
                         linears[prefix + n] = part
-                del hooks
+                        mods[n].weight.copy_(torch.from_numpy(part.dequantize()))
+
+                probe = (h[:1, :2], pos[:, :2], tuple(t[:, :2] for t in pe))
+                groups, unused = _input_groups(mods, lambda: _run_layer(layer, *probe))
+                seq = _SequentialGPTQ(mods, groups, quantize_group)
+                try:
+                    h = _run_layer(layer, h, pos, pe)
+                finally:
+                    seq.remove()
             else:
-                for n, m in mods.items():
-                    linears[prefix + n] = quantize(m.weight.detach().numpy(), bits, group_size, method, rounds)
-            for n, m in mods.items():
-                m.weight.copy_(torch.from_numpy(linears[prefix + n].dequantize()))
-            if fit is not None:
-                _run_layer(layer, h, pe, pos, batch_size, out=h)
+                unused = list(mods)
+            for n in unused:  # no calibration (plain method), or a linear the forward never calls
+                linears[prefix + n] = quantize(mods[n].weight.detach().numpy(), bits, group_size,
+                                               fit or method, rounds)
             quantized = {n + ".weight" for n in mods}
             for k in sd_names:
                 if k not in quantized:
@@ -196,8 +210,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             norm = skel.model.norm.to_empty(device="cpu")
             norm.load_state_dict({"weight": src.get("model.norm.weight")})
             acc = HessianAccumulator(h.shape[-1])
-            for b0 in range(0, h.shape[0], batch_size):
-                acc.add(norm(h[b0:b0 + batch_size]))
+            for part in h.split(8):
+                acc.add(norm(part))
             del h
             linears["lm_head"], info["lm_head"] = gptq_quantize(
                 w_head, acc.H, lm_head_bits, lm_head_group_size, fit=fit, damp=damp, act_order=act_order,
@@ -209,7 +223,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     meta = {"method": method, "bits": int(bits), "group_size": int(group_size),
             "lm_head_bits": int(lm_head_bits), "lm_head_group_size": int(lm_head_group_size),
             "source": src.description, "lutc_version": _lutc_version(), "calibration": calib_meta,
-            "rounds": int(rounds), "seconds": round(prog.elapsed(), 2),
+            "rounds": int(rounds), "seconds": round(prog.elapsed(), 2), "cpu_seconds": round(prog.cpu(), 2),
             "gptq_loss_total": round(sum(v["loss"] for v in info.values()), 6) if info else None}
     cfg = json.loads(config.to_json_string(use_diff=False))  # JSON-normal form: what a checkpoint stores
     if not cfg.get("architectures"):

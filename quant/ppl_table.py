@@ -30,7 +30,7 @@ def _save(path, results):
 
 
 def markdown(results: dict) -> str:
-    """The table: rows float32 then methods, columns W2/W3/W4 x g64/g128; cells 'ppl (quantization s)'."""
+    """The table: rows float32 then methods, columns W2/W3/W4 x g64/g128; cells 'ppl (wall s / cpu s)'."""
     cols = [(b, g) for b in (2, 3, 4) for g in (64, 128)]
     lines = ["| method | " + " | ".join(f"W{b} g{g}" for b, g in cols) + " |",
              "|---|" + "---|" * len(cols)]
@@ -41,7 +41,8 @@ def markdown(results: dict) -> str:
         cells = []
         for b, g in cols:
             r = results.get(f"{m}-W{b}-g{g}")
-            cells.append(f"{r['ppl']:.2f} ({r['quant_seconds']:.0f} s)" if r else "-")
+            cells.append(f"{r['ppl']:.2f} ({r['quant_seconds']:.0f} s / {r['quant_cpu_seconds']:.0f} cpu-s)"
+                         if r else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         qm = quantize_model(src, b, g, m, tokenizer=tok, **qkw)
         qsec = time.perf_counter() - t0
-        r = results.get(key) or {"quant_seconds": round(qsec, 1), **evaluate(qm, tokens=ids, **ev)}
+        r = results.get(key) or {"quant_seconds": round(qsec, 1), "quant_cpu_seconds": qm.meta["cpu_seconds"],
+                                 "load_avg_1min": round(os.getloadavg()[0], 2), **evaluate(qm, tokens=ids, **ev)}
         if want_lut:
             short = ids[:args.lut_tokens]
             lkw = dict(tokens=short, window=min(args.window, short.numel()), stride=args.stride)

@@ -61,8 +61,9 @@ def test_calibrated_methods_beat_plain_ones(model):
     assert errs["hlq"] < errs["rtn"] and errs["hlq-gptq"] < errs["gptq"]
 
 
-def test_calibration_runs_through_quantized_earlier_blocks(model, monkeypatch):
-    """The Hessian of block 1 comes from block 0's *quantized* outputs, as in GPTQ."""
+def test_calibration_runs_through_quantized_linears(model, monkeypatch):
+    """Each Hessian comes from inputs produced by the already-quantized linears before it: earlier
+    blocks (as GPTQ does) and, true-sequentially, earlier linears of the same block."""
     seen = []
     real = gptq_mod.gptq_quantize
 
@@ -72,15 +73,18 @@ def test_calibration_runs_through_quantized_earlier_blocks(model, monkeypatch):
     monkeypatch.setattr("quant.model_quant.gptq_quantize", spy)
     ids = token_ids(4, 32)
     qm = quantize_model(model, 2, 32, "gptq", calib=ids, progress=False)
-    h_block1_qkv = seen[4]  # per block: qkv, o, gate+up, down
+    assert len(seen) == 2 * 4 + 1  # per block: q/k/v, o, gate/up, down; then lm_head
 
     fake = build_torch_model(qm, "fake")
-    captured = {}
-    fake.model.layers[1].self_attn.q_proj.register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0]))
+    inputs = {}
+    for i, name in [(1, "model.layers.0.self_attn.o_proj"), (3, "model.layers.0.mlp.down_proj"),
+                    (4, "model.layers.1.self_attn.q_proj"), (7, "model.layers.1.mlp.down_proj")]:
+        fake.get_submodule(name).register_forward_hook(lambda m, x, o, i=i: inputs.update({i: x[0]}) and None)
     with torch.no_grad():
         fake(ids)
-    x = captured["x"].reshape(-1, 64)
-    torch.testing.assert_close(h_block1_qkv, 2 * x.T @ x / x.shape[0], rtol=1e-3, atol=1e-4)
+    for i, x in inputs.items():
+        x = x.reshape(-1, x.shape[-1])
+        torch.testing.assert_close(seen[i], 2 * x.T @ x / x.shape[0], rtol=1e-3, atol=1e-4)
 
 
 def test_lm_head_bits_flag_and_untied_model():
