@@ -103,6 +103,4 @@ def test_cli_rejects_bad_arguments(capsys):
     assert main(["tune", "--shapes", "64by256"]) == 2
     assert "expected NxK" in capsys.readouterr().err
     assert main(["tune", "--model", "gpt-5"]) == 2
-    assert main(["tune", "--shapes", "64x256", "--target", "aarch64-linux"]) == 2
-    assert "only 'host'" in capsys.readouterr().err
     assert main(["tune", "--shapes", "64x256", "--bits", "5"]) == 2

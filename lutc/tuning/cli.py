@@ -7,7 +7,13 @@ from pathlib import Path
 
 def register(sub):
     t = sub.add_parser("tune", help="autotune LUT-GEMM schedules with Optuna and record them in the tuning db")
-    t.add_argument("--target", default="host", help="only 'host': tuning measures on this machine")
+    t.add_argument("--target", default="host", help="host (default), or a named target measured through --runner "
+                   "or estimated with --estimate")
+    r = t.add_mutually_exclusive_group()
+    r.add_argument("--runner", metavar="HOST:PORT", help="measure on a `lutc runner` on the device (docs/targets.md)")
+    r.add_argument("--estimate", action="store_true", help="record the static cost model's pick for --target "
+                   "(source=estimated) instead of measuring")
+    t.add_argument("--token-file", help="the runner's shared token file (with --runner)")
     g = t.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", help="comma-separated models: llama-2-7b, smollm2-135m")
     g.add_argument("--shapes", help="comma-separated weight shapes NxK (N outputs, K inputs), e.g. 4096x11008")
@@ -68,14 +74,10 @@ def _problems(args):
 
 def cmd_tune(args) -> int:
     from .db import TuningDBError, db_file
-    from .device import host_fingerprint
     from .lookup import default_db_path
     from .report import results_table, save_plots
     from .search import open_storage, progress_bar, tune_problem
-    if args.target not in ("host", "native"):
-        print(f"lutc tune: --target {args.target!r}: tuning measures kernels on this machine, so only "
-              "'host' is supported (run lutc tune on the target device and merge its db file)", file=sys.stderr)
-        return 2
+    from .worker import WorkerSetupError
     try:
         problems = _problems(args)
     except ValueError as e:
@@ -86,9 +88,19 @@ def cmd_tune(args) -> int:
               file=sys.stderr)
         return 2
     db_path = None if args.no_db else Path(args.db) if args.db else default_db_path()
-    fp = host_fingerprint()
-    print(f"lutc tune: device {fp['id']} ({fp['cpu_model'] or fp['cpu']}, {fp['isa']}); {len(problems)} problems, "
-          f"{args.trials} trials each; db {db_file(db_path, fp['id']) if db_path else '(none)'}", file=sys.stderr)
+    if args.estimate:
+        return _estimate(args, problems, db_path)
+    try:
+        measure = _measurement(args)
+    except (ValueError, OSError) as e:
+        print(f"lutc tune: {e}", file=sys.stderr)
+        return 2
+    if measure is None:
+        return 2
+    fp = measure["device"]
+    print(f"lutc tune: device {fp['id']} ({fp.get('cpu_model') or fp['cpu']}, {fp['isa']}); {len(problems)} "
+          f"problems, {args.trials} trials each; db {db_file(db_path, fp['id']) if db_path else '(none)'}",
+          file=sys.stderr)
     storage = open_storage(args.storage)
     results, code = [], 0
     try:
@@ -96,7 +108,7 @@ def cmd_tune(args) -> int:
             r = tune_problem(p, storage=storage, trials=args.trials, timeout=args.timeout, seed=args.seed,
                              prefix=args.study, db_path=db_path, repeats=args.repeats, retries=args.retries,
                              stat=args.stat, final_rounds=args.final_rounds, cache=args.cache,
-                             progress=None if args.quiet else progress_bar)
+                             progress=None if args.quiet else progress_bar, **measure)
             results.append(r)
             sp = f"{r.speedup:.2f}x" if r.speedup else "-"
             print(f"lutc tune: {p.label}: {r.trials} trials ({r.ran} here), {r.minutes:.1f} min, converged at trial "
@@ -108,12 +120,82 @@ def cmd_tune(args) -> int:
     except KeyboardInterrupt:
         print("\nlutc tune: interrupted; rerun the same command to resume the studies", file=sys.stderr)
         code = 130
-    except TuningDBError as e:
+    except (TuningDBError, WorkerSetupError) as e:
         print(f"lutc tune: {e}", file=sys.stderr)
-        return 1
+        code = 1
     if results:
         print(results_table(results))
     return code
+
+
+def _measurement(args):
+    """tune_problem's measurement arguments: this host, or a remote runner; None after refusing."""
+    from ..backend.target import get_target, native_mismatch, runnable
+    from .device import host_fingerprint
+    from .worker import MeasureWorker
+    host_target = args.target in ("host", "native")
+    if args.runner:
+        from ..remote import RemoteMeasureWorker, RemoteRunner, RunnerError
+        target = None if host_target else get_target(args.target).name
+        runner = RemoteRunner.from_address(args.runner, token_file=args.token_file)
+        try:
+            info = runner.connect()
+        except RunnerError as e:
+            raise OSError(str(e)) from None
+
+        def make_worker(problem, timeout):
+            return RemoteMeasureWorker(problem, runner, target=target, timeout=timeout)
+        return {"make_worker": make_worker, "device": runner.device, "cores": int(info["cores"])}
+    if not host_target:
+        t = get_target(args.target)
+        if native_mismatch(t) is not None:
+            try:
+                runnable(t)
+            except Exception as e:  # noqa: BLE001 - NativeOnlyError names the runner and --estimate
+                print(f"lutc tune: {e}", file=sys.stderr)
+                return None
+        print(f"lutc tune: {t.name} code runs on this machine, but lut_gemm here runs host code and reads the "
+              "host's entries: tune with --target host, measure a real device with --runner, or use --estimate",
+              file=sys.stderr)
+        return None
+    return {"make_worker": MeasureWorker, "device": host_fingerprint(), "cores": None}
+
+
+def _estimate(args, problems, db_path) -> int:
+    """--estimate: the static cost model's best schedule per problem, recorded as source=estimated
+    (a measured entry already in the db is kept)."""
+    from ..backend.target import get_target
+    from ..remote.estimate import device_fingerprint, estimated_entry
+    from ..schedule import Schedule
+    from .db import TuningDBError, db_file, updating
+    from .report import results_table
+    from .search import TuneResult
+    try:
+        target = get_target(args.target)
+    except ValueError as e:
+        print(f"lutc tune: {e}", file=sys.stderr)
+        return 2
+    fp, results = device_fingerprint(target), []
+    try:
+        for p in problems:
+            e = estimated_entry(p, target)
+            note = "estimated"
+            if db_path is not None:
+                with updating(db_file(db_path, fp["id"]), fp) as db:
+                    old = db.get(p.kernel, p.bits, p.group_size, p.M, p.N, p.K)
+                    if old is not None and old["source"] == "measured":
+                        note = "estimated; kept the measured entry"
+                    else:
+                        db.put(e)
+            results.append(TuneResult(p, "(estimate)", best=Schedule.from_dict(e["schedule"]), time_s=e["time_s"],
+                                      default_time_s=e["default_time_s"], note=note))
+    except TuningDBError as err:
+        print(f"lutc tune: {err}", file=sys.stderr)
+        return 1
+    print(f"# {target.name}: static estimates, not measurements; db "
+          f"{db_file(db_path, fp['id']) if db_path else '(none)'}")
+    print(results_table(results))
+    return 0
 
 
 def _ms(t) -> str:

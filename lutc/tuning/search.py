@@ -16,9 +16,10 @@ from .db import TuningDB, db_file, make_entry, nearest_entry, updating
 from .device import host_fingerprint, usable_cores
 from .space import (Problem, in_space, invalid_reason, params_of, schedule_from_params, space_for,
                     suggest)
-from .worker import MeasureWorker
+from .worker import MeasureWorker, WorkerSetupError
 
 CONVERGED_WITHIN = 1.02   # a trial within 2% of the final best counts as converged
+FATAL = ("unsupported_target", "rejected")   # remote runner answers that no other candidate would change
 
 
 def code_hash() -> str:
@@ -71,10 +72,11 @@ def _postgres_driver(url: str) -> str:
     return url
 
 
-def study_name(p: Problem, prefix: str | None = None, cache: str = "cold", stat: str = "median") -> str:
+def study_name(p: Problem, prefix: str | None = None, cache: str = "cold", stat: str = "median",
+               device: str | None = None) -> str:
     """'<prefix>/<db key>/<cache mode>[-min]'; the default prefix names the device and the kernel code."""
     from .db import entry_key, m_bucket
-    prefix = prefix or f"lutc-{host_fingerprint()['id']}-{code_hash()}"
+    prefix = prefix or f"lutc-{device or host_fingerprint()['id']}-{code_hash()}"
     mode = cache if stat == "median" else f"{cache}-{stat}"
     return f"{prefix}/{entry_key(p.kernel, p.bits, p.group_size, m_bucket(p.M), p.N, p.K)}/{mode}"
 
@@ -105,14 +107,15 @@ def open_study(p: Problem, storage, name: str, seed: int, trials: int):
     return study
 
 
-def warm_start(study, p: Problem, space: dict, cores: int, db_path=None):
+def warm_start(study, p: Problem, space: dict, cores: int, db_path=None, device: str | None = None):
     """Enqueue the default schedule and the db's entry for this (or the nearest) shape."""
     from ..ops import default_schedule
     from .lookup import load_dbs
+    host = host_fingerprint()["id"]
     seeds = [("default", default_schedule(p.bits, p.group_size, p.M))]
-    pool = [e for db in load_dbs() for e in db.entries.values()]
+    pool = [e for db in load_dbs() for e in db.entries.values()] if device in (None, host) else []
     if db_path is not None:
-        path = db_file(db_path, host_fingerprint()["id"])
+        path = db_file(db_path, device or host)
         if path.exists():
             pool = list(TuningDB.load(path).entries.values()) + pool  # a corrupt file stops us here
     e = nearest_entry(pool, p.kernel, p.bits, p.group_size, p.M, p.N, p.K)
@@ -191,6 +194,10 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
                 best = _best_value(study)
                 res = worker.measure(sched, dict(timing, cutoff_s=3 * best if best else None))
                 _record(trial, res)
+                if res["status"] in FATAL:   # the measuring device cannot run any candidate
+                    study.tell(trial, state=TrialState.FAIL)
+                    told = True
+                    raise WorkerSetupError(f"{res['status']}: {res['reason']}")
                 ok = res["status"] == "ok"
                 state, value = (TrialState.COMPLETE, res["value_s"]) if ok else (TrialState.FAIL, None)
             study.tell(trial, value, state=state)
@@ -260,27 +267,32 @@ def finalists(study, p: Problem, k: int, threads: tuple = ()) -> list:
 
 def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, prefix=None, db_path=None,
                  repeats=7, retries=2, stat="median", final_rounds=5, finalists_k=3, data_seed=0, cache="cold",
-                 progress=None) -> TuneResult:
+                 progress=None, make_worker=MeasureWorker, device: dict | None = None,
+                 cores: int | None = None) -> TuneResult:
     """Tune one problem in its study (resuming it), re-time the `finalists_k` fastest schedules
-    against the default (interleaved), and record the winner in the db at `db_path` (None: no write)."""
+    against the default (interleaved), and record the winner in the db at `db_path` (None: no write).
+
+    Measurements run in `make_worker(problem_dict, timeout=...)`, a MeasureWorker unless another
+    device measures (lutc.remote.RemoteMeasureWorker); `device` (its fingerprint) and `cores`
+    then name the study and db file and bound the threads knob instead of this host's."""
     from ..ops import default_schedule
     from .lookup import clear_cache
     t0 = time.time()
-    # 'min' of many short repeats estimates the uncontended time on a machine others are loading
-    timing = {"repeats": repeats, "retries": retries, "stat": stat}
-    if stat == "min":
-        timing["min_repeat_s"] = 0.002
-    cores = usable_cores()
+    timing = {"repeats": repeats, "retries": retries}
+    if stat == "min":   # the min of many short repeats estimates the uncontended time on a loaded machine
+        timing.update(stat="min", min_repeat_s=0.002)
+    device = device or host_fingerprint()
+    cores = cores or usable_cores()
     space = space_for(p, cores)
-    name = study_name(p, prefix, cache, stat)
+    name = study_name(p, prefix, cache, stat, device["id"])
     if storage is None or isinstance(storage, str):
         storage = open_storage(storage)
     study = open_study(p, storage, name, seed, trials)
-    warm_start(study, p, space, cores, db_path)
+    warm_start(study, p, space, cores, db_path, device["id"])
     out = TuneResult(p, name)
     problem = {"bits": p.bits, "group_size": p.group_size, "M": p.M, "N": p.N, "K": p.K, "seed": data_seed,
                "cache": cache}
-    with MeasureWorker(problem, timeout=timeout) as worker:
+    with make_worker(problem, timeout=timeout) as worker:
         bar = progress(p, trials, len(_finished(study))) if progress else None
         try:
             out.ran = run_trials(study, p, worker, space, trials, timing, bar)
@@ -312,8 +324,7 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
                            spread=out.spread, default_spread=out.default_spread, err_ratio=b["err_ratio"],
                            trials=out.trials, study=name, code_hash=code_hash(), cache=cache, stat=stat,
                            contention=b["contention"], converged_trial=out.converged_trial)
-        fp = host_fingerprint()
-        with updating(db_file(db_path, fp["id"]), fp) as db:
+        with updating(db_file(db_path, device["id"]), device) as db:
             db.put(entry)
         clear_cache()
     return out
