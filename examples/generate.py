@@ -4,7 +4,8 @@
     python examples/generate.py CKPT_DIR --prompt "Once upon a time" --bits 2 --threads 1
 
 1. get a quantized model: a checkpoint folder, or the bundled model quantized on first use (cached),
-2. build the lean decoder: weights are packed for lutc kernels, compiled kernels come from the cache,
+2. build the lean decoder: weights are packed for lutc kernels (and kept in the pack cache, so later
+   starts memory-map them), compiled kernels come from lutc's disk cache,
 3. encode the prompt (chat template), prefill, then sample and decode token by token, streaming.
 """
 from __future__ import annotations
@@ -13,8 +14,9 @@ import argparse
 import sys
 import time
 
-from runtime import LeanDecoder, SamplingParams, generate, load_quantized, load_tokenizer
+from runtime import SamplingParams, generate
 from runtime.generate import peak_rss_mb
+from runtime.models import checkpoint_dir, load_decoder
 
 
 def main(argv=None):
@@ -30,10 +32,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    qm = load_quantized(args.model, bits=args.bits, group_size=128, method="hlq")    # 1. quantized weights
-    tokenizer = load_tokenizer(qm, args.model)
-    decoder = LeanDecoder(qm, threads=args.threads)                                 # 2. packed + compiled
-    del qm                                                   # codes are not needed once packed
+    ckpt = checkpoint_dir(args.model, bits=args.bits, group_size=128, method="hlq")  # 1. quantized weights
+    decoder, tokenizer = load_decoder(ckpt, threads=args.threads)                    # 2. packed + compiled
     print(f"loaded in {time.perf_counter() - t0:.1f} s, {decoder.weight_bytes / 2**20:.0f} MiB of packed "
           f"weights, {decoder.threads} threads", file=sys.stderr)
 

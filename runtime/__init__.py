@@ -2,14 +2,14 @@
 from .config import DecoderConfig, UnsupportedModelError
 from .decoder import LeanDecoder
 from .generate import GenerationResult, generate
-from .models import load_quantized, load_tokenizer
+from .models import load_decoder, load_quantized, load_tokenizer
 from .sampling import Sampler, SamplingParams
 
 
 def load(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128, method="hlq", lut_dtype=None):
-    """(LeanDecoder, tokenizer) for a quantized checkpoint folder or a bundled model name."""
-    qm = load_quantized(model_or_dir, bits=bits, group_size=group_size, method=method)
-    return LeanDecoder(qm, n_ctx=n_ctx, threads=threads, lut_dtype=lut_dtype), load_tokenizer(qm, model_or_dir)
+    """(LeanDecoder, tokenizer) for a quantized checkpoint folder or a bundled model name (pack-cached)."""
+    return load_decoder(model_or_dir, threads=threads, n_ctx=n_ctx, bits=bits, group_size=group_size,
+                        method=method, lut_dtype=lut_dtype)
 
 
 def __getattr__(name):   # torch is imported only when the torch integration is used
@@ -20,5 +20,5 @@ def __getattr__(name):   # torch is imported only when the torch integration is 
 
 
 __all__ = ["DecoderConfig", "UnsupportedModelError", "LeanDecoder", "GenerationResult", "generate",
-           "load", "load_quantized", "load_tokenizer", "Sampler", "SamplingParams", "LUTLinear",
+           "load", "load_decoder", "load_quantized", "load_tokenizer", "Sampler", "SamplingParams", "LUTLinear",
            "quantize_model"]

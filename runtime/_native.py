@@ -52,8 +52,20 @@ def _schedules(qt, lut_dtype, m_prefill):
     return dec, pre
 
 
+class StalePackError(ValueError):
+    """Prepacked weights whose layout no longer matches the schedule lutc chooses now."""
+
+
+class PackedLinear:
+    """Weights already in kernel layout (from the runtime's pack cache): what QuantLinear keeps."""
+
+    def __init__(self, bits, group_size, packed):
+        self.bits, self.group_size, self.packed = bits, group_size, packed
+        self.shape = (packed.N, packed.K)
+
+
 class QuantLinear:
-    """y = x @ W_hat^T for a QuantizedTensor W, packed once (codes are not kept).
+    """y = x @ W_hat^T for a QuantizedTensor (or PackedLinear) W, packed once (codes are not kept).
 
     `bind(x, y, m)` returns the two Launches (table build, GEMM) that read rows 0..m-1 of the
     preallocated float32 buffer x and write rows 0..m-1 of y. m == 1 uses the GEMV schedule,
@@ -67,7 +79,13 @@ class QuantLinear:
         self.sched_decode, self.sched_prefill = _schedules(qt, lut_dtype, max_m)
         self.k_decode = get_kernel(self.sched_decode)
         self.k_prefill = get_kernel(self.sched_prefill)
-        self.packed = self.k_decode.pack(qt)
+        if isinstance(qt, PackedLinear):
+            if qt.packed.layout_key != self.sched_decode.layout_key:
+                raise StalePackError(f"{name}: packed for {qt.packed.layout_key}, schedule wants "
+                                     f"{self.sched_decode.layout_key}")
+            self.packed = qt.packed
+        else:
+            self.packed = self.k_decode.pack(qt)
         s = self.sched_decode
         self.num_groups = self.packed.num_groups
         self.max_m = max_m

@@ -50,16 +50,13 @@ def cmd_generate(args) -> int:
 
 
 def _run(args, params) -> int:
-    from .decoder import LeanDecoder
     from .generate import generate, peak_rss_mb
-    from .models import load_quantized, load_tokenizer
+    from .models import load_decoder
     t0 = time.perf_counter()
-    qm = load_quantized(args.model, bits=args.bits, group_size=args.group_size, method=args.method)
-    tok = load_tokenizer(qm, args.model)
+    dec, tok = load_decoder(args.model, threads=args.threads, n_ctx=args.ctx, bits=args.bits,
+                            group_size=args.group_size, method=args.method, lut_dtype=args.lut_dtype)
     if tok is None:
-        raise ValueError(f"{args.model}: the checkpoint has no tokenizer (tokenizer_dir is empty)")
-    dec = LeanDecoder(qm, n_ctx=args.ctx, threads=args.threads, lut_dtype=args.lut_dtype)
-    del qm
+        raise ValueError(f"{args.model}: the checkpoint has no tokenizer")
     load_s = time.perf_counter() - t0
 
     def stream(piece):

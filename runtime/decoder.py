@@ -19,6 +19,9 @@ def _layer_names(i):
                 ln2=p + "post_attention_layernorm.weight")
 
 
+FUSED = ("qkv", "o", "gate_up", "down")     # the four matrices of a layer, as the decoder runs them
+
+
 class _Layer:
     __slots__ = ("qkv", "o", "gu", "down", "ln1", "ln2", "k_cache", "v_cache")
 
@@ -68,23 +71,33 @@ class LeanDecoder:
             raise ValueError(f"n_ctx: expected >= 1, got {n_ctx}")
         self.max_prefill = max(1, min(int(max_prefill), self.n_ctx))
         self.meta = dict(qm.meta)
+        self.config_dict = dict(qm.config)
         self.tokenizer_dir = qm.tokenizer_dir
-        _check_model(qm, c)
+        prepacked = getattr(qm, "packed", None)       # a runtime.packcache.PackedModel
+        if prepacked is None:
+            _check_model(qm, c)
         mm = self.max_prefill
         self.layers = []
         for i in range(c.num_layers):
             n, L = _layer_names(i), _Layer()
-            lin = qm.linears
-            L.qkv = QuantLinear(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype, n["q"] + "kv")
-            L.o = QuantLinear(lin[n["o"]], mm, lut_dtype, n["o"])
-            L.gu = QuantLinear(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up")
-            L.down = QuantLinear(lin[n["down"]], mm, lut_dtype, n["down"])
+            if prepacked is not None:
+                L.qkv, L.o, L.gu, L.down = (QuantLinear(prepacked[f"{i}.{k}"], mm, lut_dtype, f"{i}.{k}")
+                                            for k in FUSED)
+            else:
+                lin = qm.linears
+                L.qkv = QuantLinear(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype,
+                                    n["q"] + "kv")
+                L.o = QuantLinear(lin[n["o"]], mm, lut_dtype, n["o"])
+                L.gu = QuantLinear(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up")
+                L.down = QuantLinear(lin[n["down"]], mm, lut_dtype, n["down"])
             L.ln1 = qm.tensors[n["ln1"]]
             L.ln2 = qm.tensors[n["ln2"]]
             L.k_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
             L.v_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
             self.layers.append(L)
-        self.lm_head = QuantLinear(qm.linears["lm_head"], mm, lut_dtype, "lm_head")
+        self.lm_head = QuantLinear(prepacked["lm_head"] if prepacked is not None else qm.linears["lm_head"],
+                                   mm, lut_dtype, "lm_head")
+        self.lut_dtype = lut_dtype
         self.embed = qm.tensors["model.embed_tokens.weight"]
         self.norm = qm.tensors["model.norm.weight"]
         self.cos, self.sin = c.rope_tables(self.n_ctx)

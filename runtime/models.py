@@ -1,6 +1,7 @@
 """Resolve MODEL_OR_DIR (a quantized checkpoint folder or a bundled name) to a QuantizedModel and tokenizer."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def load_quantized(model_or_dir, bits=4, group_size=128, method="hlq", progress=
     quant.save_checkpoint (atomic: a temp folder renamed into place) under models_dir().
     """
     import quant
+    return quant.load_checkpoint(str(checkpoint_dir(model_or_dir, bits, group_size, method, progress)))
+
+
+def checkpoint_dir(model_or_dir, bits=4, group_size=128, method="hlq", progress=True) -> Path:
+    """The checkpoint folder for MODEL_OR_DIR (a bundled model is quantized and saved on first use)."""
     key = str(model_or_dir)
     if key.lower() in BUNDLED:
         return _bundled(key.lower(), bits, group_size, method, progress)
@@ -32,7 +38,34 @@ def load_quantized(model_or_dir, bits=4, group_size=128, method="hlq", progress=
         raise FileNotFoundError(f"{key!r} is neither a quantized checkpoint folder nor a bundled model "
                                 f"({', '.join(BUNDLED)})")
     _check_architecture(path)
-    return quant.load_checkpoint(str(path))
+    return path
+
+
+def load_decoder(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128, method="hlq", lut_dtype=None,
+                 max_prefill=128, progress=True):
+    """(LeanDecoder, tokenizer or None). The first start from a checkpoint packs its weights and saves
+    them in the pack cache (runtime.packcache); later starts memory-map them instead."""
+    import quant
+    from . import packcache
+    from ._native import StalePackError
+    from .decoder import LeanDecoder
+    ckpt = checkpoint_dir(model_or_dir, bits, group_size, method, progress)
+    opts = dict(n_ctx=n_ctx, threads=threads, lut_dtype=lut_dtype, max_prefill=max_prefill)
+    cache = packcache.cache_path(ckpt, lut_dtype)
+    dec = None
+    if cache.is_dir():
+        try:
+            dec = LeanDecoder(packcache.load(cache), **opts)
+        except (OSError, ValueError, KeyError, StalePackError) as e:
+            print(f"lutc: ignoring pack cache {cache}: {e}", file=sys.stderr)
+            shutil.rmtree(cache, ignore_errors=True)
+    if dec is None:
+        dec = LeanDecoder(quant.load_checkpoint(str(ckpt)), **opts)
+        try:
+            packcache.save(dec, cache)
+        except OSError as e:                    # a read-only cache only costs the next start
+            print(f"lutc: could not write pack cache {cache}: {e}", file=sys.stderr)
+    return dec, load_tokenizer(dec, model_or_dir)
 
 
 def _check_architecture(path: Path):
@@ -51,21 +84,18 @@ def _check_architecture(path: Path):
 def _bundled(name, bits, group_size, method, progress):
     import quant
     dest = models_dir() / cached_name(name, bits, group_size, method)
-    if dest.is_dir():
-        try:
-            return quant.load_checkpoint(str(dest))
-        except quant.CheckpointError as e:      # e.g. written by another version: quantize again
-            print(f"lutc: cached {dest} is unusable ({e}); quantizing again", file=sys.stderr)
+    if (dest / "manifest.json").is_file():
+        return dest
     if progress:
         print(f"lutc: quantizing {name} to {bits} bits (g{group_size}, {method}) on first use; "
               f"caching it in {dest}", file=sys.stderr)
     qm = quant.quantize_model(name, bits, group_size=group_size, method=method, progress=progress)
-    quant.save_checkpoint(qm, str(dest))
-    return quant.load_checkpoint(str(dest))
+    quant.save_checkpoint(qm, str(dest))        # atomic: a temp folder renamed into place
+    return dest
 
 
 def load_tokenizer(qm, model_or_dir=None):
-    """The model's tokenizer: from the checkpoint's tokenizer folder, else the bundled GGUF's, else None."""
+    """The tokenizer of a QuantizedModel or LeanDecoder (its tokenizer_dir), else the bundled GGUF's, else None."""
     from transformers import AutoTokenizer
     if qm.tokenizer_dir and Path(qm.tokenizer_dir).is_dir():
         return AutoTokenizer.from_pretrained(qm.tokenizer_dir)

@@ -251,3 +251,23 @@ def test_cli_rejects_unsupported_checkpoint(checkpoint, tmp_path, capsys):
     long = "hello world " * 600
     assert main(["generate", checkpoint, "--prompt", long, "--max-tokens", "2", "--ctx", "64"]) == 2
     assert "prompt too long" in capsys.readouterr().err
+
+
+def test_pack_cache(checkpoint, tmp_path, monkeypatch):
+    """A second start memory-maps the packed weights; a broken cache is ignored and rewritten."""
+    from runtime import packcache
+    from runtime.models import load_decoder
+    monkeypatch.setenv("LUTC_CACHE_DIR", str(tmp_path))
+    first, tok = load_decoder(checkpoint, threads=1, lut_dtype="float32")
+    cache = packcache.cache_path(checkpoint, "float32")
+    assert (cache / "meta.json").is_file() and tok is not None
+    second, _ = load_decoder(checkpoint, threads=1, lut_dtype="float32")
+    assert second.meta.get("pack_cache") == str(cache)
+    ids = [1, 5, 9, 200]
+    want = first.prefill(ids, all_logits=True)
+    np.testing.assert_array_equal(second.prefill(ids, all_logits=True), want)
+    (cache / "weights.bin").write_bytes(b"broken")
+    third, _ = load_decoder(checkpoint, threads=1, lut_dtype="float32")
+    assert "pack_cache" not in third.meta
+    np.testing.assert_array_equal(third.prefill(ids, all_logits=True), want)
+    assert packcache.load(cache).packed["lm_head"].packed.N == 300     # rewritten
