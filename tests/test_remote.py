@@ -233,12 +233,14 @@ def test_runner_verifies_results_against_the_reference(inproc_runner, monkeypatc
 def test_remote_worker_is_a_drop_in_for_the_tuner(runner):
     problem = {"bits": 3, "group_size": 64, "M": 1, "N": 128, "K": 256, "seed": 0, "cache": "hot"}
     with RemoteMeasureWorker(problem, _client(runner)) as w:
-        r = w.measure(lut_gemm.schedule(bits=3, group_size=64, threads=1), {"repeats": 2, "retries": 0})
+        # the timing options tune_problem sends (with --stat min)
+        r = w.measure(lut_gemm.schedule(bits=3, group_size=64, threads=1),
+                      {"repeats": 2, "retries": 0, "stat": "min", "min_repeat_s": 0.002})
         assert w.device["id"] == host_fingerprint()["id"]
-    for key in ("status", "reason", "median_s", "spread", "err_ratio", "compile_s", "wall_s", "threads",
-                "contention", "attempts"):
+    for key in ("status", "reason", "median_s", "value_s", "stat", "spread", "err_ratio", "compile_s", "wall_s",
+                "threads", "contention", "attempts"):
         assert key in r, key
-    assert r["status"] == "ok"
+    assert r["status"] == "ok" and r["stat"] == "min"
 
 
 # ---------------------------------------------------------------------- CLI

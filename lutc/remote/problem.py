@@ -14,6 +14,7 @@ MAX_DIM = 1 << 20                     # N, K and M beyond this are refused befor
 TIMING_LIMITS = {"repeats": (int, 1, 100), "retries": (int, 0, 5), "warmup_s": (float, 0.0, 5.0),
                  "min_repeat_s": (float, 0.0, 1.0), "cutoff_s": (float, 0.0, 600.0),
                  "max_contention": (float, 0.0, 1024.0)}
+TIMING_CHOICES = {"cache": ("cold", "hot"), "stat": ("median", "min")}
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,13 +90,13 @@ def timing_options(t) -> dict:
         raise ProtocolError("timing must be an object")
     out = {}
     for k, v in t.items():
-        if k == "cache":
-            if v not in ("cold", "hot"):
-                raise ProtocolError(f"timing: cache must be 'cold' or 'hot', got {v!r}")
+        if k in TIMING_CHOICES:
+            if v not in TIMING_CHOICES[k]:
+                raise ProtocolError(f"timing: {k} must be one of {TIMING_CHOICES[k]}, got {v!r}")
             out[k] = v
             continue
         if k not in TIMING_LIMITS:
-            raise ProtocolError(f"timing: unknown option {k!r} (known: cache, {', '.join(TIMING_LIMITS)})")
+            raise ProtocolError(f"timing: unknown option {k!r} (known: {', '.join([*TIMING_CHOICES, *TIMING_LIMITS])})")
         if v is None and k == "cutoff_s":
             continue
         typ, lo, hi = TIMING_LIMITS[k]
