@@ -202,7 +202,7 @@ def runnable(target) -> Target:
             f"cannot run {t.name} code on this machine: {why}. Here you can compile it "
             f"(lutc compile --target {t.name} --emit asm|obj) and check it under emulation "
             "(tests/test_aarch64_emulated.py); to time it, run `lutc runner` on the device and "
-            "pass --runner HOST:PORT (see docs/targets.md)")
+            "pass --runner HOST:PORT, or rank schedules without a device with --estimate (see docs/targets.md)")
     return t if t.is_host else dataclasses.replace(t, is_host=True)
 
 
