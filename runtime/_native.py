@@ -1,9 +1,7 @@
-"""QuantLinear: one packed matrix with preallocated native launch blocks (no per-call Python allocation).
-
-This is the only module that reaches below lutc.CompiledKernel's public call API: a kernel's
-`_tables` / `_gemm` CompiledFunctions, whose public `make_ctx` and `launch_address` let us build
-each launch's argument block once and then call the native entry point directly.
-"""
+"""QuantLinear: one packed matrix with prebuilt native launch blocks (no per-call Python work or allocation)."""
+# The only module that reaches below lutc.CompiledKernel's public call API: a kernel's `_tables` /
+# `_gemm` CompiledFunctions, whose public `make_ctx` and `launch_address` let us build each launch's
+# argument block once and then call the native entry point directly.
 from __future__ import annotations
 
 import ctypes

@@ -14,8 +14,8 @@ from lutc.schedule import Schedule
 
 from ._native import _schedules
 
-_META: dict = {}             # meta string -> (decode kernel, prefill kernel, N, K, layout fields)
-_PACKED: dict = {}           # (w ptr, sz ptr, meta) -> weakref to PackedWeights
+_META: dict = {}                        # meta string -> (decode kernel, prefill kernel, N, K)
+_PACKED = weakref.WeakValueDictionary()  # (w ptr, sz ptr, meta) -> PackedWeights (held by its LUTLinear)
 _LOCK = threading.Lock()
 
 
@@ -24,31 +24,24 @@ def _parse_meta(meta: str):
     if hit is None:
         d = json.loads(meta)
         dec, pre = Schedule.from_dict(d["decode"]), Schedule.from_dict(d["prefill"])
-        hit = _META[meta] = (get_kernel(dec), get_kernel(pre), int(d["N"]), int(d["K"]), d)
+        hit = _META[meta] = (get_kernel(dec), get_kernel(pre), int(d["N"]), int(d["K"]))
     return hit
 
 
 def _packed_for(w: torch.Tensor, sz: torch.Tensor, meta: str, dec_kernel, N, K):
     key = (w.data_ptr(), sz.data_ptr(), meta)
-    ref = _PACKED.get(key)
-    p = ref() if ref is not None else None
-    if p is None:
+    p = _PACKED.get(key)
+    if p is None:   # tensors not made by a live LUTLinear (e.g. copied): wrap them, uncached
         s = dec_kernel.schedule
-        ng, tiles = -(-K // s.group_size), -(-N // s.bn)
-        p = PackedWeights(s.layout_key, N, K, ng, tiles, w.numpy(), sz.numpy())
-        with _LOCK:
-            _PACKED[key] = weakref.ref(p, lambda _r, k=key: _PACKED.pop(k, None))
-            _KEEP[key] = p       # alive as long as the owning module (dropped by its finalizer)
+        p = PackedWeights(s.layout_key, N, K, -(-K // s.group_size), -(-N // s.bn), w.numpy(),
+                          sz.numpy().view(np.float16))
     return p
-
-
-_KEEP: dict = {}
 
 
 @torch.library.custom_op("lutc::lut_linear", mutates_args=())
 def lut_linear(x: torch.Tensor, w: torch.Tensor, sz: torch.Tensor, meta: str) -> torch.Tensor:
     """y = x @ W_hat^T with lutc kernels; w/sz are the packed weights, meta their schedules and shape."""
-    dec, pre, N, K, _ = _parse_meta(meta)
+    dec, pre, N, K = _parse_meta(meta)
     if x.shape[-1] != K:
         raise ValueError(f"lut_linear: expected input (..., {K}), got {tuple(x.shape)}")
     lead = x.shape[:-1]
@@ -79,13 +72,13 @@ class LUTLinear(torch.nn.Module):
         self.in_features, self.out_features = qt.K, qt.N
         self.bits, self.group_size = qt.bits, qt.group_size
         self.meta = json.dumps(dict(decode=dec.to_dict(), prefill=pre.to_dict(), N=qt.N, K=qt.K), sort_keys=True)
+        # fp16 scales are stored as raw bytes so that model.to(dtype) / .half() cannot convert them
         self.register_buffer("w", torch.from_numpy(packed.w))
-        self.register_buffer("sz", torch.from_numpy(packed.sz))
+        self.register_buffer("sz", torch.from_numpy(packed.sz.view(np.uint8)))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        key = (self.w.data_ptr(), self.sz.data_ptr(), self.meta)
-        _KEEP[key] = packed
-        _PACKED[key] = weakref.ref(packed)
-        weakref.finalize(self, _KEEP.pop, key, None)
+        self._packed = packed
+        with _LOCK:
+            _PACKED[(self.w.data_ptr(), self.sz.data_ptr(), self.meta)] = packed
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits=4, group_size=128, method="rtn", lut_dtype=None):

@@ -64,3 +64,15 @@ def test_quantize_model_rejects_other_architectures():
         runtime.quantize_model(model)
     with pytest.raises(TypeError):
         runtime.quantize_model(object())
+
+
+def test_lutlinear_survives_dtype_casts_and_state_dict():
+    qt = quant.quantize(np.random.default_rng(2).standard_normal((48, 128)).astype(np.float32), 2, 64, "rtn")
+    lin = LUTLinear(qt, lut_dtype="float32")
+    x = torch.randn(3, 128)
+    want = lin(x)
+    lin.half()                                    # packed buffers are integer: untouched
+    torch.testing.assert_close(lin(x.half()).float(), want, rtol=1e-2, atol=1e-2)
+    other = LUTLinear(quant.quantize(np.zeros((48, 128), np.float32), 2, 64, "rtn"), lut_dtype="float32")
+    other.load_state_dict(lin.state_dict())
+    torch.testing.assert_close(other(x), want)
