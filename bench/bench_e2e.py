@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from bench.common import RESULTS, StreamBuffer, conditions, write_json  # noqa: E402
+from bench.common import RESULTS, conditions, write_json  # noqa: E402
 
 LLAMA7B = dict(vocab=49152, hidden=4096, ffn=11008, layers=4, heads=32, kv_heads=32, theta=10000.0, tie=False,
                max_pos=4096)
@@ -188,10 +188,38 @@ def python_overhead(qm, reps=200):
                 numpy_engine_launches_per_token=8 * len(npy.layers) + 2)
 
 
-def bandwidth(threads_list, reps):
-    buf = StreamBuffer(max(threads_list), mb_per_thread=256)
-    buf.numpy_sum(1, 1)
-    return {t: float(np.median(buf.numpy_sum(t, reps))) for t in threads_list}
+def _stream_kernel():
+    """A lutc DSL kernel that reads a float32 array once (partial sums per chunk): the roofline probe."""
+    import lutc
+    import lutc.language as tl
+
+    @lutc.jit
+    def stream_sum(x, out, CH: tl.constexpr):
+        base = x + tl.program_id(0) * CH
+        a0 = tl.zeros((64,), tl.float32)
+        a1 = tl.zeros((64,), tl.float32)
+        for i in range(0, CH, 128):
+            a0 += tl.load(base + i + tl.arange(0, 64))
+            a1 += tl.load(base + i + 64 + tl.arange(0, 64))
+        tl.store(out + tl.program_id(0), tl.sum(a0 + a1))
+    return stream_sum
+
+
+def bandwidth(threads_list, reps, mb=512):
+    """Streaming-read GB/s per thread count, measured with lutc's own thread pool on `mb` MB."""
+    ch = 1 << 16
+    x = np.ones((mb << 20) // 4, np.float32)
+    out = np.zeros(x.size // ch, np.float32)
+    kern = _stream_kernel()
+    res = {}
+    for t in threads_list:
+        samples = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            kern[(out.size,)](x, out, CH=ch, threads=t)
+            samples.append(x.nbytes / (time.perf_counter() - t0) / 1e9)
+        res[t] = float(np.median(samples[1:]))
+    return res
 
 
 # ------------------------------------------------------------------------------ main
@@ -265,6 +293,27 @@ def _print_row(r):
     print(s, flush=True)
 
 
+def markdown(out) -> str:
+    """The results as markdown tables (what docs/runtime.md shows)."""
+    c, rows = out["conditions"], out["rows"]
+    lines = [f"Run {c['date']}, {c['cpu']} ({c['ncpu']} cores), llama-cpp-python {out.get('llama_cpp')}, "
+             f"1-min load average {c['loadavg_start'][0]:.1f} at start and {c.get('loadavg_end', [0])[0]:.1f} "
+             f"at end; bandwidth (lutc stream probe) " +
+             ", ".join(f"{t} thread(s) {v:.1f} GB/s" for t, v in out["bandwidth_GBs"].items()) + ".", "",
+             "| model | lutc vs llama.cpp | threads | decode lutc | decode llama.cpp | decode ratio | "
+             "prefill lutc | prefill llama.cpp | prefill ratio | lutc MB/token | llama.cpp MB/token | "
+             "lutc % of roofline |", "|" + "---|" * 12]
+    for r in rows:
+        g = lambda k, f="{:.1f}": f.format(r[k]) if k in r else "-"  # noqa: E731
+        lines.append(f"| {r['model']} | {r['lutc']} vs {r['llama_type']} | {r['threads']} | "
+                     f"{g('lutc_decode_tps')} | {g('llama_decode_tps')} | {g('decode_ratio', 'x{:.2f}')} | "
+                     f"{g('lutc_prefill_tps')} | {g('llama_prefill_tps')} | {g('prefill_ratio', 'x{:.2f}')} | "
+                     f"{r['lutc_bytes_per_token'] / 1e6:.1f} | "
+                     f"{r['llama_bytes_per_token'] / 1e6 if 'llama_bytes_per_token' in r else float('nan'):.1f} | "
+                     f"{100 * r['lutc_roofline_frac']:.0f}% |")
+    return "\n".join(lines)
+
+
 def plot(out, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -307,11 +356,17 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="1 round of 16 decode steps")
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp even if it is installed")
     p.add_argument("--out", default=str(RESULTS / "e2e.json"))
+    p.add_argument("--markdown", metavar="JSON", help="print an existing result file as markdown tables and exit")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.decode = 1, 16
+    if args.markdown:
+        import json
+        print(markdown(json.loads(pathlib.Path(args.markdown).read_text())))
+        return 0
     out = run(args)
     write_json(args.out, out)
+    print(markdown(out))
     png = pathlib.Path(args.out).with_suffix(".png")
     try:
         plot(out, png)
