@@ -40,7 +40,8 @@ class RemoteRunner:
         host, port = parse_address(address)
         if token is None:
             if token_file is None:
-                raise ValueError("the runner's shared token is missing: give --token-file FILE (API: token_file= or token=)")
+                raise ValueError("the runner's shared token is missing: give --token-file FILE "
+                                 "(API: token_file= or token=)")
             token = read_token(token_file)
         return cls(host, port, token, **kw)
 

@@ -1,4 +1,4 @@
-"""What client and runner exchange besides frames: problems (weights + activations), software versions, timing options."""
+"""What client and runner exchange besides frames: problems, software versions, timing options."""
 from __future__ import annotations
 
 import functools
