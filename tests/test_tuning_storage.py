@@ -44,6 +44,25 @@ def _run_two_workers(url, tmp_path):
     assert db.get("lut_gemm", 2, 128, 1, 64, 256)["source"] == "measured"
 
 
+def test_schema_creation_race_is_retried(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:  # what the loser of two workers creating a fresh schema sees
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table already exists"))
+        return real(url, **kw)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    assert isinstance(open_storage(f"sqlite:///{tmp_path / 'x.db'}"), real) and len(calls) == 2
+
+
+def test_journal_storage(tmp_path):
+    s = open_storage(f"journal:{tmp_path / 'j.log'}")
+    optuna.create_study(study_name="j", storage=s).optimize(lambda t: t.suggest_int("x", 0, 3), n_trials=2)
+    assert len(optuna.load_study(study_name="j", storage=open_storage(f"journal:{tmp_path / 'j.log'}")).trials) == 2
+
+
 def test_two_workers_share_a_sqlite_study(tmp_path):
     _run_two_workers(f"sqlite:///{tmp_path / 'study.db'}", tmp_path)
 

@@ -56,9 +56,9 @@ def open_storage(url: str | None):
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=kw)
-        except sqlalchemy.exc.IntegrityError:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
             # two workers creating the schema of a fresh database at once: one loses the race
-            # (PostgreSQL: duplicate pg_type row); the tables exist on the next attempt
+            # (PostgreSQL: duplicate pg_type row; SQLite: table already exists); next time it exists
             if attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))
@@ -67,9 +67,10 @@ def open_storage(url: str | None):
 def _postgres_driver(url: str) -> str:
     """SQLAlchemy 2.1 picks psycopg (3) for postgresql://; use psycopg2 when only it is installed."""
     import importlib.util
+    rest = url.split("://", 1)[1]
     if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
+        return "postgresql+psycopg2://" + rest
+    return "postgresql://" + rest
 
 
 def study_name(p: Problem, prefix: str | None = None, cache: str = "cold", stat: str = "median",

@@ -120,3 +120,18 @@ def weight_copies(packed, flush_bytes: int, limit: int = 64) -> list:
     import dataclasses
     n = min(limit, max(1, math.ceil(flush_bytes / max(packed.nbytes, 1)))) if flush_bytes else 1
     return [packed] + [dataclasses.replace(packed, w=packed.w.copy(), sz=packed.sz.copy()) for _ in range(n - 1)]
+
+
+def read_bandwidth(threads: int = 1, nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """DRAM read bandwidth in bytes/s: `threads` threads summing disjoint slices of an array far
+    beyond the caches (numpy releases the GIL in reductions); the best of `repeats`."""
+    from concurrent.futures import ThreadPoolExecutor
+    a = np.ones(nbytes // 8, np.float64)
+    parts = np.array_split(a, threads)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as ex:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            list(ex.map(np.sum, parts))
+            best = min(best, time.perf_counter() - t)
+    return a.nbytes / best
