@@ -8,8 +8,8 @@ import pathlib
 import platform
 import resource
 import subprocess
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -101,65 +101,77 @@ def set_threads(n: int) -> bool:
 
 # ---------------------------------------------------------------- timing
 def time_calls(fn, n: int, warmup: int = 2):
-    """n calls of fn() after `warmup` untimed ones: (wall seconds, involuntary context switches of
-    the whole process during the call) per call. A switch means some thread of ours was preempted."""
+    """n calls of fn() after `warmup` untimed ones. Per call: wall seconds, involuntary context
+    switches of the whole process (some thread of ours was preempted) and process CPU seconds
+    (all threads; CPU / wall = how many cores the process actually had during the call)."""
     for _ in range(warmup):
         fn()
-    ts, sw = [], []
+    ts, sw, cpu = [], [], []
     for _ in range(n):
-        c = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+        c, p = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw, time.process_time()
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - p)
         sw.append(resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - c)
-    return ts, sw
+    return ts, sw, cpu
 
 
-def stats(ts, switches=None, min_clean: int = 10) -> dict:
-    """median/p10/p90/min of times; with switches also the preempted fraction and the median of
-    the calls that were not preempted ('median_clean', None if fewer than min_clean of them)."""
+def stats(ts, sw=None, cpu=None, threads: int = 1, min_clean: int = 10) -> dict:
+    """median/p10/p90/min of call times; with sw and cpu also the share of preempted calls, the
+    median cores the process had, and 'median_uncontended': the median over calls that were not
+    preempted and had >= 0.8 x `threads` cores (None if fewer than `min_clean` such calls)."""
     a = np.asarray(ts, dtype=np.float64)
     out = {"median": float(np.median(a)), "p10": float(np.percentile(a, 10)),
            "p90": float(np.percentile(a, 90)), "min": float(a.min()), "n": int(a.size)}
-    if switches is not None:
-        clean = a[np.asarray(switches) == 0]
-        out["preempted_frac"] = round(1 - clean.size / a.size, 3)
-        out["median_clean"] = float(np.median(clean)) if clean.size >= min_clean else None
+    if sw is not None and cpu is not None:
+        cores = np.asarray(cpu) / a
+        clean = a[(np.asarray(sw) == 0) & (cores >= 0.8 * threads)]
+        out.update(preempted_frac=round(float(np.mean(np.asarray(sw) > 0)), 3),
+                   cores_median=round(float(np.median(cores)), 2),
+                   uncontended_frac=round(clean.size / a.size, 3),
+                   median_uncontended=float(np.median(clean)) if clean.size >= min_clean else None)
     return out
 
 
 # ---------------------------------------------------------------- streaming-read bandwidth (the roofline)
 class StreamBuffer:
-    """`max_threads` float32 arrays of `mb_per_thread` MB each, pages touched once up front."""
+    """`max_threads` float32 arrays of `mb_per_thread` MB each (pages touched up front), read in
+    sweeps of `chunk_mb`-per-thread calls: a sweep reads every byte once, so with arrays much larger
+    than the L3 each call streams from DRAM, and calls are short (~1 ms) like the kernels they bound,
+    so preemption by other processes affects both alike."""
 
-    def __init__(self, max_threads: int, mb_per_thread: int = 512):
-        n = mb_per_thread * (1 << 20) // 4
+    def __init__(self, max_threads: int, mb_per_thread: int = 512, chunk_mb: int = 16):
+        n, c = mb_per_thread * (1 << 20) // 4, chunk_mb * (1 << 20) // 4
         self.all = np.ones(max_threads * n, np.float32)
-        self.parts = [self.all[i * n:(i + 1) * n] for i in range(max_threads)]
+        self.nchunks, self.chunk_bytes = n // c, c * 4
+        self.parts = [self.all[i * n:(i + 1) * n][:self.nchunks * c].reshape(self.nchunks, c)
+                      for i in range(max_threads)]
+        self.pool = ThreadPoolExecutor(max_threads - 1) if max_threads > 1 else None
 
-    def numpy_sum(self, threads: int, reps: int) -> list:
-        """GB/s samples: each thread np.sum()s its own part (numpy releases the GIL)."""
-        parts, out = self.parts[:threads], []
-        for _ in range(reps):
-            ths = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
-            t = time.perf_counter()
-            for th in ths:
-                th.start()
-            for th in ths:
-                th.join()
-            out.append(sum(p.nbytes for p in parts) / (time.perf_counter() - t) / 1e9)
-        return out
+    def _sweep(self, call):
+        return time_calls(call, self.nchunks, warmup=0)
 
-    def torch_sum(self, threads: int, reps: int) -> list:
+    def numpy_sweep(self, threads: int):
+        """time_calls() samples; a call np.sum()s one chunk (chunk_bytes) in each of `threads`
+        threads (the caller and pool workers; numpy releases the GIL)."""
+        pos = iter(range(self.nchunks))
+
+        def call():
+            i = next(pos)
+            futs = [self.pool.submit(np.sum, p[i]) for p in self.parts[1:threads]]
+            np.sum(self.parts[0][i])
+            for f in futs:
+                f.result()
+        return self._sweep(call)
+
+    def torch_sweep(self, threads: int):
+        """time_calls() samples; a call is torch.sum over threads x chunk_bytes contiguous bytes."""
         import torch
         torch.set_num_threads(threads)
-        t_all = torch.from_numpy(self.all[:sum(p.size for p in self.parts[:threads])])
-        out = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            t_all.sum()
-            out.append(t_all.numel() * 4 / (time.perf_counter() - t) / 1e9)
-        return out
+        rows = torch.from_numpy(self.all[:self.nchunks * threads * self.parts[0].shape[1]]).view(self.nchunks, -1)
+        pos = iter(range(self.nchunks))
+        return self._sweep(lambda: rows[next(pos)].sum())
 
 
 def write_json(path, obj):
