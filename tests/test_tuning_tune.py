@@ -104,3 +104,17 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "expected NxK" in capsys.readouterr().err
     assert main(["tune", "--model", "gpt-5"]) == 2
     assert main(["tune", "--shapes", "64x256", "--bits", "5"]) == 2
+
+
+def test_orphaned_running_trials_of_dead_tuners_are_failed_and_requeued(tmp_path):
+    from lutc.tuning.search import fail_orphans
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = __import__("socket").gethostname()
+    t1, t2 = study.ask({"x": optuna.distributions.IntDistribution(0, 9)}), study.ask()
+    t1.set_user_attr("worker", f"{host}:{dead.stdout.strip()}")
+    t2.set_user_attr("worker", f"{host}:{os.getpid()}")                # alive: left running
+    fail_orphans(study)
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[t1.number] == "FAIL" and states[t2.number] == "RUNNING"
+    assert study.ask().suggest_int("x", 0, 9) == t1.params["x"]           # queued again

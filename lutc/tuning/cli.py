@@ -125,7 +125,22 @@ def cmd_tune(args) -> int:
         code = 1
     if results:
         print(results_table(results))
+        if args.cache == "cold" and not args.runner:
+            _roofline(results)
     return code
+
+
+def _roofline(results):
+    """Print this machine's DRAM read bandwidth, measured now, beside the GEMV (M=1) results."""
+    from .device import usable_cores
+    from .report import weight_bytes
+    from .timing import read_bandwidth
+    gemv = [r for r in results if r.problem.M == 1 and r.time_s]
+    if gemv:
+        bw = read_bandwidth(usable_cores())
+        frac = [weight_bytes(r.problem) / r.time_s / bw for r in gemv]
+        print(f"DRAM read bandwidth now: {bw / 1e9:.1f} GB/s ({usable_cores()} threads, numpy); tuned M=1 "
+              f"kernels stream weights at {100 * min(frac):.0f}-{100 * max(frac):.0f}% of it")
 
 
 def _measurement(args):

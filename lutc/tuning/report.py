@@ -12,11 +12,17 @@ def _ms(t) -> str:
     return "-" if t is None else f"{t * 1e3:.4f}"
 
 
+def weight_bytes(p) -> int:
+    """Bytes of packed weights one call streams: the bit-planes, plus fp16 scales and zero per group."""
+    return -(-p.N * p.K * p.bits // 8) + 2 * (p.bits + 1) * p.N * -(-p.K // p.group_size)
+
+
 def results_table(results) -> str:
-    """One row per tuned problem: default vs tuned median time, speedup, spread, the cores other
-    processes used meanwhile (busy), trials, the trial that converged, minutes, and the schedule."""
+    """One row per tuned problem: default vs tuned time, speedup, the weight bytes streamed per
+    second at the tuned time (GB/s), spread, the cores other processes used meanwhile (busy),
+    trials, the trial that converged, minutes, and the schedule."""
     head = (f"{'shape (NxK)':>12} {'bits':>4} {'M':>4} {'default ms':>11} {'tuned ms':>10} {'speedup':>8} "
-            f"{'spread':>7} {'busy':>5} {'trials':>6} {'conv@':>6} {'min':>5}  best schedule")
+            f"{'GB/s':>6} {'spread':>7} {'busy':>5} {'trials':>6} {'conv@':>6} {'min':>5}  best schedule")
     rows = [head, "-" * len(head)]
     for r in results:
         p = r.problem
@@ -24,11 +30,12 @@ def results_table(results) -> str:
         spread = f"{100 * r.spread:.1f}%" if r.spread is not None else "-"
         conv = "-" if r.converged_trial is None else str(r.converged_trial)
         busy = "-" if r.contention is None else f"{r.contention:.2f}"
+        gbs = f"{weight_bytes(p) / r.time_s / 1e9:.1f}" if r.time_s else "-"
         sched = describe(r.best) if r.best is not None else r.note
         if r.best is not None and r.note:
             sched += f"  ({r.note})"
         rows.append(f"{p.N:>5}x{p.K:<6} {p.bits:>4} {p.M:>4} {_ms(r.default_time_s):>11} {_ms(r.time_s):>10} "
-                    f"{sp:>8} {spread:>7} {busy:>5} {r.trials:>6} {conv:>6} {r.minutes:>5.1f}  {sched}")
+                    f"{sp:>8} {gbs:>6} {spread:>7} {busy:>5} {r.trials:>6} {conv:>6} {r.minutes:>5.1f}  {sched}")
     return "\n".join(rows)
 
 

@@ -1,11 +1,14 @@
 """The Optuna search of one problem: storage, study naming, warm start, ask/tell loop, final A/B, db write."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -174,13 +177,16 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
     parameters again, so a rerun resumes where this one stopped."""
     from optuna.trial import TrialState
     tag = f"{socket.gethostname()}:{os.getpid()}"
+    fail_orphans(study)
     ran = 0
     while len(_finished(study)) < trials:
-        trial, params, told = study.ask(), None, False
+        with _deferred_interrupt():        # a trial is never left asked but untagged, or half told
+            trial, params, told = study.ask(), None, False
+            trial.set_user_attr("worker", tag)
         ran += 1
+        res = None
         try:
             params = suggest(trial, space)
-            trial.set_user_attr("worker", tag)
             sched = schedule_from_params(p, params)
             why = invalid_reason(sched, p)
             dup = None if why else _duplicate(study, params)
@@ -195,24 +201,63 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
                 best = _best_value(study)
                 res = worker.measure(sched, dict(timing, cutoff_s=3 * best if best else None))
                 _record(trial, res)
-                if res["status"] in FATAL:   # the measuring device cannot run any candidate
-                    study.tell(trial, state=TrialState.FAIL)
-                    told = True
-                    raise WorkerSetupError(f"{res['status']}: {res['reason']}")
                 ok = res["status"] == "ok"
                 state, value = (TrialState.COMPLETE, res["value_s"]) if ok else (TrialState.FAIL, None)
-            study.tell(trial, value, state=state)
-            told = True
+            with _deferred_interrupt():
+                study.tell(trial, value, state=state)
+                told = True
+            if res is not None and res["status"] in FATAL:   # the measuring device cannot run any candidate
+                raise WorkerSetupError(f"{res['status']}: {res['reason']}")
         except KeyboardInterrupt:
             if not told:
-                trial.set_user_attr("status", "interrupted")
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                if params is not None:
-                    study.enqueue_trial(params, user_attrs={"warm_start": "resumed"})
+                with _deferred_interrupt():
+                    trial.set_user_attr("status", "interrupted")
+                    study.tell(trial, state=TrialState.FAIL)
+                    if params is not None:
+                        study.enqueue_trial(params, user_attrs={"warm_start": "resumed"})
             raise
         if bar is not None:
             bar(len(_finished(study)), _best_value(study))
     return ran
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Hold Ctrl-C (SIGINT) until the block ends; in the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *_: got.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got:
+            raise KeyboardInterrupt
+
+
+def fail_orphans(study):
+    """Fail (and queue again) RUNNING trials of tuner processes on this host that no longer exist,
+    e.g. killed outright; other hosts' running trials are left alone."""
+    from optuna.trial import TrialState
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if h == host and pid.isdigit() and not _alive(int(pid)):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if t.params:
+                study.enqueue_trial(t.params, user_attrs={"warm_start": "orphaned"})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _best_value(study):

@@ -133,6 +133,20 @@ def _death(proc) -> str:
     return f"worker exited with code {code}"
 
 
+def _start_ignoring_sigint(proc):
+    """Start `proc` with SIGINT ignored from its first instruction (an ignored disposition survives
+    exec), so Ctrl-C reaches only the tuner, which fails the running trial as 'interrupted'."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        proc.start()
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 class MeasureWorker:
     """A worker process for one problem. measure() never raises for a bad candidate: a crash,
     a hang past `timeout` seconds or a compile error comes back as a failed result with its reason,
@@ -148,7 +162,7 @@ class MeasureWorker:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, self.problem), daemon=True, name="lutc-tune-worker")
-        self._proc.start()
+        _start_ignoring_sigint(self._proc)
         child.close()
         self._conn, self._calls = parent, 0
         if not parent.poll(self.setup_timeout):
