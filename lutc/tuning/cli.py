@@ -75,7 +75,7 @@ def _problems(args):
 def cmd_tune(args) -> int:
     from .db import TuningDBError, db_file
     from .lookup import default_db_path
-    from .report import results_table, save_plots
+    from .report import ms, results_table, save_plots
     from .search import open_storage, progress_bar, tune_problem
     from .worker import WorkerSetupError
     try:
@@ -112,7 +112,7 @@ def cmd_tune(args) -> int:
             results.append(r)
             sp = f"{r.speedup:.2f}x" if r.speedup else "-"
             print(f"lutc tune: {p.label}: {r.trials} trials ({r.ran} here), {r.minutes:.1f} min, converged at trial "
-                  f"{r.converged_trial}; default {_ms(r.default_time_s)} ms, tuned {_ms(r.time_s)} ms ({sp}) "
+                  f"{r.converged_trial}; default {ms(r.default_time_s)} ms, tuned {ms(r.time_s)} ms ({sp}) "
                   f"{r.note}", file=sys.stderr, flush=True)
             if args.plot:
                 import optuna
@@ -211,10 +211,6 @@ def _estimate(args, problems, db_path) -> int:
           f"{db_file(db_path, fp['id']) if db_path else '(none)'}")
     print(results_table(results))
     return 0
-
-
-def _ms(t) -> str:
-    return "-" if t is None else f"{t * 1e3:.4f}"
 
 
 def _show_paths(args, device: str):

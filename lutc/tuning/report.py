@@ -8,7 +8,7 @@ from pathlib import Path
 from .space import describe
 
 
-def _ms(t) -> str:
+def ms(t) -> str:
     return "-" if t is None else f"{t * 1e3:.4f}"
 
 
@@ -34,7 +34,7 @@ def results_table(results) -> str:
         sched = describe(r.best) if r.best is not None else r.note
         if r.best is not None and r.note:
             sched += f"  ({r.note})"
-        rows.append(f"{p.N:>5}x{p.K:<6} {p.bits:>4} {p.M:>4} {_ms(r.default_time_s):>11} {_ms(r.time_s):>10} "
+        rows.append(f"{p.N:>5}x{p.K:<6} {p.bits:>4} {p.M:>4} {ms(r.default_time_s):>11} {ms(r.time_s):>10} "
                     f"{sp:>8} {gbs:>6} {spread:>7} {busy:>5} {r.trials:>6} {conv:>6} {r.minutes:>5.1f}  {sched}")
     return "\n".join(rows)
 
@@ -50,7 +50,7 @@ def entries_table(db) -> str:
                                                db.entries[k]["N"], db.entries[k]["K"], k)):
         e = db.entries[k]
         sp = f"{e['default_time_s'] / e['time_s']:.2f}x" if e.get("default_time_s") and e["time_s"] else "-"
-        lines.append(f"{k:<36} {_ms(e['time_s']):>9} {_ms(e.get('default_time_s')):>9} {sp:>8} "
+        lines.append(f"{k:<36} {ms(e['time_s']):>9} {ms(e.get('default_time_s')):>9} {sp:>8} "
                      f"{e['source']:>9} {e['date'][:10]:>10}  {describe(Schedule.from_dict(e['schedule']))}")
     if not db.entries:
         lines.append("(no entries)")
