@@ -31,7 +31,7 @@ def _run_two_workers(url, tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
-    ran = [int(re.search(r"\((\d+) here\)", err).group(1)) for _, err in outs]
+    ran = [int(re.search(r"\((\d+) here", err).group(1)) for _, err in outs]
     trials = optuna.load_study(study_name=NAME, storage=open_storage(url)).get_trials(deepcopy=False)
     # nothing lost, nothing duplicated: every trial a worker ran is stored once, numbered densely
     assert sum(ran) == len(trials)

@@ -111,7 +111,7 @@ def cmd_tune(args) -> int:
                              progress=None if args.quiet else progress_bar, **measure)
             results.append(r)
             sp = f"{r.speedup:.2f}x" if r.speedup else "-"
-            print(f"lutc tune: {p.label}: {r.trials} trials ({r.ran} here), {r.minutes:.1f} min, converged at trial "
+            print(f"lutc tune: {p.label}: {r.trials} trials ({r.ran} here, {r.failed} failed), {r.minutes:.1f} min, converged at trial "
                   f"{r.converged_trial}; default {ms(r.default_time_s)} ms, tuned {ms(r.time_s)} ms ({sp}) "
                   f"{r.note}", file=sys.stderr, flush=True)
             if args.plot:
