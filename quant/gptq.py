@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -15,6 +17,8 @@ __all__ = ["HessianAccumulator", "gptq_quantize", "GROUP_FITS"]
 
 GROUP_FITS = ("rtn", "hlq")  # "gptq" uses the uniform (rtn) fit per group, "hlq-gptq" the HLQ fit
 _MAX_DAMP_RETRIES = 6
+_FIT_THREADS = min(4, os.cpu_count() or 1)
+_FIT_MIN_ELEMS = 1 << 14  # below this a group's HLQ fit stays on one thread
 
 
 class HessianAccumulator:
@@ -66,12 +70,24 @@ def _inverse_cholesky(H: torch.Tensor, damp: float):
 
 
 def _fit_group(wg: np.ndarray, bits: int, group_size: int, fit: str, rounds: int):
-    """Group parameters of (N, width) float32 weights: scales fp16 (bits, N, G), zeros fp16 (N, G)."""
+    """Group parameters of (N, width) float32 weights: scales fp16 (bits, N, G), zeros fp16 (N, G).
+
+    The HLQ fit is independent per row; a single group's rows are split across threads
+    (hlq_fit itself only threads over chunks of far more rows than one group of a layer has).
+    """
     if fit == "rtn":
         _, s, z = rtn_fit(wg, bits, group_size)
-    else:
+        return s, z
+    n = wg.shape[0]
+    parts = min(_FIT_THREADS, max(1, wg.size // _FIT_MIN_ELEMS))
+    if parts == 1:
         _, s, z = hlq_fit(wg, bits, group_size, rounds)
-    return s, z
+        return s, z
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    with ThreadPoolExecutor(parts) as pool:
+        outs = list(pool.map(lambda r: hlq_fit(np.ascontiguousarray(wg[r[0]:r[1]]), bits, group_size, rounds),
+                             zip(bounds[:-1], bounds[1:])))
+    return np.concatenate([o[1] for o in outs], axis=1), np.concatenate([o[2] for o in outs], axis=0)
 
 
 def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp: float = 0.01,
@@ -109,7 +125,6 @@ def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp
         H = H[perm][:, perm]
     U, used_damp = _inverse_cholesky(H, damp)
 
-    ncodes = 1 << bits
     g = math.ceil(k / group_size)
     scales = np.empty((bits, n, g), np.float16)
     zeros = np.empty((n, g), np.float16)
@@ -159,8 +174,6 @@ def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp
         inv = torch.argsort(perm)
         codes_t = codes_t[inv]
     codes = np.ascontiguousarray(codes_t.T.numpy())
-    if int(codes.max()) >= ncodes:
-        raise AssertionError("internal error: code out of range")
     qt = QuantizedTensor(bits=int(bits), group_size=int(group_size), shape=(int(n), int(k)),
                          codes=codes, scales=scales, zeros=zeros, method=method)
     return qt, {"loss": float(loss), "damp": used_damp}

@@ -2,7 +2,6 @@
 
 import math
 import os
-import time
 
 import pytest
 import torch
@@ -122,29 +121,30 @@ def test_cli_errors_are_clean(tmp_path, capsys):
 @pytest.mark.real_model
 @needs_smollm2
 def test_smollm2_end_to_end(tmp_path):
-    """The real SmolLM2-135M: W3 g128 hlq-gptq (short calibration) beats rtn, survives a checkpoint round
-    trip, and fake-quant agrees with the float32-table LUT kernels within 1%."""
+    """The real SmolLM2-135M: W3 g128 hlq-gptq (short calibration, fewer HLQ rounds, to fit the CI
+    budget) beats rtn, survives a checkpoint round trip bit-identically, and fake-quant agrees with
+    the float32-table LUT kernels within 1%."""
+    from quant.calib import eval_ids
     from quant.source import load_source_model
-    t0 = time.perf_counter()
     src, tok = load_source_model("smollm2-135m")
     assert src.config.num_hidden_layers == 30 and src.config.hidden_size == 576
-    from quant.calib import eval_ids
-    ids, _ = eval_ids(tok, None, 1024)
+    ids, _ = eval_ids(tok, None, 768)
     kw = dict(tokens=ids, window=512, stride=256)
     base = perplexity(src, **kw)
     rtn = quantize_model(src, 3, 128, "rtn", tokenizer=tok, progress=False)
-    hg = quantize_model(src, 3, 128, "hlq-gptq", tokenizer=tok, nsamples=8, seqlen=256, progress=False)
+    hg = quantize_model(src, 3, 128, "hlq-gptq", tokenizer=tok, nsamples=8, seqlen=256, rounds=6, progress=False)
     del src
     path = save_checkpoint(hg, tmp_path / "smol-w3")
     back = load_checkpoint(path)
     for name in ("model.layers.29.mlp.down_proj", "lm_head"):
         assert back.linears[name].codes.tobytes() == hg.linears[name].codes.tobytes()
     assert back.linears["model.layers.0.self_attn.q_proj"].num_groups == 5  # 576 = 4 * 128 + 64
-    p_rtn = perplexity(rtn, **kw)
-    p_fake = perplexity(back, **kw)
-    p_lut = perplexity(back, mode="lut", lut_dtype="float32", tokens=ids[:512], window=512, stride=512)
-    p_fake_short = perplexity(back, tokens=ids[:512], window=512, stride=512)
-    assert 1 < base < p_fake < p_rtn, (base, p_fake, p_rtn)
-    assert abs(p_lut / p_fake_short - 1) < 0.01, (p_lut, p_fake_short)
-    assert time.perf_counter() - t0 < 600
+    assert (back.linears["lm_head"].bits, back.linears["lm_head"].group_size) == (4, 128)
     assert os.path.isdir(os.path.join(path, "tokenizer"))
+    p_rtn = perplexity(rtn, **kw)
+    p_hg = perplexity(back, **kw)
+    assert 1 < base < p_hg < p_rtn, (base, p_hg, p_rtn)
+    short = dict(tokens=ids[:256], window=256, stride=256)
+    p_fake = perplexity(back, **short)
+    p_lut = perplexity(back, mode="lut", lut_dtype="float32", **short)
+    assert abs(p_lut / p_fake - 1) < 0.01, (p_lut, p_fake)
