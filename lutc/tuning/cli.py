@@ -30,7 +30,8 @@ def register(sub):
                    "$LUTC_TUNING_DB or the user's tuning_db)")
     t.add_argument("--no-db", action="store_true", help="tune and report, but record nothing")
     t.add_argument("--seed", type=int, default=0, help="sampler seed (give concurrent workers different seeds)")
-    t.add_argument("--repeats", type=int, default=7, help="timed repeats per trial (median kept)")
+    t.add_argument("--repeats", type=int, default=7, help="timed repeats per trial (default 7); their median "
+                   "(or min, with --stat min) is kept")
     t.add_argument("--final-rounds", type=int, default=5, help="interleaved rounds re-timing the best schedules "
                    "against the default before recording (default 5)")
     t.add_argument("--retries", type=int, default=2, help="re-time a measurement up to N times (pausing) while "
@@ -111,8 +112,8 @@ def cmd_tune(args) -> int:
                              progress=None if args.quiet else progress_bar, **measure)
             results.append(r)
             sp = f"{r.speedup:.2f}x" if r.speedup else "-"
-            print(f"lutc tune: {p.label}: {r.trials} trials ({r.ran} here, {r.failed} failed), {r.minutes:.1f} min, converged at trial "
-                  f"{r.converged_trial}; default {ms(r.default_time_s)} ms, tuned {ms(r.time_s)} ms ({sp}) "
+            print(f"lutc tune: {p.label}: {r.trials} trials ({r.ran} here, {r.failed} failed), {r.minutes:.1f} min, "
+                  f"converged at trial {r.converged_trial}; default {ms(r.default_time_s)} ms, tuned {ms(r.time_s)} ms ({sp}) "
                   f"{r.note}", file=sys.stderr, flush=True)
             if args.plot:
                 import optuna
