@@ -113,8 +113,8 @@ def cmd_tune(args) -> int:
             results.append(r)
             sp = f"{r.speedup:.2f}x" if r.speedup else "-"
             print(f"lutc tune: {p.label}: {r.trials} trials ({r.ran} here, {r.failed} failed), {r.minutes:.1f} min, "
-                  f"converged at trial {r.converged_trial}; default {ms(r.default_time_s)} ms, tuned {ms(r.time_s)} ms ({sp}) "
-                  f"{r.note}", file=sys.stderr, flush=True)
+                  f"converged at trial {r.converged_trial}; default {ms(r.default_time_s)} ms, "
+                  f"tuned {ms(r.time_s)} ms ({sp}) {r.note}", file=sys.stderr, flush=True)
             if args.plot:
                 import optuna
                 save_plots(optuna.load_study(study_name=r.study, storage=storage), args.plot)
