@@ -157,16 +157,16 @@ def python_overhead(qm, reps=200):
     npy = LeanDecoder(qm, n_ctx=64, threads=1, engine="numpy")
     med = lambda a: float(np.median(a)) * 1e6  # noqa: E731
 
-    def steps(dec, n):
-        ts = []
-        for _ in range(n):
+    full, numpy_full = [], []
+    for rnd in range(3):                          # interleaved steady-state decode steps
+        for dec in (nat, npy):
             dec.reset()
             dec.prefill([1, 2, 3, 4])
-            t = time.perf_counter()
-            dec.decode(5)
-            ts.append(time.perf_counter() - t)
-        return ts
-    full, numpy_full = steps(nat, 30), steps(npy, 30)
+        for _ in range(20):
+            for dec, sink in ((nat, full), (npy, numpy_full)):
+                t = time.perf_counter()
+                dec.decode(5)
+                sink.append(time.perf_counter() - t)
     prog = nat._programs[(1, False)]
     n_launch, prog._n = prog._n, 0               # keep the Python path and the ctypes call, skip the kernels
     py = []
@@ -206,7 +206,8 @@ def _stream_kernel():
 
 
 def bandwidth(threads_list, reps, mb=512):
-    """Streaming-read GB/s per thread count, measured with lutc's own thread pool on `mb` MB."""
+    """Streaming-read GB/s per thread count (best of `reps`: the roofline is an upper bound), measured
+    with lutc's own thread pool on `mb` MB."""
     ch = 1 << 16
     x = np.ones((mb << 20) // 4, np.float32)
     out = np.zeros(x.size // ch, np.float32)
@@ -218,7 +219,7 @@ def bandwidth(threads_list, reps, mb=512):
             t0 = time.perf_counter()
             kern[(out.size,)](x, out, CH=ch, threads=t)
             samples.append(x.nbytes / (time.perf_counter() - t0) / 1e9)
-        res[t] = float(np.median(samples[1:]))
+        res[t] = float(np.max(samples[1:]))
     return res
 
 
@@ -248,6 +249,9 @@ def run(args):
                 print(f"python overhead per token: {out['python_overhead']}", flush=True)
             dec = LeanDecoder(qm, n_ctx=args.prompt + args.decode + args.prefill + 8, threads=threads[0])
             del qm
+            bw_now = bandwidth(threads, 5)          # re-measured next to this model's timings
+            bw = {t: max(bw[t], bw_now[t]) for t in threads}
+            out["bandwidth_GBs"] = bw
             llms, gpath = {}, None
             if has_llama:
                 from llama_cpp import Llama
@@ -321,7 +325,7 @@ def plot(out, path):
     rows = out["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for ax, kind in zip(axes, ("decode", "prefill")):
-        labels = [f"{r['model']}\n{r['lutc']}/{r['llama_type']}\nt={r['threads']}" for r in rows]
+        labels = [f"{r['model']}\n{r['lutc'].split('g')[0]}/{r['llama_type']}\nt={r['threads']}" for r in rows]
         x = np.arange(len(rows))
         ax.bar(x - 0.2, [r[f"lutc_{kind}_tps"] for r in rows], 0.4, label="lutc")
         if rows and f"llama_{kind}_tps" in rows[0]:
@@ -356,13 +360,16 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="1 round of 16 decode steps")
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp even if it is installed")
     p.add_argument("--out", default=str(RESULTS / "e2e.json"))
-    p.add_argument("--markdown", metavar="JSON", help="print an existing result file as markdown tables and exit")
+    p.add_argument("--markdown", metavar="JSON", help="print an existing result file as markdown tables, "
+                   "redraw its plot, and exit")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.decode = 1, 16
     if args.markdown:
         import json
-        print(markdown(json.loads(pathlib.Path(args.markdown).read_text())))
+        out = json.loads(pathlib.Path(args.markdown).read_text())
+        print(markdown(out))
+        plot(out, pathlib.Path(args.markdown).with_suffix(".png"))
         return 0
     out = run(args)
     write_json(args.out, out)
