@@ -271,3 +271,15 @@ def test_pack_cache(checkpoint, tmp_path, monkeypatch):
     assert "pack_cache" not in third.meta
     np.testing.assert_array_equal(third.prefill(ids, all_logits=True), want)
     assert packcache.load(cache).packed["lm_head"].packed.N == 300     # rewritten
+
+
+def test_example_generate_script(checkpoint, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import pathlib
+    monkeypatch.setenv("LUTC_CACHE_DIR", str(tmp_path))
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "generate.py"
+    spec = importlib.util.spec_from_file_location("example_generate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([checkpoint, "--prompt", "hello", "--max-tokens", "6", "--threads", "1"]) == 0
+    assert "decode" in capsys.readouterr().err
