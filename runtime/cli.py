@@ -1,6 +1,7 @@
 """`lutc generate MODEL_OR_DIR --prompt ...`: the runtime's CLI plugin (registered by lutc.cli)."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -10,7 +11,8 @@ def register(subparsers):
     p.add_argument("model", metavar="MODEL_OR_DIR", help="a quantized checkpoint folder, or smollm2-135m")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--threads", type=int, default=None, help="native threads (default: all cores)")
+    p.add_argument("--threads", type=_threads_arg, default="auto",
+                   help="native threads, or 'auto' (default): measure 1..cores during decoding, use the fastest")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -26,6 +28,15 @@ def register(subparsers):
     p.set_defaults(fn=cmd_generate)
 
 
+def _threads_arg(v: str):
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'auto', got {v!r}") from None
+
+
 def _fail(msg) -> int:
     print(f"lutc generate: error: {msg}", file=sys.stderr)
     return 2
@@ -34,7 +45,7 @@ def _fail(msg) -> int:
 def cmd_generate(args) -> int:
     from .config import UnsupportedModelError
     from .sampling import SamplingParams
-    if args.threads is not None and args.threads < 1:
+    if args.threads != "auto" and args.threads < 1:
         return _fail(f"--threads must be >= 1, got {args.threads}")
     if not args.prompt.strip():
         return _fail("empty prompt: give some text with --prompt")
@@ -67,5 +78,5 @@ def _run(args, params) -> int:
     sys.stdout.flush()
     print(f"[lutc] load {load_s:.2f} s | prompt {res.prompt_tokens} tok, prefill {res.prefill_tps:.1f} tok/s | "
           f"generated {len(res.tokens)} tok ({res.stop_reason}), decode {res.decode_tps:.1f} tok/s | "
-          f"threads {dec.threads} | peak RSS {peak_rss_mb():.0f} MiB", file=sys.stderr)
+          f"threads {'auto, last ' if dec.auto else ''}{dec.threads} | peak RSS {peak_rss_mb():.0f} MiB", file=sys.stderr)
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -65,7 +66,8 @@ class LeanDecoder:
             raise ValueError(f"engine: expected 'native' or 'numpy', got {engine!r}")
         self.engine = engine
         self.cfg = c = DecoderConfig.from_hf(qm.config)
-        self.threads = _check_threads(threads)
+        self.auto = _AutoThreads() if threads == "auto" else None
+        self.threads = self.auto.current if self.auto else _check_threads(threads)
         self.n_ctx = int(n_ctx or min(c.max_position_embeddings, 2048))
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx: expected >= 1, got {n_ctx}")
@@ -131,11 +133,10 @@ class LeanDecoder:
     def reset(self):
         self.pos = 0
 
-    def set_threads(self, threads: int):
-        """Change the native thread count (programs are rebuilt on next use)."""
-        self.threads = _check_threads(threads)
-        self._programs.clear()
-        self._lm_launch.clear()
+    def set_threads(self, threads):
+        """Change the native thread count: an int >= 1, or "auto" (re-chosen from measured steps)."""
+        self.auto = _AutoThreads() if threads == "auto" else None
+        self.threads = self.auto.current if self.auto else _check_threads(threads)
 
     def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
         """Run the tokens `ids` from the current position; logits of the last one (V,) or of all (M, V)."""
@@ -175,13 +176,21 @@ class LeanDecoder:
     def _forward(self, ids, all_logits):
         if self.engine == "numpy":
             return self._forward_numpy(ids, all_logits)
-        m = len(ids)
-        prog = self._programs.get((m, all_logits))
+        m, auto = len(ids), self.auto
+        if auto is not None and m == 1:
+            self.threads = auto.next()
+        key = (m, all_logits, self.threads)
+        prog = self._programs.get(key)
         if prog is None:
-            prog = self._programs[(m, all_logits)] = self._build_program(m, all_logits)
+            prog = self._programs[key] = self._build_program(m, all_logits)
         self._ids[:m] = ids
         self._state[0] = self.pos
-        prog.run()
+        if auto is not None and m == 1:
+            t0 = time.perf_counter()
+            prog.run()
+            auto.record(time.perf_counter() - t0)
+        else:
+            prog.run()
         self.pos += m
         return self._logits[:m if all_logits else 1]
 
@@ -278,6 +287,37 @@ class LeanDecoder:
 
 
 _SILU_BLOCK = 256
+
+
+class _AutoThreads:
+    """threads="auto": decode steps alternate short trials of 1..ncores threads, then run the one
+    with the lowest median step time for a while, and re-measure (on a shared machine the best
+    count changes with the load: a preempted pool worker stalls every parallel launch)."""
+
+    TRIAL, RUN = 6, 250
+
+    def __init__(self):
+        from lutc.kernels.compiled import default_threads
+        self.options = list(range(default_threads(), 0, -1))
+        self.current, self.times, self.step = self.options[0], {}, 0
+
+    def next(self) -> int:
+        cycle = self.TRIAL * len(self.options) + self.RUN
+        i = self.step % cycle
+        self.step += 1
+        if i < self.TRIAL * len(self.options):
+            self.current = self.options[i % len(self.options)]
+            self.exploring = True
+        else:
+            if i == self.TRIAL * len(self.options):
+                self.current = min(self.times, key=lambda t: sorted(self.times[t])[len(self.times[t]) // 2])
+                self.times = {}
+            self.exploring = False
+        return self.current
+
+    def record(self, seconds):
+        if self.exploring:
+            self.times.setdefault(self.current, []).append(seconds)
 
 
 def _glue_kernels(c: DecoderConfig) -> dict:

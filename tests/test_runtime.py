@@ -283,3 +283,19 @@ def test_example_generate_script(checkpoint, tmp_path, monkeypatch, capsys):
     spec.loader.exec_module(mod)
     assert mod.main([checkpoint, "--prompt", "hello", "--max-tokens", "6", "--threads", "1"]) == 0
     assert "decode" in capsys.readouterr().err
+
+
+def test_auto_threads(setup):
+    _, _, ref, dec = setup
+    if dec.engine != "native":
+        pytest.skip("auto threads is a native-engine feature")
+    ids = PROMPTS[0]
+    want = runtime_greedy(dec, ids, 40)
+    dec.set_threads("auto")
+    try:
+        assert runtime_greedy(dec, ids, 40) == want          # the thread count never changes results
+        assert dec.auto.step >= 39 and dec.threads in dec.auto.options
+    finally:
+        dec.set_threads(2)
+    with pytest.raises(ValueError, match="threads"):
+        dec.set_threads("many")
