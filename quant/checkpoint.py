@@ -176,7 +176,10 @@ def _save_tokenizer(tokenizer_dir, dest) -> list:
     if tokenizer_dir is None:
         return []
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"tokenizer_dir {tokenizer_dir!r}: cannot load a tokenizer from it ({e})") from None
     os.makedirs(dest)
     tok.save_pretrained(dest)
     return sorted(n for n in os.listdir(dest) if os.path.isfile(os.path.join(dest, n)))

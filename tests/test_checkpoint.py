@@ -215,3 +215,11 @@ def test_refuses_to_overwrite_other_directories(qm, tmp_path):
     with pytest.raises(CheckpointError, match="not a lutc checkpoint"):
         save_checkpoint(qm, other)
     assert (other / "important.txt").read_text() == "keep me"
+
+
+def test_unloadable_tokenizer_fails_the_save_cleanly(qm, tmp_path):
+    import dataclasses
+    bad = dataclasses.replace(qm, tokenizer_dir=str(tmp_path / "gone"))
+    with pytest.raises(CheckpointError, match="cannot load a tokenizer"):
+        save_checkpoint(bad, tmp_path / "ck")
+    assert os.listdir(tmp_path) == []
