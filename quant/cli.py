@@ -50,7 +50,7 @@ def cmd_eval(args) -> int:
     for mode, dt in runs:
         try:
             r = evaluate(model, args.text, mode=mode, lut_dtype=dt, window=args.window, stride=args.stride,
-                         max_tokens=args.max_tokens or None, threads=args.threads, progress=args.progress)
+                         max_tokens=args.max_tokens or None, threads=args.threads, progress=not args.quiet)
         except (ValueError, OSError) as e:
             return _fail(e)
         results.append(r)
@@ -93,6 +93,6 @@ def register(subparsers) -> None:
     e.add_argument("--stride", type=int, default=None, help="default: window / 2")
     e.add_argument("--max-tokens", type=int, default=8192, help="0: the whole text")
     e.add_argument("--threads", type=int, default=None)
-    e.add_argument("--progress", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress output")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
