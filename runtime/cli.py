@@ -78,5 +78,6 @@ def _run(args, params) -> int:
     sys.stdout.flush()
     print(f"[lutc] load {load_s:.2f} s | prompt {res.prompt_tokens} tok, prefill {res.prefill_tps:.1f} tok/s | "
           f"generated {len(res.tokens)} tok ({res.stop_reason}), decode {res.decode_tps:.1f} tok/s | "
-          f"threads {'auto, last ' if dec.auto else ''}{dec.threads} | peak RSS {peak_rss_mb():.0f} MiB", file=sys.stderr)
+          f"threads {'auto, now ' if dec.auto else ''}{dec.threads} | "
+          f"peak RSS {peak_rss_mb():.0f} MiB", file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""The decoder's non-GEMM steps as lutc DSL kernels: embedding, RMSNorm(+residual), RoPE + KV write, attention, SiLU-gate."""
+"""The decoder's non-GEMM steps as lutc DSL kernels: embedding, RMSNorm, RoPE + KV write, attention, SiLU gate."""
 from __future__ import annotations
 
 import lutc.language as tl
