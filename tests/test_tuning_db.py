@@ -152,3 +152,15 @@ def test_cli_db_show_and_merge(tmp_path, capsys):
     assert main(["db", "merge", str(tmp_path / "a.json"), str(tmp_path / "junk.json"), "-o", str(out)]) == 1
     assert "junk.json" in capsys.readouterr().err
     assert main(["db", "show", "--device", "nosuch-device-1c", "--db", str(tmp_path)]) == 1
+
+
+def test_cli_db_verify_retimes_entries_against_the_default(tmp_path, capsys):
+    from lutc.cli import main
+    db = TuningDB(host_fingerprint())
+    db.put(entry(N=64, K=256, bn=16, threads=1))
+    db.put(entry(N=128, K=256, bn=16, threads=1))
+    db.save(tmp_path / "d.json")
+    assert main(["db", "verify", "--db", str(tmp_path / "d.json"), "--match", "64x256", "--rounds", "1",
+                 "--repeats", "2", "--cache", "hot"]) == 0
+    out = capsys.readouterr().out
+    assert "lut_gemm/w2/g128/m1/64x256" in out and "128x256" not in out and "x " in out

@@ -51,6 +51,14 @@ def register(sub):
     s.add_argument("--device", help="device id (default: this machine), e.g. x86_64-znver4-2c")
     s.add_argument("--db", help="db directory or .json file (default: the lookup search path)")
     s.set_defaults(fn=cmd_db_show)
+    v = dsub.add_parser("verify", help="re-time this machine's entries against the default schedule")
+    v.add_argument("--db", help="db directory or .json file (default: the lookup search path)")
+    v.add_argument("--match", default="", help="only entries whose key contains this, e.g. m1/4096x")
+    v.add_argument("--rounds", type=int, default=5, help="interleaved default/tuned rounds (default 5)")
+    v.add_argument("--repeats", type=int, default=7)
+    v.add_argument("--stat", choices=("median", "min"), default="median")
+    v.add_argument("--cache", choices=("cold", "hot"), default="cold")
+    v.set_defaults(fn=cmd_db_verify)
     m = dsub.add_parser("merge", help="merge db files of one device")
     m.add_argument("inputs", nargs="+", metavar="FILE.json")
     m.add_argument("-o", "--output", required=True, metavar="OUT.json")
@@ -242,6 +250,35 @@ def cmd_db_show(args) -> int:
         print(f"lutc db show: no tuning db for device {device} in {', '.join(map(str, _show_paths(args, device)))}",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_db_verify(args) -> int:
+    """Each entry's schedule against the default, interleaved, on this machine: one row per entry."""
+    from .db import TuningDB, TuningDBError
+    from .device import host_device_id
+    from .report import ms
+    from .search import verify_entry
+    paths = [p for p in _show_paths(args, host_device_id()) if p.exists()]
+    if not paths:
+        print(f"lutc db verify: no tuning db for this device ({host_device_id()})", file=sys.stderr)
+        return 1
+    try:
+        db = TuningDB.load(paths[0])
+    except TuningDBError as e:
+        print(f"lutc db verify: {e}", file=sys.stderr)
+        return 1
+    print(f"# {paths[0]}: {args.stat} of {args.repeats} repeats, median of {args.rounds} interleaved rounds, "
+          f"{args.cache} cache")
+    print(f"{'key':<36} {'default ms':>11} {'tuned ms':>10} {'speedup':>8} {'spread':>7} {'busy':>5}")
+    for key in sorted(k for k in db.entries if args.match in k):
+        try:
+            d, t = verify_entry(db.entries[key], args.rounds, args.repeats, 0, args.stat, args.cache)
+        except RuntimeError as e:   # a measurement failed (inaccurate, crashed, timed out)
+            print(f"{key:<36} failed: {e}", flush=True)
+            continue
+        print(f"{key:<36} {ms(d['value_s']):>11} {ms(t['value_s']):>10} {d['value_s'] / t['value_s']:>7.2f}x "
+              f"{100 * t['spread']:>6.1f}% {max(d['contention'], t['contention']):>5.2f}", flush=True)
     return 0
 
 

@@ -311,6 +311,30 @@ def finalists(study, p: Problem, k: int, threads: tuple = ()) -> list:
     return out
 
 
+def timing_options(repeats: int, retries: int, stat: str) -> dict:
+    t = {"repeats": repeats, "retries": retries}
+    if stat == "min":   # the min of many short repeats estimates the uncontended time on a loaded machine
+        t.update(stat="min", min_repeat_s=0.002)
+    return t
+
+
+def problem_dict(p: Problem, cache="cold", data_seed=0) -> dict:
+    """What a measurement worker builds its data from."""
+    return {"bits": p.bits, "group_size": p.group_size, "M": p.M, "N": p.N, "K": p.K, "seed": data_seed,
+            "cache": cache}
+
+
+def verify_entry(e: dict, rounds=5, repeats=7, retries=0, stat="median", cache="cold", timeout=300.0) -> tuple:
+    """Re-time a db entry's schedule against the default, interleaved: (default, tuned) summaries."""
+    from ..ops import default_schedule
+    p = Problem(e["bits"], e["group_size"], e["m_bucket"], e["N"], e["K"], e["kernel"])
+    sched = Schedule.from_dict(e["schedule"])
+    with MeasureWorker(problem_dict(p, cache), timeout=timeout) as w:
+        d, t = compare(w, [default_schedule(p.bits, p.group_size, p.M), sched], rounds,
+                       timing_options(repeats, retries, stat))
+    return d, t
+
+
 def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, prefix=None, db_path=None,
                  repeats=7, retries=2, stat="median", final_rounds=5, finalists_k=3, data_seed=0, cache="cold",
                  progress=None, make_worker=MeasureWorker, device: dict | None = None,
@@ -324,9 +348,7 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
     from ..ops import default_schedule
     from .lookup import clear_cache
     t0 = time.time()
-    timing = {"repeats": repeats, "retries": retries}
-    if stat == "min":   # the min of many short repeats estimates the uncontended time on a loaded machine
-        timing.update(stat="min", min_repeat_s=0.002)
+    timing = timing_options(repeats, retries, stat)
     device = device or host_fingerprint()
     cores = cores or usable_cores()
     space = space_for(p, cores)
@@ -336,9 +358,7 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
     study = open_study(p, storage, name, seed, trials)
     warm_start(study, p, space, cores, db_path, device["id"])
     out = TuneResult(p, name)
-    problem = {"bits": p.bits, "group_size": p.group_size, "M": p.M, "N": p.N, "K": p.K, "seed": data_seed,
-               "cache": cache}
-    with make_worker(problem, timeout=timeout) as worker:
+    with make_worker(problem_dict(p, cache, data_seed), timeout=timeout) as worker:
         bar = progress(p, trials, len(_finished(study))) if progress else None
         try:
             out.ran = run_trials(study, p, worker, space, trials, timing, bar)
