@@ -238,7 +238,7 @@ class CompiledFunction:
         self.name = name
         self.params = params
         self.target = target
-        self.ir = ir_text
+        self._ir = ir_text
         self.obj = obj
         self._module = JITModule(obj, target) if runs_here(target) else None
         self._launch = None
@@ -247,6 +247,13 @@ class CompiledFunction:
             self._launch = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(addr)
         self._packers = [_packer(p.type) for p in params]
         self._ctx_type = ctypes.c_uint64 * (GRID_SLOTS + len(params))
+
+    @property
+    def ir(self) -> str:
+        """The lutc IR after passes (text)."""
+        if callable(self._ir):
+            self._ir = self._ir()
+        return self._ir
 
     @property
     def launch_address(self) -> int:
@@ -352,6 +359,14 @@ def emit(jitfn, signature, constexprs, grid_rank=1, target="host", kind="asm"):
     raise ValueError(f"unknown emit kind {kind!r}: expected ir, llvm, asm or obj")
 
 
+def _params_from_signature(jitfn, signature):
+    """Kernel params in declaration order, or None if the signature does not cover them all."""
+    names = [n for n in jitfn.signature.parameters if n not in jitfn.constexpr_names]
+    if any(n not in signature for n in names):
+        return None
+    return [Param(n, signature[n]) for n in names]
+
+
 def compile_function(jitfn, signature, constexprs, grid_rank, target) -> CompiledFunction:
     target = get_target(target)
     signature = {k: parse_type(v) for k, v in signature.items()}
@@ -360,12 +375,17 @@ def compile_function(jitfn, signature, constexprs, grid_rank, target) -> Compile
         hit = _MEMORY_CACHE.get(key)
         if hit is not None:
             return hit
-        fn = lower(jitfn, signature, constexprs, grid_rank, target)
-        obj = _DISK_CACHE.get(key)
-        if obj is None:
+        params = _params_from_signature(jitfn, signature)
+        obj = _DISK_CACHE.get(key) if params is not None else None
+        if obj is None:  # a miss: run the frontend and passes, then LLVM
+            fn = lower(jitfn, signature, constexprs, grid_rank, target)
+            params = fn.params
             mod, tm = parse_and_optimize(build_module(fn, target), target)
             obj = emit_object(mod, tm)
             _DISK_CACHE.put(key, obj)
-        compiled = CompiledFunction(jitfn.name, fn.params, obj, target, str(fn))
+            ir_text = str(fn)
+        else:  # a hit needs no frontend work; the IR text is rebuilt only if asked for
+            ir_text = lambda: str(lower(jitfn, signature, constexprs, grid_rank, target))  # noqa: E731
+        compiled = CompiledFunction(jitfn.name, params, obj, target, ir_text)
         _MEMORY_CACHE[key] = compiled
         return compiled

@@ -97,3 +97,16 @@ def test_memory_cache_returns_the_same_kernel():
     a, out = np.arange(8, dtype=np.float32), np.zeros(8, np.float32)
     scale_kernel[(1,)](a, out, S=1.5)
     np.testing.assert_array_equal(out, a * 1.5)
+
+
+def test_disk_hit_skips_the_frontend(monkeypatch):
+    import lutc.jit as J
+    sig = {"a": "*f32", "out": "*f32"}
+    first = scale_kernel.compile(sig, {"S": 4.25})         # compiled and written to disk
+    monkeypatch.setattr(J, "_MEMORY_CACHE", {})
+    calls = []
+    real_lower = J.lower
+    monkeypatch.setattr(J, "lower", lambda *a, **k: calls.append(1) or real_lower(*a, **k))
+    again = scale_kernel.compile(sig, {"S": 4.25})
+    assert again is not first and again.obj == first.obj and calls == []
+    assert "func @scale_kernel" in again.ir and calls == [1]   # the IR text is built on demand
