@@ -255,8 +255,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:   # exists, owned by someone else
+        pass
     return True
 
 
@@ -279,7 +279,8 @@ def convergence(study) -> tuple:
 
 def compare(worker: MeasureWorker, schedules: list, rounds: int, timing: dict) -> list:
     """Interleaved timing of several schedules (round-robin, `rounds` times): per schedule the
-    median of its rounds' medians, the median spread and the worst error ratio."""
+    median over rounds of each round's statistic (value_s), the median spread and contention,
+    and the worst error ratio."""
     import numpy as np
     runs = [[] for _ in schedules]
     for _ in range(rounds):
