@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import ctypes
+import functools
 import hashlib
 import inspect
 import linecache
@@ -329,8 +330,23 @@ def _np_dtype(dt):
     return np.dtype(names[dt])
 
 
+@functools.lru_cache(maxsize=1)
+def compiler_hash() -> str:
+    """Hash of the compiler's own source (frontend, IR, passes, backend), so that a changed
+    compiler never reuses objects built by another one with the same version number."""
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    files = [root / n for n in ("jit.py", "passes.py", "language.py")]
+    for sub in ("ir", "frontend", "backend"):
+        files += sorted((root / sub).glob("*.py"))
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(jitfn, signature, constexprs, grid_rank, target):
-    return hash_key("lutc", __version__, llvmlite.__version__, llvm.llvm_version_info,
+    return hash_key("lutc", __version__, compiler_hash(), llvmlite.__version__, llvm.llvm_version_info,
                     jitfn.source_hash(), jitfn.name,
                     tuple((k, str(parse_type(v))) for k, v in sorted(signature.items())),
                     tuple(sorted((k, repr(v)) for k, v in constexprs.items())),

@@ -110,3 +110,14 @@ def test_disk_hit_skips_the_frontend(monkeypatch):
     again = scale_kernel.compile(sig, {"S": 4.25})
     assert again is not first and again.obj == first.obj and calls == []
     assert "func @scale_kernel" in again.ir and calls == [1]   # the IR text is built on demand
+
+
+def test_key_covers_the_compiler_source(monkeypatch):
+    J = sys.modules["lutc.jit"]
+    h = J.compiler_hash()
+    J.compiler_hash.cache_clear()
+    assert J.compiler_hash() == h  # stable for unchanged sources
+    sig, host = {"a": "*f32", "out": "*f32"}, get_target("host")
+    before = cache_key(scale_kernel, sig, {"S": 2.0}, 1, host)
+    monkeypatch.setattr(J, "compiler_hash", lambda: "another compiler")
+    assert cache_key(scale_kernel, sig, {"S": 2.0}, 1, host) != before
