@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import json
 import os
 import pathlib
 import platform
 import statistics
-import sys
 import time
 
 import llvmlite
@@ -21,14 +19,8 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-try:
-    from lutc.backend import threadpool as tp
-except ImportError:                      # package __init__ files not there yet: load by path
-    _spec = importlib.util.spec_from_file_location(
-        "lutc_backend_threadpool", ROOT / "lutc" / "backend" / "threadpool.py")
-    tp = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = tp
-    _spec.loader.exec_module(tp)
+from lutc.backend import threadpool as tp
+from lutc.backend.irutil import mcjit, repeat_call_function
 
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
@@ -44,29 +36,9 @@ def build_helpers(pool):
     run = tp.declare_pool_run(m)
     empty = ir.Function(m, tp.TASK_FNTY, "bench_empty_task")
     ir.IRBuilder(empty.append_basic_block()).ret_void()
-    loop = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, I64]), "bench_loop")
-    entry = loop.append_basic_block("entry")
-    b = ir.IRBuilder(entry)
-    task, ctx, n, nt, reps = loop.args
-    head, body, done = (loop.append_basic_block(x) for x in ("head", "body", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    r = b.phi(I64)
-    r.add_incoming(I64(0), entry)
-    b.cbranch(b.icmp_signed("<", r, reps), body, done)
-    b.position_at_end(body)
-    b.call(run, [task, ctx, n, nt])
-    r.add_incoming(b.add(r, I64(1)), body)
-    b.branch(head)
-    b.position_at_end(done)
-    b.ret_void()
-
+    repeat_call_function(m, "bench_loop", run)
     pool.register_symbol()
-    mod = llvm.parse_assembly(str(m))
-    mod.verify()
-    tm = llvm.Target.from_triple(mod.triple).create_target_machine(jit=True)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
+    engine = mcjit(m)
     return engine, engine.get_function_address("bench_empty_task"), engine.get_function_address("bench_loop")
 
 

@@ -8,8 +8,8 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 import numpy as np
 
-_I64 = ir.IntType(64)
-_PTR = ir.PointerType()
+from lutc.backend.irutil import I64 as _I64, PTR as _PTR, for_range, mcjit
+
 _LAUNCH_FNTY = ir.FunctionType(ir.VoidType(), [_PTR, _I64, _I64])   # void k_launch(ctx, ntasks, threads)
 _RUN_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 _LOCK = threading.Lock()
@@ -26,33 +26,21 @@ class _FnPtr(ir.PointerType):
 
 def _build_runner():
     """JIT `void run(i64 *records, i64 n)`: for each record (fn, ctx, ntasks, threads) call fn(ctx, ntasks, threads)."""
-    from lutc.backend.target import init_llvm
-    init_llvm()
     m = ir.Module(name="lutc_runtime_program")
     m.triple = llvm.get_process_triple()
     fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [_PTR, _I64]), "lutc_rt_run_program")
     recs, n = fn.args
-    entry, head, body, done = (fn.append_basic_block(x) for x in ("entry", "head", "body", "done"))
-    b = ir.IRBuilder(entry)
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(_I64)
-    i.add_incoming(_I64(0), entry)
-    b.cbranch(b.icmp_signed("<", i, n), body, done)
-    b.position_at_end(body)
-    base = b.mul(i, _I64(4))
-    f, ctx, ntasks, threads = (b.load(b.gep(recs, [b.add(base, _I64(k))], source_etype=_I64), typ=_I64)
-                               for k in range(4))
-    b.call(b.inttoptr(f, _FnPtr(_LAUNCH_FNTY)), [b.inttoptr(ctx, _PTR), ntasks, threads])
-    i.add_incoming(b.add(i, _I64(1)), body)
-    b.branch(head)
-    b.position_at_end(done)
+
+    def call_record(b, i):
+        base = b.mul(i, _I64(4))
+        f, ctx, ntasks, threads = (b.load(b.gep(recs, [b.add(base, _I64(k))], source_etype=_I64), typ=_I64)
+                                   for k in range(4))
+        b.call(b.inttoptr(f, _FnPtr(_LAUNCH_FNTY)), [b.inttoptr(ctx, _PTR), ntasks, threads])
+
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    for_range(b, n, call_record, "record")
     b.ret_void()
-    mod = llvm.parse_assembly(str(m))
-    mod.verify()
-    tm = llvm.Target.from_triple(mod.triple).create_target_machine(jit=True)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
+    engine = mcjit(m)
     return engine, _RUN_T(engine.get_function_address("lutc_rt_run_program"))
 
 

@@ -1,6 +1,5 @@
 """Tests for the native persistent thread pool (lutc.backend.threadpool)."""
 import ctypes
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -11,14 +10,8 @@ import time
 import numpy as np
 import pytest
 
-try:
-    from lutc.backend import threadpool as tp
-except ImportError:                      # package __init__ files not there yet: load by path
-    _path = pathlib.Path(__file__).resolve().parents[1] / "lutc" / "backend" / "threadpool.py"
-    _spec = importlib.util.spec_from_file_location("lutc_backend_threadpool", _path)
-    tp = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = tp
-    _spec.loader.exec_module(tp)
+from lutc.backend import threadpool as tp
+from lutc.backend.irutil import for_range, mcjit, repeat_call_function
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
@@ -57,42 +50,13 @@ def _build_tasks(pool):
     b = ir.IRBuilder(entry)
     ctx, i = burn.args
     b.call(counter, [ctx, i])
-    head, body, done = (burn.append_basic_block(n) for n in ("head", "body", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    k = b.phi(I64)
-    k.add_incoming(I64(0), entry)
-    b.cbranch(b.icmp_signed("<", k, I64(20000)), body, done)
-    b.position_at_end(body)
-    b.asm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}", [], True)   # not foldable
-    k.add_incoming(b.add(k, I64(1)), body)
-    b.branch(head)
-    b.position_at_end(done)
+    for_range(b, I64(20000), lambda b, _: b.asm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}", [], True),
+              "burn")                    # an empty asm with a memory clobber: not foldable
     b.ret_void()
 
-    loop = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, I64]), "tp_test_loop")
-    entry = loop.append_basic_block("entry")
-    b = ir.IRBuilder(entry)
-    task, ctx, n, nt, reps = loop.args
-    head, body, done = (loop.append_basic_block(x) for x in ("head", "body", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    r = b.phi(I64)
-    r.add_incoming(I64(0), entry)
-    b.cbranch(b.icmp_signed("<", r, reps), body, done)
-    b.position_at_end(body)
-    b.call(run, [task, ctx, n, nt])
-    r.add_incoming(b.add(r, I64(1)), body)
-    b.branch(head)
-    b.position_at_end(done)
-    b.ret_void()
-
+    repeat_call_function(m, "tp_test_loop", run)
     pool.register_symbol()
-    mod = llvm.parse_assembly(str(m))
-    mod.verify()
-    tm = llvm.Target.from_triple(mod.triple).create_target_machine(jit=True)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
+    engine = mcjit(m)
     addr = engine.get_function_address
     return engine, {name: addr("tp_test_" + name) for name in ("counter", "nested", "burn", "loop")}
 

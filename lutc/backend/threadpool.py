@@ -11,6 +11,8 @@ import time
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
+from .irutil import for_range
+
 __all__ = ["ThreadPool", "get_pool", "build_pool_module", "declare_pool_run", "task_pointer",
            "TASK_FNTY", "RUN_FNTY", "SYMBOL_NAME", "MAX_THREADS"]
 
@@ -278,18 +280,7 @@ class _PoolGen:
     # -- loops -------------------------------------------------------------------------------
     def for_range(self, b, stop, body, tag="loop"):
         """for (i = 0; i < stop; i++) body(b, i);  (signed compare, so stop <= 0 runs nothing)"""
-        fn, pre = b.function, b.block
-        head, blk, done = (fn.append_basic_block(f"{tag}.{n}") for n in ("head", "body", "done"))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(_I64, "i")
-        i.add_incoming(_I64(0), pre)
-        b.cbranch(b.icmp_signed("<", i, stop), blk, done)
-        b.position_at_end(blk)
-        body(b, i)
-        i.add_incoming(b.add(i, _I64(1)), b.block)
-        b.branch(head)
-        b.position_at_end(done)
+        for_range(b, stop, body, tag)
 
     def serial_loop(self, b, task, ctx, ntasks):
         self.for_range(b, ntasks, lambda b, i: b.call(task, [ctx, i]), "serial")
