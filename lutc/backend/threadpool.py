@@ -18,6 +18,7 @@ __all__ = ["ThreadPool", "get_pool", "build_pool_module", "declare_pool_run", "t
 
 SYMBOL_NAME = "lutc_pool_run"
 MAX_THREADS = 256                 # caller + at most 255 workers (fits the 16-bit ctrl fields)
+CLAIMS_PER_THREAD = 2            # runs per thread in a parallel job (2 beat 1, 4, 8, 16 on SmolLM2 decode)
 DEFAULT_SPIN_US = 500.0           # idle spin budget before sleeping; env LUTC_POOL_SPIN_US
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ _LAYOUT = (
     ("done_cond", ir.ArrayType(_I8, 128)),
     ("ctrl", _I64),
     ("next", _I64),
-    (("task", _PTR), ("ctx", _PTR), ("ntasks", _I64)),
+    (("task", _PTR), ("ctx", _PTR), ("ntasks", _I64), ("chunk", _I64)),
     (("sleepers", _I64), ("spin_iters", _I64), ("forward", _PTR), ("key", _I64), ("nworkers", _I64),
      ("waiting", _I32), ("stop", _I32), ("disabled", _I32), ("inited", _I32)),
     ("threads", ir.ArrayType(_I64, MAX_THREADS)),
@@ -285,16 +286,22 @@ class _PoolGen:
     def serial_loop(self, b, task, ctx, ntasks):
         self.for_range(b, ntasks, lambda b, i: b.call(task, [ctx, i]), "serial")
 
-    def claim_loop(self, b, task, ctx, ntasks):
-        """while ((i = next++) < ntasks) task(ctx, i);   -- dynamic claiming, monotonic RMW."""
+    def claim_loop(self, b, task, ctx, ntasks, chunk):
+        """while ((i0 = fetch_add(next, chunk)) < ntasks) for i in [i0, min(i0 + chunk, ntasks)): task(ctx, i)
+
+        Dynamic claiming of contiguous runs of `chunk` tasks (monotonic RMW): one contended
+        atomic per run instead of per task, and each thread walks a contiguous stretch of the
+        data (hardware prefetchers follow it)."""
         fn = b.function
         head, body, done = (fn.append_basic_block(n) for n in ("claim.head", "claim.body", "claim.done"))
         b.branch(head)
         b.position_at_end(head)
-        i = b.atomic_rmw("add", self.fld(b, "next"), _I64(1), "monotonic", name="i")
-        b.cbranch(b.icmp_signed("<", i, ntasks), body, done)
+        i0 = b.atomic_rmw("add", self.fld(b, "next"), chunk, "monotonic", name="i0")
+        b.cbranch(b.icmp_signed("<", i0, ntasks), body, done)
         b.position_at_end(body)
-        b.call(task, [ctx, i])
+        end = b.add(i0, chunk)
+        end = b.select(b.icmp_signed("<", end, ntasks), end, ntasks)
+        self.for_range(b, b.sub(end, i0), lambda b, k: b.call(task, [ctx, b.add(i0, k)]), "run")
         b.branch(head)
         b.position_at_end(done)
 
@@ -370,7 +377,8 @@ class _PoolGen:
         task = self.ld(b, "task", ty=_TASK_PTR)      # plain loads: ordered by the join's acquire
         ctx = self.ld(b, "ctx")
         ntasks = self.ld(b, "ntasks")
-        self.claim_loop(b, task, ctx, ntasks)
+        chunk = self.ld(b, "chunk")
+        self.claim_loop(b, task, ctx, ntasks, chunk)
         # Leave.  Last touch of job state; seq_cst = release for the dispatcher + Dekker vs waiting.
         old = b.atomic_rmw("sub", self.fld(b, "ctrl"), _I64(1), "seq_cst", name="old")
         last = b.icmp_unsigned("==", b.and_(old, _I64(ACTIVE_MASK)), _I64(1))
@@ -548,6 +556,11 @@ class _PoolGen:
         self.st(b, "task", task)
         self.st(b, "ctx", ctx)
         self.st(b, "ntasks", ntasks)
+        # runs of ntasks / (CLAIMS_PER_THREAD * threads) tasks (at least 1): few contended
+        # atomics, and still enough runs per thread to balance uneven tasks and late joiners
+        chunk = b.sdiv(ntasks, b.mul(b.add(n, _I64(1)), _I64(CLAIMS_PER_THREAD)))
+        chunk = b.select(b.icmp_signed(">", chunk, _I64(1)), chunk, _I64(1))
+        self.st(b, "chunk", chunk)
         self.st(b, "next", _I64(0), "monotonic")
         old = self.ld(b, "ctrl", "monotonic")            # only the dispatcher changes seq
         seq1 = b.add(b.lshr(old, _I64(SEQ_SHIFT)), _I64(1))
@@ -566,7 +579,7 @@ class _PoolGen:
                     self.for_range(b, n, lambda b, k: self.call(
                         b, "pthread_cond_signal", self.fld(b, "wake_cond")), "signal")
             self.unlock(b, "mutex")
-        self.claim_loop(b, task, ctx, ntasks)
+        self.claim_loop(b, task, ctx, ntasks, chunk)
         # Close: no further joins.  acq_rel: acquire pairs with the leaves already done.
         closed = b.atomic_rmw("and", self.fld(b, "ctrl"), _I64(~SLOTS_MASK), "acq_rel")
         with b.if_then(b.icmp_unsigned("!=", b.and_(closed, _I64(ACTIVE_MASK)), _I64(0))):
