@@ -12,6 +12,7 @@ import functools
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
+from .irutil import mcjit
 from .target import init_llvm
 
 I16, I32 = ir.IntType(16), ir.IntType(32)
@@ -73,12 +74,9 @@ def register_support_symbols():
     from .target import get_target
     init_llvm()
     host = get_target("host")
-    mod = llvm.parse_assembly(str(build_support_module(host.triple)))
-    mod.verify()
     # baseline x86-64/AArch64 features: the code must not itself need F16C
     tm = llvm.Target.from_triple(host.triple).create_target_machine(opt=2, codemodel="jitdefault")
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
+    engine = mcjit(build_support_module(host.triple), tm)
     for name in _NAMES:
         llvm.add_symbol(name, engine.get_function_address(name))
     return engine  # kept alive by the cache for the life of the process

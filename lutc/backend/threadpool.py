@@ -11,7 +11,8 @@ import time
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
-from .irutil import for_range
+from .irutil import for_range, mcjit
+from .target import init_llvm
 
 __all__ = ["ThreadPool", "get_pool", "build_pool_module", "declare_pool_run", "task_pointer",
            "TASK_FNTY", "RUN_FNTY", "SYMBOL_NAME", "MAX_THREADS"]
@@ -741,9 +742,7 @@ def _register_pthread_symbols():
 def _init_llvm():
     global _llvm_ready
     if not _llvm_ready:
-        # llvm.initialize() is gone in llvmlite >= 0.45 (raises); core init is automatic.
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
+        init_llvm()
         _register_pthread_symbols()
         _llvm_ready = True
 
@@ -757,19 +756,6 @@ def _host_target_machine():
         features = ""
     return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=2,
                                         codemodel="jitdefault", jit=True)
-
-
-def _compile(module: ir.Module, tm):
-    mod = llvm.parse_assembly(str(module))
-    mod.verify()
-    mod.triple = tm.triple
-    mod.data_layout = str(tm.target_data)
-    pto = llvm.create_pipeline_tuning_options(speed_level=2)
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
-    return engine
 
 
 def _spin_budget(spin_fn) -> int:
@@ -799,7 +785,7 @@ class ThreadPool:
         self.pid = os.getpid()
         self.fork_gen = _fork_gen
         self._tm = _host_target_machine()
-        self._engine = _compile(build_pool_module(self._tm.triple), self._tm)
+        self._engine = mcjit(build_pool_module(self._tm.triple), self._tm, speed_level=2)
         addr = self._engine.get_function_address
         self.run_address = addr(SYMBOL_NAME)
         self._run = _C_RUN(self.run_address)
