@@ -27,9 +27,9 @@ def _knobs(pairs):
 def cmd_compile(args):
     from .backend.target import get_target
     from .kernels.compiled import CompiledKernel
-    from .schedule import make_schedule
+    from .schedule import Schedule
     try:
-        sched = make_schedule(args.bits, args.group_size, **_knobs(args.set))
+        sched = Schedule.make(args.bits, args.group_size, **_knobs(args.set))
         target = get_target(args.target)
     except ValueError as e:
         raise SystemExit(f"lutc: {e}")
@@ -97,21 +97,12 @@ def main(argv=None):
     return args.fn(args)
 
 
-# Other packages add subcommands with a module-level `register(subparsers)`; each
-# subparser sets `fn` (a callable taking the parsed args and returning an exit code).
-PLUGINS = ("quant.cli", "runtime.cli", "lutc.tuning.cli", "lutc.remote.cli")
-
-
 def _register_plugins(sub):
-    import importlib
-    for name in PLUGINS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
-                raise  # a real import error inside an installed plugin
-            continue
-        mod.register(sub)
+    """Subcommands of other packages (entry points "lutc.commands": `register(subparsers)`; each
+    subparser sets `fn`, a callable taking the parsed args and returning an exit code)."""
+    from .plugins import COMMANDS, load
+    for register in load(COMMANDS):
+        register(sub)
 
 
 if __name__ == "__main__":

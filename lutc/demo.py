@@ -4,6 +4,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import quant
+
+from .launcher import resolve_threads
+from .ops import choose_schedule, get_kernel
 
 
 def _median_ms(fn, reps=30):
@@ -17,10 +21,7 @@ def _median_ms(fn, reps=30):
 
 
 def run_demo(bits=2, n=4096, k=4096, threads=None) -> int:
-    import quant
-    from .kernels.compiled import default_threads
-    from .ops import choose_schedule, get_kernel
-    threads = threads or default_threads()
+    threads = resolve_threads(threads)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((n, k)).astype(np.float32)
     t0 = time.perf_counter()

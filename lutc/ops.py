@@ -1,8 +1,10 @@
-"""High-level ops: `lut_gemm(x, qw)` picks a schedule, compiles it once, and runs it."""
+"""High-level op: `linear(x, qw)` = x @ W_hat^T, with the schedule chosen per problem, compiled
+once per process (the one CompiledKernel cache) and run."""
 from __future__ import annotations
 
 import threading
 
+from . import plugins
 from .kernels.compiled import CompiledKernel
 from .schedule import Schedule
 
@@ -16,20 +18,17 @@ def default_schedule(bits: int, group_size: int, M: int = 1) -> Schedule:
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:
-    """The schedule lut_gemm uses for this problem: the tuning db's entry if there is one
-    for this device (exact shape, else the nearest shape), else the default."""
-    try:
-        from .tuning import lookup_schedule
-    except ModuleNotFoundError as e:  # the tuner is an optional part of the package
-        if e.name != "lutc.tuning":
-            raise
-        return default_schedule(bits, group_size, M)
-    found = lookup_schedule("lut_gemm", bits, group_size, M, N, K, target)
-    return found if found is not None else default_schedule(bits, group_size, M)
+    """The schedule for this problem: the first schedule source (plugins.SCHEDULE_SOURCES, e.g.
+    the tuning db of this device) that has one, else the default."""
+    for source in plugins.load(plugins.SCHEDULE_SOURCES):
+        found = source("lut_gemm", bits, group_size, M, N, K, target)
+        if found is not None:
+            return found
+    return default_schedule(bits, group_size, M)
 
 
 def get_kernel(schedule: Schedule, target="host") -> CompiledKernel:
-    """A CompiledKernel for `schedule`, compiled once per process (and cached on disk)."""
+    """The CompiledKernel for `schedule`, built once per process (objects are also cached on disk)."""
     key = (schedule.codegen_key, str(target))
     k = _KERNELS.get(key)
     if k is None:
@@ -40,11 +39,11 @@ def get_kernel(schedule: Schedule, target="host") -> CompiledKernel:
     return k
 
 
-def lut_gemm(x, qw, threads=None, out=None):
-    """y = x @ qw.dequantize().T computed by LUT GEMM; x is (M, K) or (K,) float32."""
-    from quant import QuantizedTensor
-    if not isinstance(qw, QuantizedTensor):
-        raise TypeError(f"qw: expected a quant.QuantizedTensor, got {type(qw).__name__}")
+def linear(x, qw, threads=None, out=None):
+    """y = x @ qw.dequantize().T by LUT GEMM; x is (M, K) or (K,) float32 (numpy or torch)."""
+    for attr in ("bits", "group_size", "N", "K"):
+        if not hasattr(qw, attr):
+            raise TypeError(f"qw: expected a quant.QuantizedTensor, got {type(qw).__name__}")
     shape = getattr(x, "shape", None)
     M = 1 if shape is None or len(shape) < 2 else int(shape[0])
     sched = choose_schedule(qw.bits, qw.group_size, M, qw.N, qw.K)

@@ -130,11 +130,12 @@ class Schedule:
     def from_json(cls, s: str) -> "Schedule":
         return cls.from_dict(json.loads(s))
 
+    @classmethod
+    def make(cls, bits, group_size=128, **knobs) -> "Schedule":
+        """A Schedule with defaults for every knob not given; an unknown knob is a ValueError."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"bits", "group_size", "kernel"}
+        unknown = set(knobs) - names
+        if unknown:
+            raise ValueError(f"unknown knob(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+        return cls(bits=bits, group_size=group_size, **knobs)
 
-def make_schedule(bits, group_size=128, **knobs) -> Schedule:
-    """A Schedule with defaults for every knob not given; unknown knobs are an error."""
-    names = {f.name for f in dataclasses.fields(Schedule)} - {"bits", "group_size", "kernel"}
-    unknown = set(knobs) - names
-    if unknown:
-        raise ValueError(f"unknown knob(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
-    return Schedule(bits=bits, group_size=group_size, **knobs)

@@ -1,8 +1,7 @@
-"""`lutc quantize` and `lutc eval` subcommands (a lutc CLI plugin: register(subparsers))."""
+"""`lutc quantize` (a lutc CLI plugin: register(subparsers)); `lutc eval` is the runtime's."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 __all__ = ["register"]
@@ -30,42 +29,6 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from .eval import evaluate
-    from .checkpoint import MANIFEST
-    import os
-    is_ckpt = os.path.isfile(os.path.join(args.model, MANIFEST))
-    if args.mode == "all":
-        runs = [("fake", "int8"), ("lut", "float32"), ("lut", "int8")] if is_ckpt else [("fake", "int8")]
-    else:
-        runs = [(args.mode, args.lut_dtype)]
-    model = args.model
-    if is_ckpt and len(runs) > 1:
-        from .checkpoint import load_checkpoint
-        try:
-            model = load_checkpoint(args.model)
-        except ValueError as e:
-            return _fail(e)
-    results = []
-    for mode, dt in runs:
-        try:
-            r = evaluate(model, args.text, mode=mode, lut_dtype=dt, window=args.window, stride=args.stride,
-                         max_tokens=args.max_tokens or None, threads=args.threads, progress=not args.quiet)
-        except (ValueError, OSError) as e:
-            return _fail(e)
-        results.append(r)
-        if not args.json:
-            print(f"{args.model}: {r['kind']}: perplexity {r['ppl']:.4f} over {r['tokens']} tokens of "
-                  f"{r['source']} (window {r['window']}, stride {r['stride']}, {r['seconds']:.1f}s)")
-    if len(results) == 3 and not args.json:
-        fake, f32, i8 = (r["ppl"] for r in results)
-        print(f"lut float32 tables vs fake-quant: {100 * (f32 / fake - 1):+.3f}%; "
-              f"int8 tables vs float32 tables: {100 * (i8 / f32 - 1):+.3f}%")
-    if args.json:
-        print(json.dumps(results if len(results) > 1 else results[0], indent=1))
-    return 0
-
-
 def register(subparsers) -> None:
     from .model_quant import MODEL_METHODS
     q = subparsers.add_parser("quantize", help="quantize a LLaMA-family model into a lutc checkpoint directory")
@@ -83,16 +46,3 @@ def register(subparsers) -> None:
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean(diag H)")
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(fn=cmd_quantize)
-    e = subparsers.add_parser("eval", help="perplexity of a checkpoint or a source model (sliding window)")
-    e.add_argument("model", help='a lutc checkpoint directory, "smollm2-135m", a .gguf file or an HF directory')
-    e.add_argument("--text", default=None, help="UTF-8 text file (default: held-out part of the built-in corpus)")
-    e.add_argument("--mode", choices=("fake", "lut", "all"), default="fake",
-                   help="fake: dequantized weights in torch; lut: lutc LUT kernels; all: fake, lut f32, lut int8")
-    e.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default="int8")
-    e.add_argument("--window", type=int, default=1024)
-    e.add_argument("--stride", type=int, default=None, help="default: window / 2")
-    e.add_argument("--max-tokens", type=int, default=8192, help="0: the whole text")
-    e.add_argument("--threads", type=int, default=None)
-    e.add_argument("--quiet", action="store_true", help="no progress output")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(fn=cmd_eval)

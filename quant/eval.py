@@ -1,4 +1,5 @@
-"""Perplexity with a sliding window: float models, fake-quant models and LUT-kernel models."""
+"""Perplexity with a sliding window: float models and quantized models (fake-quant by default;
+the runtime passes its LUT-kernel layers as `linear`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from .calib import eval_ids
 from .model import QuantizedModel
+from .torch_model import build_torch_model, fake_quant_linear
 
 __all__ = ["perplexity", "evaluate", "sliding_nll", "resolve_model"]
 
@@ -50,10 +52,10 @@ def sliding_nll(model, ids: torch.Tensor, window: int = 1024, stride: int = 512,
     return nll, count
 
 
-def resolve_model(model, mode: str = "fake", lut_dtype: str = "int8", threads=None):
+def resolve_model(model, linear=None, kind: str | None = None):
     """(torch causal LM, tokenizer or None, kind) for an HF model, a QuantizedModel, a checkpoint
-    directory, or a source model name/path ("smollm2-135m", .gguf, HF directory: float32)."""
-    from .torch_model import build_torch_model
+    directory, or a source model name/path ("smollm2-135m", .gguf, HF directory: float32).
+    A QuantizedModel's linears are `linear(name, qt, has_bias)` modules (default: fake-quant)."""
     if isinstance(model, torch.nn.Module):
         return model.eval(), None, "float32 (given model)"
     if isinstance(model, (str, os.PathLike)):
@@ -69,14 +71,15 @@ def resolve_model(model, mode: str = "fake", lut_dtype: str = "int8", threads=No
         if model.tokenizer_dir is not None:
             from transformers import AutoTokenizer
             tok = AutoTokenizer.from_pretrained(model.tokenizer_dir)
-        kind = "fake-quant" if mode == "fake" else f"lut ({lut_dtype} tables)"
-        return build_torch_model(model, mode, lut_dtype, threads), tok, kind
+        if linear is None:
+            linear, kind = fake_quant_linear, kind or "fake-quant"
+        return build_torch_model(model, linear), tok, kind or getattr(linear, "__name__", "custom linears")
     raise TypeError(f"model: expected an HF model, QuantizedModel, checkpoint dir or model name, "
                     f"got {type(model).__name__}")
 
 
-def evaluate(model, text=None, *, tokens=None, tokenizer=None, mode: str = "fake", lut_dtype: str = "int8",
-             window: int = 1024, stride: int | None = None, max_tokens: int | None = 8192, threads=None,
+def evaluate(model, text=None, *, tokens=None, tokenizer=None, linear=None, kind: str | None = None,
+             window: int = 1024, stride: int | None = None, max_tokens: int | None = 8192,
              progress: bool = False) -> dict:
     """Perplexity and details: {"ppl", "nll", "tokens", "source", "kind", "window", "stride", "seconds"}.
 
@@ -85,7 +88,7 @@ def evaluate(model, text=None, *, tokens=None, tokenizer=None, mode: str = "fake
     """
     t0 = time.perf_counter()
     stride = stride or max(1, window // 2)
-    lm, tok, kind = resolve_model(model, mode, lut_dtype, threads)
+    lm, tok, kind = resolve_model(model, linear, kind)
     tok = tokenizer or tok
     if tokens is None:
         if tok is None:

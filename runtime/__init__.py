@@ -13,7 +13,7 @@ def load(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128, method=
 
 
 def __getattr__(name):   # torch is imported only when the torch integration is used
-    if name in ("LUTLinear", "quantize_model"):
+    if name in ("LUTLinear", "replace_linears", "build_lut_model"):
         from . import torch_ops
         return getattr(torch_ops, name)
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")
@@ -21,4 +21,4 @@ def __getattr__(name):   # torch is imported only when the torch integration is 
 
 __all__ = ["DecoderConfig", "UnsupportedModelError", "LeanDecoder", "GenerationResult", "generate",
            "load", "load_decoder", "load_quantized", "load_tokenizer", "Sampler", "SamplingParams", "LUTLinear",
-           "quantize_model"]
+           "replace_linears", "build_lut_model"]

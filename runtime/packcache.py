@@ -1,4 +1,6 @@
-"""Pack cache: a decoder's kernel-layout weights saved once per checkpoint and memory-mapped on later starts."""
+"""Pack cache: a decoder's kernel-layout weights saved once per checkpoint and memory-mapped on
+later starts. Everything read back is validated (schema, sizes, layout, checksum); any mismatch
+is a PackCacheError, and the caller rebuilds the cache."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,19 +11,28 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import lutc
 import numpy as np
+from lutc.kernels import PackedWeights
+from lutc.schedule import Schedule
+from quant.checkpoint import MANIFEST
 
-from ._native import PackedLinear
-from .decoder import FUSED
+from .paths import models_dir
 
 FORMAT = "lutc-runtime-packed"
-VERSION = 1
+VERSION = 2
 _ALIGN = 64
+_DTYPES = ("uint8", "float16", "float32")
+_PACKING_SOURCES = ("packing.py", "spec.py")     # the layout code: a change invalidates every cache
+
+
+class PackCacheError(ValueError):
+    """A pack cache that is incomplete, corrupt, or of another format or layout."""
 
 
 @dataclasses.dataclass(eq=False)
 class PackedModel:
-    """What LeanDecoder needs, with the linears already packed: config, float tensors, PackedLinears."""
+    """What LeanDecoder needs, with the linears already packed: config, float tensors, PackedWeights."""
 
     config: dict
     tensors: dict
@@ -30,56 +41,57 @@ class PackedModel:
     meta: dict = dataclasses.field(default_factory=dict)
 
 
-def cache_path(checkpoint_dir, lut_dtype=None) -> Path:
-    """The pack-cache folder for a checkpoint: keyed by its manifest, its path, lutc's version and table dtype."""
-    import lutc
-    from quant.checkpoint import MANIFEST
+def _packing_hash() -> str:
+    root = Path(lutc.__file__).resolve().parent / "kernels"
+    h = hashlib.sha256()
+    for name in _PACKING_SOURCES:
+        h.update((root / name).read_bytes())
+    return h.hexdigest()
 
-    from .models import models_dir
+
+def cache_path(checkpoint_dir, lut_dtype=None) -> Path:
+    """The pack-cache folder of a checkpoint: keyed by its manifest, its path, lutc's version, the
+    packing code and the table dtype."""
     ckpt = Path(checkpoint_dir).resolve()
     h = hashlib.sha256()
-    for part in (FORMAT, VERSION, lutc.__version__, str(ckpt), str(lut_dtype)):
+    for part in (FORMAT, VERSION, lutc.__version__, _packing_hash(), str(ckpt), str(lut_dtype)):
         h.update(repr(part).encode() + b"\0")
     h.update((ckpt / MANIFEST).read_bytes())
     return models_dir() / "packed" / f"{ckpt.name}-{h.hexdigest()[:16]}"
 
 
-def save(dec, path) -> Path:
-    """Write dec's packed weights and float tensors to `path` (temp folder, then an atomic rename)."""
-    from .decoder import _layer_names
+def save(model: PackedModel, path) -> Path:
+    """Write a PackedModel to `path` (a temp folder, fsynced, then renamed into place)."""
     path = Path(path)
-    arrays, linears = {}, {}
-
-    def add_linear(key, ql):
-        p = ql.packed
-        linears[key] = dict(bits=ql.bits, group_size=ql.group_size, N=p.N, K=p.K, num_groups=p.num_groups,
-                            num_tiles=p.num_tiles, layout_key=list(p.layout_key))
+    arrays, linears = dict(model.tensors), {}
+    for key, p in model.packed.items():
+        linears[key] = dict(N=p.N, K=p.K, num_groups=p.num_groups, num_tiles=p.num_tiles,
+                            layout_key=list(p.layout_key))
         arrays[key + ".w"], arrays[key + ".sz"] = p.w, p.sz
-    for i, L in enumerate(dec.layers):
-        for k, ql in zip(FUSED, (L.qkv, L.o, L.gu, L.down)):
-            add_linear(f"{i}.{k}", ql)
-        n = _layer_names(i)
-        arrays[n["ln1"]], arrays[n["ln2"]] = L.ln1, L.ln2
-    add_linear("lm_head", dec.lm_head)
-    arrays["model.embed_tokens.weight"], arrays["model.norm.weight"] = dec.embed, dec.norm
     entries, offset = {}, 0
     for name, a in arrays.items():
         offset = -(-offset // _ALIGN) * _ALIGN
         entries[name] = dict(dtype=str(a.dtype), shape=list(a.shape), offset=offset)
         offset += a.nbytes
-    meta = dict(format=FORMAT, version=VERSION, config=dec.config_dict, tokenizer_dir=dec.tokenizer_dir,
-                meta=dec.meta, linears=linears, arrays=entries, nbytes=offset)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        h = hashlib.sha256()
         with open(tmp / "weights.bin", "wb") as f:
             for name, a in arrays.items():
-                f.seek(entries[name]["offset"])
-                f.write(np.ascontiguousarray(a).tobytes())
-            f.truncate(offset)
+                pad = entries[name]["offset"] - f.tell()
+                data = np.ascontiguousarray(a).tobytes()
+                for chunk in (b"\0" * pad, data):
+                    f.write(chunk)
+                    h.update(chunk)
             f.flush()
             os.fsync(f.fileno())
-        (tmp / "meta.json").write_text(json.dumps(meta, default=str))
+        meta = dict(format=FORMAT, version=VERSION, config=model.config, tokenizer_dir=model.tokenizer_dir,
+                    meta=model.meta, linears=linears, arrays=entries, nbytes=offset, sha256=h.hexdigest())
+        with open(tmp / "meta.json", "w") as f:
+            f.write(json.dumps(meta, default=str))
+            f.flush()
+            os.fsync(f.fileno())
         try:
             os.rename(tmp, path)
         except OSError:                 # another process got there first: keep theirs
@@ -90,27 +102,67 @@ def save(dec, path) -> Path:
     return path
 
 
-def load(path) -> PackedModel:
-    """Memory-map a pack-cache folder; ValueError if it is incomplete or of another format."""
-    from lutc.kernels.packing import PackedWeights
+def load(path, verify: bool = True) -> PackedModel:
+    """Memory-map a pack-cache folder; PackCacheError unless every part checks out."""
     path = Path(path)
-    meta = json.loads((path / "meta.json").read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"{path}: not a lutc runtime pack cache of version {VERSION}")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise PackCacheError(f"{path}: unreadable meta.json: {e}") from None
+    try:
+        return _load(path, meta, verify)
+    except PackCacheError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:
+        raise PackCacheError(f"{path}: malformed pack cache: {type(e).__name__}: {e}") from None
+
+
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load(path, meta, verify):
+    def need(cond, what):
+        if not cond:
+            raise PackCacheError(f"{path}: {what}")
+    need(isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("version") == VERSION,
+         f"not a lutc runtime pack cache of version {VERSION}")
+    for k, t in (("config", dict), ("meta", dict), ("linears", dict), ("arrays", dict), ("nbytes", int),
+                 ("sha256", str)):
+        need(isinstance(meta.get(k), t), f"meta.json: {k!r} must be a {t.__name__}")
+    need(meta["tokenizer_dir"] is None or isinstance(meta["tokenizer_dir"], str), "meta.json: bad tokenizer_dir")
     blob = np.memmap(path / "weights.bin", dtype=np.uint8, mode="r")
-    if blob.size != meta["nbytes"]:
-        raise ValueError(f"{path}: weights.bin has {blob.size} bytes, expected {meta['nbytes']}")
+    need(blob.size == meta["nbytes"], f"weights.bin has {blob.size} bytes, expected {meta['nbytes']}")
+    if verify:
+        need(_sha256_file(path / "weights.bin") == meta["sha256"], "weights.bin checksum mismatch")
 
     def arr(name):
         e = meta["arrays"][name]
+        need(isinstance(e, dict) and e.get("dtype") in _DTYPES, f"array {name!r}: bad dtype")
+        shape, off = e.get("shape"), e.get("offset")
+        need(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                               for d in shape), f"array {name!r}: bad shape")
+        need(isinstance(off, int) and not isinstance(off, bool) and off >= 0 and off % _ALIGN == 0,
+             f"array {name!r}: bad offset")
         dt = np.dtype(e["dtype"])
-        n = int(np.prod(e["shape"], dtype=np.int64)) * dt.itemsize
-        return blob[e["offset"]:e["offset"] + n].view(dt).reshape(e["shape"])
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        need(off + n <= blob.size, f"array {name!r}: bytes {off}..{off + n} outside weights.bin")
+        return blob[off:off + n].view(dt).reshape(shape)
+
     packed = {}
     for key, d in meta["linears"].items():
-        pw = PackedWeights(tuple(d["layout_key"]), d["N"], d["K"], d["num_groups"], d["num_tiles"],
-                           arr(key + ".w"), arr(key + ".sz"))
-        packed[key] = PackedLinear(d["bits"], d["group_size"], pw)
+        need(isinstance(d, dict), f"linear {key!r}: not an object")
+        lk = d["layout_key"]
+        need(isinstance(lk, list) and len(lk) == 5, f"linear {key!r}: bad layout_key")
+        sched = Schedule(bits=lk[0], group_size=lk[1], g=lk[2], bn=lk[3], interleave=lk[4])
+        pw = PackedWeights(tuple(lk), d["N"], d["K"], d["num_groups"], d["num_tiles"],
+                           arr(key + ".w").reshape(-1), arr(key + ".sz").reshape(-1))
+        pw.check(sched)               # sizes, dtypes and counts against the layout
+        packed[key] = pw
     tensors = {name: arr(name) for name in meta["arrays"] if name.startswith("model.")}
     return PackedModel(config=meta["config"], tensors=tensors, packed=packed, tokenizer_dir=meta["tokenizer_dir"],
                        meta=dict(meta["meta"], pack_cache=str(path)))

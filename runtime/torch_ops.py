@@ -1,40 +1,40 @@
-"""Torch integration: the `lutc::lut_linear` custom op, LUTLinear (nn.Module) and in-place quantize_model."""
+"""Torch integration: the `lutc::lut_linear` custom op, LUTLinear (lutc's one nn.Module layer),
+replace_linears (swap a model's nn.Linear layers in place) and LUT-kernel HF models."""
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import weakref
 
 import numpy as np
+import quant
 import torch
-
 from lutc.kernels.packing import PackedWeights
 from lutc.ops import get_kernel
 from lutc.schedule import Schedule
+from quant.torch_model import build_torch_model
 
-from ._native import _schedules
+from .config import DecoderConfig
+from .linear import schedules
 
-_META: dict = {}                        # meta string -> (decode kernel, prefill kernel, N, K)
 _PACKED = weakref.WeakValueDictionary()  # (w ptr, sz ptr, meta) -> PackedWeights (held by its LUTLinear)
 _LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=256)
 def _parse_meta(meta: str):
-    hit = _META.get(meta)
-    if hit is None:
-        d = json.loads(meta)
-        dec, pre = Schedule.from_dict(d["decode"]), Schedule.from_dict(d["prefill"])
-        hit = _META[meta] = (get_kernel(dec), get_kernel(pre), int(d["N"]), int(d["K"]))
-    return hit
+    """(decode schedule, prefill schedule, N, K) of a LUTLinear's meta string."""
+    d = json.loads(meta)
+    return Schedule.from_dict(d["decode"]), Schedule.from_dict(d["prefill"]), int(d["N"]), int(d["K"])
 
 
-def _packed_for(w: torch.Tensor, sz: torch.Tensor, meta: str, dec_kernel, N, K):
+def _packed_for(w: torch.Tensor, sz: torch.Tensor, meta: str, s: Schedule, N, K):
     key = (w.data_ptr(), sz.data_ptr(), meta)
     p = _PACKED.get(key)
     if p is None:   # tensors not made by a live LUTLinear (e.g. copied): wrap them, uncached
-        s = dec_kernel.schedule
-        p = PackedWeights(s.layout_key, N, K, -(-K // s.group_size), -(-N // s.bn), w.numpy(),
-                          sz.numpy().view(np.float16))
+        p = PackedWeights(s.layout_key, N, K, -(-K // s.group_size), -(-N // s.bn), w.contiguous().numpy(),
+                          sz.contiguous().numpy().view(np.float16))
     return p
 
 
@@ -50,8 +50,7 @@ def lut_linear(x: torch.Tensor, w: torch.Tensor, sz: torch.Tensor, meta: str) ->
     y = np.empty((M, N), np.float32)
     if M:
         p = _packed_for(w, sz, meta, dec, N, K)
-        kern = dec if M == 1 else pre
-        kern.run(xa, p, y, torch.get_num_threads())
+        get_kernel(dec if M == 1 else pre).plan(p, M)(xa, y, torch.get_num_threads())
     return torch.from_numpy(y).reshape(*lead, N).to(x.dtype)
 
 
@@ -66,7 +65,7 @@ class LUTLinear(torch.nn.Module):
 
     def __init__(self, qt, bias=None, lut_dtype=None, max_prefill=128):
         super().__init__()
-        dec, pre = _schedules(qt, lut_dtype, max_prefill)
+        dec, pre = schedules(qt.bits, qt.group_size, qt.N, qt.K, lut_dtype, max_prefill)
         kern = get_kernel(dec)
         packed = kern.pack(qt)
         self.in_features, self.out_features = qt.K, qt.N
@@ -82,7 +81,6 @@ class LUTLinear(torch.nn.Module):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits=4, group_size=128, method="rtn", lut_dtype=None):
-        import quant
         qt = quant.quantize(linear.weight.detach(), bits, group_size, method=method)
         return cls(qt, linear.bias, lut_dtype=lut_dtype)
 
@@ -95,8 +93,8 @@ class LUTLinear(torch.nn.Module):
                 f"group_size={self.group_size}, bias={self.bias is not None}")
 
 
-def quantize_model(model, bits=4, group_size=128, method="rtn", lut_dtype=None, lm_head=True, skip=(),
-                   quantized=None):
+def replace_linears(model, bits=4, group_size=128, method="rtn", lut_dtype=None, lm_head=True, skip=(),
+                    quantized=None):
     """Replace every nn.Linear of a transformers LLaMA-family model by a LUTLinear, in place.
 
     method: "rtn" or "hlq" (per-matrix quant.quantize); for GPTQ-style methods quantize with
@@ -106,7 +104,6 @@ def quantize_model(model, bits=4, group_size=128, method="rtn", lut_dtype=None, 
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     arch = getattr(getattr(model, "config", None), "model_type", None)
     if arch is not None:
-        from .config import DecoderConfig
         DecoderConfig.from_hf(model.config.to_dict())         # UnsupportedModelError for other families
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
                and n not in skip and (lm_head or n != "lm_head")]
@@ -118,3 +115,18 @@ def quantize_model(model, bits=4, group_size=128, method="rtn", lut_dtype=None, 
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model
+
+
+def lut_linear_factory(lut_dtype=None):
+    """A `linear(name, qt, has_bias)` factory for quant.torch_model / quant.eval: LUTLinear layers
+    with `lut_dtype` tables (None = the chosen schedule's); a bias is loaded with the tensors."""
+    def make(name, qt, has_bias):
+        return LUTLinear(qt, torch.empty(qt.N, device="meta") if has_bias else None, lut_dtype=lut_dtype)
+    make.__name__ = f"lut ({lut_dtype or 'default'} tables)"
+    return make
+
+
+def build_lut_model(qm, lut_dtype=None):
+    """An HF causal LM (eval mode) of a quant.QuantizedModel whose linears are LUTLinear layers
+    and hold no float weights."""
+    return build_torch_model(qm, linear=lut_linear_factory(lut_dtype))

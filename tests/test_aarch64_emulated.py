@@ -10,7 +10,8 @@ import quant
 from aarch64_harness import emulate
 from kernel_reference import error_bound, reference
 from lutc.backend.target import get_target, linux_twin
-from lutc.kernels import lut_gemm, pack_weights
+from lutc.kernels import pack_weights
+from lutc import Schedule
 from lutc.kernels.compiled import CompiledKernel
 from test_kernels import problems
 
@@ -65,7 +66,7 @@ def _check(y, x, qw, sched, label):
 def test_m2_code_matches_reference_under_qemu(workdir, bits, lut_dtype):
     """Every bit width and table precision on a ragged shape: N, K not multiples of tile or group."""
     qw, x = _problem(bits, 64, 77, 201, 7, bits)
-    sched = lut_gemm.schedule(bits=bits, group_size=64, lut_dtype=lut_dtype)
+    sched = Schedule.make(bits=bits, group_size=64, lut_dtype=lut_dtype)
     _check(_emulated(workdir, M2_ELF, sched, x, qw), x, qw, sched, "m2 (ELF, qemu max)")
 
 
@@ -74,7 +75,7 @@ def test_m2_code_matches_reference_under_qemu(workdir, bits, lut_dtype):
 @pytest.mark.parametrize("bits", [2, 4])
 def test_aarch64_linux_on_cortex_a76(workdir, bits, knobs):
     qw, x = _problem(bits, 32, 50, 97, 3, 10 + bits, "rtn")
-    sched = lut_gemm.schedule(bits=bits, group_size=32, **knobs)
+    sched = Schedule.make(bits=bits, group_size=32, **knobs)
     _check(_emulated(workdir, A76, sched, x, qw), x, qw, sched, "aarch64-linux (qemu cortex-a76)")
 
 
@@ -85,7 +86,7 @@ def test_property_cases_under_qemu(workdir, p):
     bits, gs, knobs, N, K, M, seed, method = p
     assume(bits * knobs["mb"] * knobs["unroll"] * knobs["bn"] <= _COST_CAP)
     qw, x = _problem(bits, gs, N, K, M, seed, method)
-    sched = lut_gemm.schedule(bits=bits, group_size=gs, **knobs)
+    sched = Schedule.make(bits=bits, group_size=gs, **knobs)
     target_cpu = M2_ELF if seed % 2 else A76
     _check(_emulated(workdir, target_cpu, sched, x, qw), x, qw, sched, target_cpu[0].name)
 
@@ -93,7 +94,7 @@ def test_property_cases_under_qemu(workdir, p):
 def test_harness_catches_wrong_results_and_overflows(workdir):
     """The harness is not vacuous: a dropped bit-plane fails the bound; a short y is reported."""
     qw, x = _problem(2, 64, 40, 128, 2, 3, "rtn")
-    sched = lut_gemm.schedule(bits=2, group_size=64)
+    sched = Schedule.make(bits=2, group_size=64)
     wrong = quant.QuantizedTensor(2, 64, qw.shape, qw.codes & 1, qw.scales, qw.zeros)
     y = _emulated(workdir, A76, sched, x, wrong)
     with pytest.raises(AssertionError, match="err"):
@@ -105,7 +106,7 @@ def test_harness_catches_wrong_results_and_overflows(workdir):
     bx, bw, bsz = plan.input(x), plan.input(packed.w), plan.input(packed.sz)
     luts = plan.scratch(2 * 2 * sched.padded_tables * 16)
     scales, sums, y = plan.scratch(16), plan.scratch(16), plan.scratch(2 * 40 * 4 - 4)  # one float short
-    plan.launch(kernel._tables, (2, 2), [bx, luts, scales, sums, 128, 2])
-    plan.launch(kernel._gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, 2, 40, 2])
+    plan.launch(kernel.tables, (2, 2), [bx, luts, scales, sums, 128, 2])
+    plan.launch(kernel.gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, 2, 40, 2])
     with pytest.raises(RuntimeError, match="out-of-bounds write around buffer 6"):
         emulate.run(exe, plan, "cortex-a76")

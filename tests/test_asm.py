@@ -5,7 +5,7 @@ import pytest
 
 import lutc
 from lutc.backend.target import get_target
-from lutc.kernels import lut_gemm
+from lutc import Schedule
 from lutc.kernels.compiled import CompiledKernel
 
 
@@ -27,7 +27,7 @@ def _loop_bodies(asm: str):
 
 @pytest.mark.skipif(not get_target("host").is_x86, reason="host is not x86")
 def test_host_inner_loop_uses_vpshufb():
-    k = lutc.compile(lut_gemm.schedule(bits=2, group_size=128))
+    k = lutc.compile(Schedule.make(bits=2, group_size=128))
     loops = _loop_bodies(k.emit("asm"))
     assert loops, "no loop found in the gemm kernel"
     assert any("vpshufb" in body for body in loops)
@@ -36,7 +36,7 @@ def test_host_inner_loop_uses_vpshufb():
 @pytest.mark.parametrize("target,insn", [("x86-avx2", "vpshufb"), ("aarch64-linux", "tbl"),
                                          ("m2", "tbl")])
 def test_cross_targets_inner_loop_uses_shuffle(target, insn):
-    k = CompiledKernel(lut_gemm.schedule(bits=3, group_size=64), target)
+    k = CompiledKernel(Schedule.make(bits=3, group_size=64), target)
     asm = k.emit("asm")
     loops = _loop_bodies(asm)
     assert any(re.search(rf"\b{insn}\b", body) for body in loops), asm[:2000]
@@ -45,7 +45,7 @@ def test_cross_targets_inner_loop_uses_shuffle(target, insn):
 
 
 def test_portable_fallback_has_no_shuffle():
-    k = CompiledKernel(lut_gemm.schedule(bits=2, group_size=64), "generic-x86")
+    k = CompiledKernel(Schedule.make(bits=2, group_size=64), "generic-x86")
     asm = k.emit("asm")
     assert "pshufb" not in asm
 
@@ -54,6 +54,6 @@ def test_cross_target_kernels_refuse_to_run():
     import numpy as np
     import quant
     qw = quant.quantize(np.ones((4, 32), np.float32), 2, 32, method="rtn")
-    k = CompiledKernel(lut_gemm.schedule(bits=2, group_size=32), "aarch64-linux")
+    k = CompiledKernel(Schedule.make(bits=2, group_size=32), "aarch64-linux")
     with pytest.raises(lutc.LaunchError, match="compiled for aarch64-linux"):
         k(np.ones((1, 32), np.float32), qw)

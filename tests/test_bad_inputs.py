@@ -4,14 +4,14 @@ import pytest
 
 import lutc
 import quant
-from lutc.kernels import lut_gemm
+from lutc import Schedule
 
 
 @pytest.fixture(scope="module")
 def setup():
     rng = np.random.default_rng(0)
     qw = quant.quantize(rng.standard_normal((48, 100)).astype(np.float32), 2, 32, method="rtn")
-    k = lutc.compile(lut_gemm.schedule(bits=2, group_size=32))
+    k = lutc.compile(Schedule.make(bits=2, group_size=32))
     x = rng.standard_normal((3, 100)).astype(np.float32)
     return k, qw, x
 
@@ -56,7 +56,7 @@ def test_weights_of_other_bits_or_group(setup):
 
 def test_packed_for_another_layout(setup):
     k, qw, x = setup
-    other = lutc.compile(lut_gemm.schedule(bits=2, group_size=32, bn=64))
+    other = lutc.compile(Schedule.make(bits=2, group_size=32, bn=64))
     with pytest.raises(lutc.LaunchError, match="packed for layout"):
         k(x, other.pack(qw))
 
@@ -78,19 +78,19 @@ def test_bad_out_and_threads(setup):
 
 def test_bad_schedules():
     with pytest.raises(ValueError, match="bits must be 1-4, got 5"):
-        lut_gemm.schedule(bits=5, group_size=32)
+        Schedule.make(bits=5, group_size=32)
     with pytest.raises(ValueError, match="lut_dtype must be one of"):
-        lut_gemm.schedule(bits=2, group_size=32, lut_dtype="bf16")
+        Schedule.make(bits=2, group_size=32, lut_dtype="bf16")
     with pytest.raises(ValueError, match="unknown knob"):
-        lut_gemm.schedule(bits=2, group_size=32, tile=3)
+        Schedule.make(bits=2, group_size=32, tile=3)
     with pytest.raises(TypeError, match="expects a Schedule"):
         lutc.compile({"bits": 2})
     with pytest.raises(ValueError, match="unknown target"):
-        lutc.compile(lut_gemm.schedule(bits=2, group_size=32), target="pdp11")
+        lutc.compile(Schedule.make(bits=2, group_size=32), target="pdp11")
 
 
 def test_schedule_json_round_trip_and_hash():
-    s = lut_gemm.schedule(bits=3, group_size=64, lut_dtype="float16", mb=2, threads=2)
+    s = Schedule.make(bits=3, group_size=64, lut_dtype="float16", mb=2, threads=2)
     assert lutc.Schedule.from_json(s.to_json()) == s
     assert hash(s) == hash(lutc.Schedule.from_json(s.to_json()))
     assert s.replace(threads=1).codegen_key == s.codegen_key

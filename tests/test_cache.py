@@ -9,8 +9,9 @@ import lutc
 import lutc.language as tl
 from lutc.backend.target import get_target
 from lutc.cache import DiskCache, atomic_write
-from lutc.jit import cache_key
+from lutc.compiler import cache_key
 from lutc.kernels import lut_gemm
+from lutc import Schedule
 from lutc.kernels.compiled import CompiledKernel
 
 
@@ -32,13 +33,13 @@ def test_key_covers_constexprs_types_target_and_source():
 
 
 def test_every_codegen_knob_changes_the_kernel_key():
-    base = lut_gemm.schedule(bits=2, group_size=64)
+    base = Schedule.make(bits=2, group_size=64)
     seen = set()
     for s in [base, base.replace(group_size=128), base.replace(g=3), base.replace(lut_dtype="float16"),
               base.replace(bn=64), base.replace(unroll=2), base.replace(mb=2),
               base.replace(interleave="plane"), base.replace(bits=3)]:
         k = CompiledKernel(s)
-        key = cache_key(lut_gemm, k._gemm_sig, k._gemm_args, 1, get_target("host"))
+        key = cache_key(lut_gemm, k._sigs[1], k._cexprs[1], 1, get_target("host"))
         assert key not in seen, s
         seen.add(key)
 
@@ -100,7 +101,7 @@ def test_memory_cache_returns_the_same_kernel():
 
 
 def test_disk_hit_skips_the_frontend(monkeypatch):
-    J = sys.modules["lutc.jit"]  # the module (the package attribute `lutc.jit` is the decorator)
+    J = sys.modules["lutc.compiler"]  # the module (the package attribute `lutc.jit` is the decorator)
     sig = {"a": "*f32", "out": "*f32"}
     first = scale_kernel.compile(sig, {"S": 4.25})         # compiled and written to disk
     monkeypatch.setattr(J, "_MEMORY_CACHE", {})
@@ -113,7 +114,7 @@ def test_disk_hit_skips_the_frontend(monkeypatch):
 
 
 def test_key_covers_the_compiler_source(monkeypatch):
-    J = sys.modules["lutc.jit"]
+    J = sys.modules["lutc.compiler"]
     h = J.compiler_hash()
     J.compiler_hash.cache_clear()
     assert J.compiler_hash() == h  # stable for unchanged sources

@@ -12,6 +12,7 @@ from quant.checkpoint import load_checkpoint, save_checkpoint
 from quant.eval import evaluate, perplexity, sliding_nll
 from quant.model_quant import quantize_model
 from quant.torch_model import build_torch_model
+from runtime.torch_ops import build_lut_model, lut_linear_factory
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +52,15 @@ def qm(model):
 def test_fake_quant_and_lut_kernels_agree(qm):
     ids = token_ids(1, 160, seed=5)[0]
     kw = dict(tokens=ids, window=64, stride=32)
-    fake = evaluate(qm, mode="fake", **kw)["ppl"]
-    f32 = evaluate(qm, mode="lut", lut_dtype="float32", **kw)["ppl"]
-    i8 = evaluate(qm, mode="lut", lut_dtype="int8", **kw)["ppl"]
+    fake = evaluate(qm, **kw)["ppl"]
+    f32 = evaluate(qm, linear=lut_linear_factory("float32"), **kw)["ppl"]
+    i8 = evaluate(qm, linear=lut_linear_factory("int8"), **kw)["ppl"]
     assert abs(f32 / fake - 1) < 1e-3  # float32 tables: same math up to summation order
     assert abs(i8 / fake - 1) < 0.05
 
 
 def test_lut_linear_matches_fake_linear(qm):
-    fake, lut = build_torch_model(qm, "fake"), build_torch_model(qm, "lut", lut_dtype="float32")
+    fake, lut = build_torch_model(qm), build_lut_model(qm, lut_dtype="float32")
     x = torch.randn(3, 5, 64)
     name = "model.layers.1.mlp.gate_proj"
     torch.testing.assert_close(lut.get_submodule(name)(x), fake.get_submodule(name)(x), rtol=1e-4, atol=1e-4)
@@ -146,5 +147,5 @@ def test_smollm2_end_to_end(tmp_path):
     assert 1 < base < p_hg < p_rtn, (base, p_hg, p_rtn)
     short = dict(tokens=ids[:256], window=256, stride=256)
     p_fake = perplexity(back, **short)
-    p_lut = perplexity(back, mode="lut", lut_dtype="float32", **short)
+    p_lut = perplexity(back, linear=lut_linear_factory("float32"), **short)
     assert abs(p_lut / p_fake - 1) < 0.01, (p_lut, p_fake)

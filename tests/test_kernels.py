@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import lutc
 import quant
-from lutc.kernels import lut_gemm
+from lutc import Schedule
 from lutc.schedule import KNOB_CHOICES
 from kernel_reference import error_bound, reference
 
@@ -36,7 +36,7 @@ def _case(bits, gs, knobs, N, K, M, seed, method):
 def test_lut_gemm_matches_reference(p):
     bits, gs, knobs, N, K, M, seed, method = p
     qw, x = _case(*p)
-    sched = lut_gemm.schedule(bits=bits, group_size=gs, **knobs)
+    sched = Schedule.make(bits=bits, group_size=gs, **knobs)
     kernel = lutc.compile(sched)
     y1 = kernel(x, qw, threads=1)
     y2 = kernel(x, qw, threads=2)
@@ -54,7 +54,7 @@ def test_lut_gemm_matches_reference(p):
 def test_every_table_precision_and_width(bits, lut_dtype):
     """A fixed ragged case per (bits, table precision): N, K not multiples of tile or group."""
     qw, x = _case(bits, 64, {}, 77, 201, 7, bits, "hlq")
-    sched = lut_gemm.schedule(bits=bits, group_size=64, lut_dtype=lut_dtype)
+    sched = Schedule.make(bits=bits, group_size=64, lut_dtype=lut_dtype)
     y = lutc.compile(sched)(x, qw)
     ref, _ = reference(x, qw)
     assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
@@ -62,7 +62,7 @@ def test_every_table_precision_and_width(bits, lut_dtype):
 
 def test_float32_tables_are_near_exact():
     qw, x = _case(3, 128, {}, 100, 576, 2, 1, "hlq")
-    y = lutc.compile(lut_gemm.schedule(bits=3, group_size=128, lut_dtype="float32"))(x, qw)
+    y = lutc.compile(Schedule.make(bits=3, group_size=128, lut_dtype="float32"))(x, qw)
     ref, mag = reference(x, qw)
     assert np.abs(y - ref).max() <= 1e-5 * mag.max()
 
@@ -70,7 +70,7 @@ def test_float32_tables_are_near_exact():
 def test_error_bound_is_not_vacuous():
     """The int8 bound must be tight enough to catch a wrong kernel (here: a dropped bit-plane)."""
     qw, x = _case(2, 128, {}, 64, 512, 1, 3, "rtn")
-    sched = lut_gemm.schedule(bits=2, group_size=128)
+    sched = Schedule.make(bits=2, group_size=128)
     y = lutc.compile(sched)(x, qw)
     ref, _ = reference(x, qw)
     bound = error_bound(x, qw, sched)
@@ -82,7 +82,7 @@ def test_error_bound_is_not_vacuous():
 
 def test_m_zero_and_vector_input():
     qw, x = _case(2, 32, {}, 10, 40, 1, 0, "rtn")
-    k = lutc.compile(lut_gemm.schedule(bits=2, group_size=32))
+    k = lutc.compile(Schedule.make(bits=2, group_size=32))
     assert k(np.zeros((0, 40), np.float32), qw).shape == (0, 10)
     np.testing.assert_array_equal(k(x[0], qw), k(x, qw)[0])
 
@@ -90,7 +90,7 @@ def test_m_zero_and_vector_input():
 def test_torch_input_output():
     torch = pytest.importorskip("torch")
     qw, x = _case(4, 32, {}, 20, 64, 3, 0, "rtn")
-    k = lutc.compile(lut_gemm.schedule(bits=4, group_size=32))
+    k = lutc.compile(Schedule.make(bits=4, group_size=32))
     yt = k(torch.from_numpy(x), qw)
     assert isinstance(yt, torch.Tensor)
     np.testing.assert_array_equal(yt.numpy(), k(x, qw))
@@ -98,7 +98,7 @@ def test_torch_input_output():
 
 def test_ops_lut_gemm_and_packing_cache():
     qw, x = _case(2, 128, {}, 50, 300, 2, 5, "hlq")
-    y = lutc.ops.lut_gemm(x, qw, threads=2)
+    y = lutc.ops.linear(x, qw, threads=2)
     sched = lutc.ops.choose_schedule(2, 128, 2, 50, 300)
     ref, _ = reference(x, qw)
     assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
@@ -110,13 +110,13 @@ def test_ops_lut_gemm_and_packing_cache():
 def test_launch_plans_are_reused_and_bounded():
     from lutc.kernels import compiled
     qw, x = _case(2, 32, {}, 40, 64, 1, 0, "rtn")
-    k = lutc.compile(lut_gemm.schedule(bits=2, group_size=32))
+    k = lutc.compile(Schedule.make(bits=2, group_size=32))
     packed = k.pack(qw)
     assert k.plan(packed, 1) is k.plan(packed, 1)
     for m in range(1, 20):
         xm = np.ones((m, 64), np.float32)
         np.testing.assert_array_equal(k(xm, packed)[-1], k(xm[:1], packed)[0])
-    assert len(compiled._PLANS[packed]) <= compiled._MAX_PLANS_PER_WEIGHT
+    assert len(packed.plans) <= compiled._MAX_PLANS_PER_WEIGHT
 
 
 @pytest.mark.parametrize("bits,gs,knobs,N,K,M", [
@@ -127,7 +127,7 @@ def test_launch_plans_are_reused_and_bounded():
 ])
 def test_odd_group_sizes(bits, gs, knobs, N, K, M):
     qw, x = _case(bits, gs, knobs, N, K, M, 7, "hlq")
-    sched = lut_gemm.schedule(bits=bits, group_size=gs, **knobs)
+    sched = Schedule.make(bits=bits, group_size=gs, **knobs)
     ref, _ = reference(x, qw)
     assert (np.abs(lutc.compile(sched)(x, qw) - ref) <= error_bound(x, qw, sched)).all()
 
@@ -142,7 +142,7 @@ def test_named_x86_targets_compute_correctly(target, lut_dtype):
     if not runs_here(get_target(target)):
         pytest.skip(f"this CPU lacks features of {target}")
     qw, x = _case(3, 64, {}, 70, 150, 3, 11, "hlq")
-    sched = lut_gemm.schedule(bits=3, group_size=64, lut_dtype=lut_dtype, bn=64)
+    sched = Schedule.make(bits=3, group_size=64, lut_dtype=lut_dtype, bn=64)
     y = lutc.compile(sched, target=target)(x, qw, threads=2)
     ref, _ = reference(x, qw)
     assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()

@@ -18,7 +18,7 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 def logits_err(model, qm, ids):
     with torch.no_grad():
         ref = model(ids).logits
-        got = build_torch_model(qm, "fake")(ids).logits
+        got = build_torch_model(qm)(ids).logits
     return float(((ref - got) ** 2).mean())
 
 
@@ -75,7 +75,7 @@ def test_calibration_runs_through_quantized_linears(model, monkeypatch):
     qm = quantize_model(model, 2, 32, "gptq", calib=ids, progress=False)
     assert len(seen) == 2 * 4 + 1  # per block: q/k/v, o, gate/up, down; then lm_head
 
-    fake = build_torch_model(qm, "fake")
+    fake = build_torch_model(qm)
     inputs = {}
     for i, name in [(1, "model.layers.0.self_attn.o_proj"), (3, "model.layers.0.mlp.down_proj"),
                     (4, "model.layers.1.self_attn.q_proj"), (7, "model.layers.1.mlp.down_proj")]:

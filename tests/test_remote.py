@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import quant
-from lutc.kernels import lut_gemm
+from lutc import Schedule
 from lutc.remote import RemoteMeasureWorker, RemoteRunner, RunnerError
 from lutc.remote.problem import decode_problem, encode_problem, timing_options
 from lutc.remote.protocol import (AuthenticationError, Channel, ProtocolError, parse_address, read_token,
@@ -159,14 +159,14 @@ def test_loopback_measures_and_verifies(runner):
     with _client(runner) as c:
         assert c.device["id"] == host_fingerprint()["id"]
         for knobs in ({}, {"lut_dtype": "float16", "g": 3, "bn": 16}):
-            sched = lut_gemm.schedule(bits=2, group_size=64, **knobs)
+            sched = Schedule.make(bits=2, group_size=64, **knobs)
             r = c.measure(sched, (2, 96, 200), timing=FAST, threads=1)
             assert r["status"] == "ok", r
             assert r["median_s"] > 0 and r["err_ratio"] <= 1.0 and r["threads"] == 1
         rng = np.random.default_rng(1)
         qw = quant.quantize(rng.standard_normal((40, 64)).astype(np.float32), 4, 32, method="hlq")
         x = rng.standard_normal((1, 64)).astype(np.float32)
-        r = c.measure(lut_gemm.schedule(bits=4, group_size=32, lut_dtype="float32"), qw=qw, x=x, timing=FAST)
+        r = c.measure(Schedule.make(bits=4, group_size=32, lut_dtype="float32"), qw=qw, x=x, timing=FAST)
         assert r["status"] == "ok" and r["err_max"] < 1e-3
 
 
@@ -174,7 +174,7 @@ def test_client_mirrors_the_runners_problem_eviction(runner):
     rng = np.random.default_rng(3)
     probs = [(quant.quantize(rng.standard_normal((16, 64)).astype(np.float32), 2, 64, method="rtn"),
               rng.standard_normal((1, 64)).astype(np.float32)) for _ in range(3)]
-    sched = lut_gemm.schedule(bits=2, group_size=64, bn=16)
+    sched = Schedule.make(bits=2, group_size=64, bn=16)
     with _client(runner) as c:
         for qw, x in probs + probs[:1]:   # the first was evicted on both ends and is sent again
             assert c.measure(sched, qw=qw, x=x, timing=FAST)["status"] == "ok"
@@ -196,11 +196,11 @@ def test_oversized_message_is_refused(runner):
         if isinstance(e.value, RunnerError):
             assert "exceeds the 8388608-byte limit" in str(e.value)
     with _client(runner) as c:  # and it goes on serving
-        assert c.measure(lut_gemm.schedule(bits=2, group_size=64), (1, 32, 64), timing=FAST)["status"] == "ok"
+        assert c.measure(Schedule.make(bits=2, group_size=64), (1, 32, 64), timing=FAST)["status"] == "ok"
 
 
 def test_refuses_foreign_objects_and_other_targets(runner):
-    sched = lut_gemm.schedule(bits=2, group_size=64)
+    sched = Schedule.make(bits=2, group_size=64)
     with _client(runner) as c:
         r = c.measure(sched, (1, 64, 128), target="m2" if not c.target.is_aarch64 else "x86-avx2", timing=FAST)
         assert r["status"] == "unsupported_target" and "cannot run" in r["reason"]
@@ -226,7 +226,7 @@ def test_runner_verifies_results_against_the_reference(inproc_runner, monkeypatc
                                                      qw.scales, qw.zeros))
     monkeypatch.setattr(CompiledKernel, "pack", wrong_pack)
     with _client(inproc_runner) as c:
-        r = c.measure(lut_gemm.schedule(bits=2, group_size=64), (2, 64, 256), timing=FAST)
+        r = c.measure(Schedule.make(bits=2, group_size=64), (2, 64, 256), timing=FAST)
     assert r["status"] == "inaccurate" and "exceeds" in r["reason"]
 
 
@@ -234,7 +234,7 @@ def test_remote_worker_is_a_drop_in_for_the_tuner(runner):
     problem = {"bits": 3, "group_size": 64, "M": 1, "N": 128, "K": 256, "seed": 0, "cache": "hot"}
     with RemoteMeasureWorker(problem, _client(runner)) as w:
         # the timing options tune_problem sends (with --stat min)
-        r = w.measure(lut_gemm.schedule(bits=3, group_size=64, threads=1),
+        r = w.measure(Schedule.make(bits=3, group_size=64, threads=1),
                       {"repeats": 2, "retries": 0, "stat": "min", "min_repeat_s": 0.002})
         assert w.device["id"] == host_fingerprint()["id"]
     for key in ("status", "reason", "median_s", "value_s", "stat", "spread", "err_ratio", "compile_s", "wall_s",

@@ -270,7 +270,7 @@ def test_pack_cache(checkpoint, tmp_path, monkeypatch):
     third, _ = load_decoder(checkpoint, threads=1, lut_dtype="float32")
     assert "pack_cache" not in third.meta
     np.testing.assert_array_equal(third.prefill(ids, all_logits=True), want)
-    assert packcache.load(cache).packed["lm_head"].packed.N == 300     # rewritten
+    assert packcache.load(cache).packed["lm_head"].N == 300     # rewritten
 
 
 def test_example_generate_script(checkpoint, tmp_path, monkeypatch, capsys):

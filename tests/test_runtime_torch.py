@@ -46,7 +46,7 @@ def test_quantize_model_matches_reference_and_generates(tie):
     model = tiny_llama(seed=7, tie=tie)
     qm = quantize_hf(model, 4, 64)
     ref = dequantized_hf(model, qm)
-    runtime.quantize_model(model, bits=4, group_size=64, method="rtn", lut_dtype="float32")
+    runtime.replace_linears(model, bits=4, group_size=64, method="rtn", lut_dtype="float32")
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert not linears and isinstance(model.lm_head, LUTLinear)
     ids = [1, 9, 40, 41, 200, 3]
@@ -61,9 +61,9 @@ def test_quantize_model_rejects_other_architectures():
     from transformers import GPT2Config, GPT2LMHeadModel
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
     with pytest.raises(UnsupportedModelError):
-        runtime.quantize_model(model)
+        runtime.replace_linears(model)
     with pytest.raises(TypeError):
-        runtime.quantize_model(object())
+        runtime.replace_linears(object())
 
 
 def test_lutlinear_survives_dtype_casts_and_state_dict():

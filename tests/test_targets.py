@@ -11,7 +11,7 @@ import quant
 from lutc.backend.aot import ALLOWED_IMPORTS, ObjectFormatError, check_object, inspect_object
 from lutc.backend.target import (NativeOnlyError, Target, get_target, linux_twin, native_mismatch, runnable,
                                  target_names)
-from lutc.kernels import lut_gemm
+from lutc import Schedule
 from lutc.kernels.compiled import CompiledKernel
 from lutc.schedule import KNOB_CHOICES
 from test_asm import _loop_bodies
@@ -58,7 +58,7 @@ def test_native_only_features_fail_clearly_on_other_targets():
     with pytest.raises(NativeOnlyError, match=rf"cannot run {other} code on this machine.*lutc runner"):
         runnable(other)
     qw = quant.quantize(np.ones((4, 32), np.float32), 2, 32, method="rtn")
-    k = CompiledKernel(lut_gemm.schedule(bits=2, group_size=32), other)
+    k = CompiledKernel(Schedule.make(bits=2, group_size=32), other)
     with pytest.raises(lutc.LaunchError, match=f"compiled for {other}"):
         k(np.ones((1, 32), np.float32), qw)
 
@@ -69,7 +69,7 @@ def test_compatible_named_target_runs_on_this_host(name):
         pytest.skip(f"{name} cannot run here: {native_mismatch(name)}")
     qw = quant.quantize(np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32), 2, 32)
     x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
-    sched = lut_gemm.schedule(bits=2, group_size=32)
+    sched = Schedule.make(bits=2, group_size=32)
     CompiledKernel(sched, name)  # a cross-compile of the same code first: must not be reused
     y = CompiledKernel(sched, runnable(name))(x, qw)
     np.testing.assert_allclose(y, lutc.compile(sched)(x, qw), rtol=1e-5, atol=1e-5)
@@ -80,21 +80,21 @@ def test_compatible_named_target_runs_on_this_host(name):
                                            ("generic-x86", "elf", "x86_64")])
 @pytest.mark.parametrize("lut_dtype", ["int8", "float16"])
 def test_objects_have_the_target_format_and_only_allowed_imports(name, fmt, arch, lut_dtype):
-    k = CompiledKernel(lut_gemm.schedule(bits=3, group_size=64, lut_dtype=lut_dtype), name)
-    for fn in (k._tables, k._gemm):
+    k = CompiledKernel(Schedule.make(bits=3, group_size=64, lut_dtype=lut_dtype), name)
+    for fn in (k.tables, k.gemm):
         info = check_object(fn.obj, get_target(name), exports=(f"{fn.name}_launch",))
         assert (info.format, info.arch) == (fmt, arch)
         assert "lutc_pool_run" in info.undefined and set(info.undefined) <= ALLOWED_IMPORTS
 
 
 def test_check_object_rejects_the_wrong_format():
-    k = CompiledKernel(lut_gemm.schedule(bits=2, group_size=64), "aarch64-linux")
+    k = CompiledKernel(Schedule.make(bits=2, group_size=64), "aarch64-linux")
     with pytest.raises(ObjectFormatError, match="expected a macho aarch64 object for target m2, got elf"):
-        check_object(k._gemm.obj, get_target("m2"))
+        check_object(k.gemm.obj, get_target("m2"))
     with pytest.raises(ObjectFormatError, match="not a 64-bit"):
         inspect_object(b"#!/bin/sh\n")
     with pytest.raises(ObjectFormatError, match="truncated"):
-        inspect_object(k._gemm.obj[:70])
+        inspect_object(k.gemm.obj[:70])
 
 
 # The largest unrolled schedules (bits=4, mb=4, unroll=8, bn=128) take ~30 s to compile twice;
@@ -107,10 +107,10 @@ _COST_CAP = 2 * 2 * 4 * 64
        knobs=st.fixed_dictionaries({k: st.sampled_from(v) for k, v in KNOB_CHOICES.items()}))
 def test_m2_compiles_any_schedule_with_tbl_in_the_inner_loop(bits, gs, knobs):
     assume(bits * knobs["mb"] * knobs["unroll"] * knobs["bn"] <= _COST_CAP)
-    k = CompiledKernel(lut_gemm.schedule(bits=bits, group_size=gs, **knobs), "m2")
+    k = CompiledKernel(Schedule.make(bits=bits, group_size=gs, **knobs), "m2")
     asm = k.emit("asm")
     assert any(re.search(r"\btbl\b", body) for body in _loop_bodies(asm)), asm[:1500]
-    assert inspect_object(k._gemm.obj).format == "macho"
+    assert inspect_object(k.gemm.obj).format == "macho"
 
 
 def _cli(capsys, *args):

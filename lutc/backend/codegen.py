@@ -6,11 +6,11 @@ import llvmlite.ir as ir
 from ..ir import Function
 from ..ir import types as T
 from .intrinsics import Intrinsics
+from .launch_abi import GRID_SLOTS, LAUNCH_FNTY, launch_symbol
 from .target import Target
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
-GRID_SLOTS = 3        # ctx slots 0..2 hold the grid; kernel params follow
 POOL_RUN = "lutc_pool_run"
 
 
@@ -74,8 +74,7 @@ class KernelCodegen:
     def _emit_launch(self, task):
         pool_ty = ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64])
         pool = self.module.globals.get(POOL_RUN) or ir.Function(self.module, pool_ty, POOL_RUN)
-        launch = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
-                             f"{self.fn.name}_launch")
+        launch = ir.Function(self.module, LAUNCH_FNTY, launch_symbol(self.fn.name))
         b = ir.IRBuilder(launch.append_basic_block("entry"))
         ctx, ntasks, nthreads = launch.args
         b.call(pool, [task, ctx, ntasks, nthreads])

@@ -65,6 +65,11 @@ def dtype_from_numpy(np_dtype) -> DType:
     return _NUMPY_NAMES[name]
 
 
+def numpy_name(dt: DType) -> str:
+    """The numpy dtype name of a lutc DType (the inverse of dtype_from_numpy)."""
+    return next(k for k, v in _NUMPY_NAMES.items() if v == dt)
+
+
 @dataclass(frozen=True)
 class PointerType:
     """A pointer to elements of `elem` (a scalar DType)."""

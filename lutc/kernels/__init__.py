@@ -1,9 +1,7 @@
-"""lutc's own kernels, written in the lutc DSL (`lut_gemm`, `build_tables`)."""
-from ..schedule import Schedule, make_schedule
-from .compiled import CompiledKernel
+"""lutc's own kernels, written in the lutc DSL (`build_tables`, `lut_gemm`), their ABI (`spec`),
+weight packing, and CompiledKernel (a compiled Schedule)."""
+from .compiled import CompiledKernel, Prepared
 from .gemm import build_tables, lut_gemm
 from .packing import PackedWeights, pack_weights
 
-lut_gemm.schedule = make_schedule
-
-__all__ = ["lut_gemm", "build_tables", "Schedule", "CompiledKernel", "PackedWeights", "pack_weights"]
+__all__ = ["lut_gemm", "build_tables", "CompiledKernel", "Prepared", "PackedWeights", "pack_weights"]

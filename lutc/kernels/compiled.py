@@ -1,169 +1,198 @@
-"""CompiledKernel: a compiled LUT-GEMM schedule as a safe Python callable on numpy/torch."""
+"""CompiledKernel: a compiled LUT-GEMM schedule as a safe Python callable, and the prepared
+launches (`prepare`) that the runtime, the tuner and the remote runner reuse across calls."""
 from __future__ import annotations
 
-import ctypes
-import os
 import threading
 import weakref
 
 import numpy as np
 
-from ..backend.codegen import GRID_SLOTS
+from .. import compiler
 from ..errors import LaunchError
 from ..ir import types as T
+from ..launcher import resolve_threads
 from ..schedule import Schedule
+from . import spec
 from .gemm import build_tables, lut_gemm
 from .packing import PackedWeights, pack_weights
 
-_LUT_DT = {"int8": (T.int8, np.int8), "float16": (T.float16, np.float16),
-           "float32": (T.float32, np.float32)}
-_ACC_DT = {"int16": T.int16, "int32": T.int32, "float32": T.float32}
-_PACK_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def default_threads() -> int:
-    env = os.environ.get("LUTC_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+_PACK_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # QuantizedTensor -> {layout: packed}
+_MAX_PLANS_PER_WEIGHT = 8
 
 
 class CompiledKernel:
     """`kernel(x, qw)` computes x @ qw.dequantize().T with the schedule's native code."""
 
     def __init__(self, schedule: Schedule, target="host"):
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"lutc.compile expects a Schedule (lutc.Schedule), got {type(schedule).__name__}")
         self.schedule = s = schedule
-        lut_t, self._lut_np = _LUT_DT[s.lut_dtype]
-        ga = 1 << (s.g - 1).bit_length()
-        self._table_args = dict(GS=s.group_size, G=s.g, GA=ga, TPG=s.tables_per_group,
-                                TPGP=s.padded_tables, LUT_DTYPE=lut_t)
-        self._gemm_args = dict(BITS=s.bits, G=s.g, BN=s.bn, PB=s.per_byte, SB=s.slot_bits,
-                               CPG=s.chunks_per_group, TPGP=s.padded_tables, UNROLL=s.unroll,
-                               MB=s.mb, PLANE_MAJOR=s.interleave == "plane", ACC=_ACC_DT[s.acc_dtype])
-        lut_ptr = T.PointerType(lut_t)
-        f32p, i32 = T.PointerType(T.float32), T.int32
-        self._table_sig = dict(x=f32p, luts=lut_ptr, lut_scales=f32p, xsums=f32p, K=i32, NG=i32)
-        self._gemm_sig = dict(w=T.PointerType(T.uint8), sz=T.PointerType(T.float16), luts=lut_ptr,
-                              lut_scales=f32p, xsums=f32p, y=f32p, M=i32, N=i32, NG=i32)
         self.target = target
-        self._tables = build_tables.compile(self._table_sig, self._table_args, 2, target)
-        self._gemm = lut_gemm.compile(self._gemm_sig, self._gemm_args, 1, target)
+        self._sigs = spec.signatures(s)
+        self._cexprs = spec.constexprs(s)
+        self.tables = build_tables.compile(self._sigs[0], self._cexprs[0], spec.TABLES_GRID_RANK, target)
+        self.gemm = lut_gemm.compile(self._sigs[1], self._cexprs[1], spec.GEMM_GRID_RANK, target)
+        self.lut_np = np.dtype(T.numpy_name(spec.LUT_TYPES[s.lut_dtype]))
 
     def __repr__(self) -> str:
         return f"CompiledKernel({self.schedule})"
 
     # ------------------------------------------------------------------ inspection
     def emit(self, kind="asm", which="gemm"):
-        """The 'ir', 'llvm' or 'asm' of the gemm (default) or the table-building kernel."""
-        from ..jit import emit
-        if which == "gemm":
-            return emit(lut_gemm, self._gemm_sig, self._gemm_args, 1, self.target, kind)
-        return emit(build_tables, self._table_sig, self._table_args, 2, self.target, kind)
+        """The 'ir', 'llvm', 'asm' or 'obj' of the gemm (default) or the table-building kernel."""
+        i, fn = (1, lut_gemm) if which == "gemm" else (0, build_tables)
+        rank = spec.GEMM_GRID_RANK if i else spec.TABLES_GRID_RANK
+        return compiler.emit(fn, self._sigs[i], self._cexprs[i], rank, self.target, kind)
+
+    @property
+    def objects(self) -> dict:
+        """{'tables': bytes, 'gemm': bytes}: the two compiled objects."""
+        return {"tables": self.tables.obj, "gemm": self.gemm.obj}
 
     # ------------------------------------------------------------------ packing
     def pack(self, qw) -> PackedWeights:
-        """qw in this schedule's layout; packed once per QuantizedTensor and layout, then cached."""
-        self._check_qw(qw)
-        per_qw = _PACK_CACHE.setdefault(qw, {})
-        packed = per_qw.get(self.schedule.layout_key)
-        if packed is None:
-            packed = per_qw[self.schedule.layout_key] = pack_weights(qw, self.schedule)
-        return packed
-
-    def _check_qw(self, qw):
-        from quant import QuantizedTensor
-        if not isinstance(qw, QuantizedTensor):
-            raise LaunchError(f"weights: expected a quant.QuantizedTensor or PackedWeights, got {type(qw).__name__}")
+        """qw in this schedule's layout; packed once per weight object and layout, then cached."""
         s = self.schedule
+        for attr in ("bits", "group_size", "shape", "codes", "scales", "zeros"):
+            if not hasattr(qw, attr):
+                raise LaunchError(f"weights: expected a quant.QuantizedTensor or PackedWeights, "
+                                  f"got {type(qw).__name__}")
         if qw.bits != s.bits or qw.group_size != s.group_size:
             raise LaunchError(f"weights: this kernel was compiled for bits={s.bits}, group_size={s.group_size}; "
                               f"got a QuantizedTensor with bits={qw.bits}, group_size={qw.group_size}")
+        per_qw = _PACK_CACHE.setdefault(qw, {})
+        packed = per_qw.get(s.layout_key)
+        if packed is None:
+            packed = per_qw[s.layout_key] = pack_weights(qw, s)
+        return packed
+
+    # ------------------------------------------------------------------ prepared launches
+    def scratch(self, packed: PackedWeights, max_m: int) -> "Scratch":
+        """Table buffers for up to max_m activation rows against `packed` (shareable by prepares)."""
+        return Scratch(spec.scratch_sizes(self.schedule, max_m, packed.num_groups), max_m)
+
+    def prepare(self, packed: PackedWeights, M: int, x=None, y=None, scratch: "Scratch | None" = None) -> "Prepared":
+        """Both launches of one call for these weights and M rows, argument blocks built once.
+
+        x (>= M rows of K float32) and y (>= M rows of N float32) may be bound now (then
+        `Prepared.run(threads)` needs nothing more) or per call with `Prepared.__call__`.
+        Everything is validated here: weights against the schedule, buffers, 32-bit offsets."""
+        try:
+            packed.check(self.schedule)
+        except (ValueError, AttributeError) as e:
+            raise LaunchError(str(e)) from None
+        if isinstance(M, bool) or not isinstance(M, (int, np.integer)) or M < 1:
+            raise LaunchError(f"M: expected an int >= 1, got {M!r}")
+        why = spec.offset_problem(self.schedule, M, packed.N, packed.K, packed.num_groups, packed.num_tiles)
+        if why:
+            raise LaunchError(f"call too large: {why}")
+        return Prepared(self, packed, int(M), x, y, scratch)
+
+    def plan(self, packed: PackedWeights, M: int) -> "Prepared":
+        """The cached Prepared for (packed, M) that `__call__` uses (a few M per weight object)."""
+        plans = packed.plans
+        key = (self.schedule.codegen_key, str(self.target), M)
+        plan = plans.get(key)
+        if plan is None:
+            while len(plans) >= _MAX_PLANS_PER_WEIGHT:     # bound scratch memory for varying M
+                plans.pop(next(iter(plans)))
+            plan = plans[key] = self.prepare(packed, M)
+        return plan
 
     # ------------------------------------------------------------------ call
     def __call__(self, x, qw, out=None, threads=None):
         packed = qw if isinstance(qw, PackedWeights) else self.pack(qw)
-        if packed.layout_key != self.schedule.layout_key:
+        if tuple(packed.layout_key) != self.schedule.layout_key:
             raise LaunchError(f"weights: packed for layout {packed.layout_key}, kernel expects "
                               f"{self.schedule.layout_key}")
-        xa, is_torch, squeeze = _as_activations(x, packed.K)
+        xa, is_torch, squeeze = as_activations(x, packed.K)
         M = xa.shape[0]
         y = _check_out(out, M, packed.N, is_torch)
-        threads = _resolve_threads(threads if threads is not None else self.schedule.threads)
+        threads = resolve_threads(threads if threads is not None else self.schedule.threads)
         if M:
-            self.run(xa, packed, y, threads)
+            self.plan(packed, M)(xa, y, threads)
         if is_torch:
             import torch
             y = out if out is not None else torch.from_numpy(y)
         return y[0] if squeeze else y
 
-    def run(self, xa: np.ndarray, packed: PackedWeights, y: np.ndarray, threads: int):
-        """Unchecked core: xa (M, K) f32 C-contiguous, y (M, N) f32. Callers must validate."""
-        self.plan(packed, xa.shape[0]).run_ptr(xa.ctypes.data, y.ctypes.data, threads)
 
-    def plan(self, packed: PackedWeights, M: int) -> "LaunchPlan":
-        """The prepared launch for these weights and M (scratch tables, argument blocks), cached."""
-        plans = _PLANS.setdefault(packed, {})
-        key = (self.schedule.codegen_key, str(self.target), M)
-        plan = plans.get(key)
-        if plan is None:
-            while len(plans) >= _MAX_PLANS_PER_WEIGHT:  # bound scratch memory for varying M
-                plans.pop(next(iter(plans)))
-            plan = plans[key] = LaunchPlan(self, packed, M)
-        return plan
+class Scratch:
+    """The buffers build_tables writes and lut_gemm reads (tables, their scales, activation sums)."""
 
+    def __init__(self, sizes: dict, max_m: int):
+        self.max_m = max_m
+        self.luts = np.empty(sizes["luts"] * 4, np.uint8)         # viewed as the schedule's table type
+        self.lut_scales = np.empty(sizes["lut_scales"], np.float32)
+        self.xsums = np.empty(sizes["xsums"], np.float32)
 
-_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_MAX_PLANS_PER_WEIGHT = 8
+    def fits(self, sizes: dict, lut_np) -> bool:
+        return (sizes["luts"] * np.dtype(lut_np).itemsize <= self.luts.size
+                and sizes["lut_scales"] <= self.lut_scales.size and sizes["xsums"] <= self.xsums.size)
 
 
-class LaunchPlan:
-    """Everything one call needs except the x and y addresses, prepared once.
+class Prepared:
+    """The two bound launches of one LUT-GEMM call (tables, then gemm) for fixed weights and M.
 
-    Holds the scratch table buffers and both kernels' native argument blocks, so a call
-    patches two addresses and makes two native launches. A lock keeps two Python threads
-    from sharing the scratch buffers at once.
-    """
+    Holds its scratch and every array it was bound to. A lock keeps two Python threads from
+    sharing the scratch at once."""
 
-    def __init__(self, kernel: CompiledKernel, packed: PackedWeights, M: int):
-        s = kernel.schedule
-        ng = packed.num_groups
-        self.M = M
-        self.packed = packed
-        self.luts = np.empty(M * ng * s.padded_tables * s.table_size, kernel._lut_np)
-        self.lut_scales = np.empty(M * ng, np.float32)
-        self.xsums = np.empty(M * ng, np.float32)
-        self._tables, self._gemm = kernel._tables, kernel._gemm
-        self._ctx_t, self._n_t = self._tables.make_ctx(
-            (M, ng), [0, self.luts, self.lut_scales, self.xsums, packed.K, ng])
-        self._ctx_g, self._n_g = self._gemm.make_ctx(
-            (packed.num_tiles,), [packed.w, packed.sz, self.luts, self.lut_scales, self.xsums, 0,
-                                  M, packed.N, ng])
-        self._addr_t = ctypes.addressof(self._ctx_t)
-        self._addr_g = ctypes.addressof(self._ctx_g)
-        self._launch_t, self._launch_g = self._tables.native_launch, self._gemm.native_launch
+    def __init__(self, kernel: CompiledKernel, packed: PackedWeights, M: int, x, y, scratch):
+        s, ng = kernel.schedule, packed.num_groups
+        sizes = spec.scratch_sizes(s, M, ng)
+        if scratch is None:
+            scratch = kernel.scratch(packed, M)
+        elif not isinstance(scratch, Scratch) or not scratch.fits(sizes, kernel.lut_np):
+            raise LaunchError(f"scratch: too small for M={M} rows of this kernel")
+        self.kernel, self.M, self.N, self.K, self.scratch = kernel, M, packed.N, packed.K, scratch
+        luts = scratch.luts[:sizes["luts"] * kernel.lut_np.itemsize].view(kernel.lut_np)
+        xa = _check_rows("x", x, M, packed.K) if x is not None else 0
+        ya = _check_rows("y", y, M, packed.N) if y is not None else 0
+        common = dict(luts=luts, lut_scales=scratch.lut_scales, xsums=scratch.xsums, NG=ng)
+        self.tables = kernel.tables.bind((M, ng), dict(common, x=xa, K=packed.K), "tables")
+        self.gemm = kernel.gemm.bind((packed.num_tiles,), dict(common, w=packed.w, sz=packed.sz, y=ya, M=M,
+                                                               N=packed.N), "gemm")
+        self.bound = x is not None and y is not None
         self._lock = threading.Lock()
 
-    def run_ptr(self, x_addr: int, y_addr: int, threads: int):
-        """Unchecked: x_addr points at (M, K) float32, y_addr at (M, N) float32, both C order."""
+    def launches(self):
+        """(tables, gemm) BoundLaunches, for a LaunchProgram; needs x and y bound at prepare."""
+        if not self.bound:
+            raise LaunchError("prepare(..., x=, y=) must bind both buffers before its launches are reused")
+        return self.tables, self.gemm
+
+    def run(self, threads: int):
+        """Run with the x and y bound at prepare time."""
+        threads = resolve_threads(threads)
+        tables, gemm = self.launches()
         with self._lock:
-            self._ctx_t[GRID_SLOTS] = x_addr
-            self._ctx_g[GRID_SLOTS + 5] = y_addr
-            self._launch_t(self._addr_t, self._n_t, threads)
-            self._launch_g(self._addr_g, self._n_g, threads)
+            tables(threads)
+            gemm(threads)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, threads: int):
+        """x (>= M, K) and y (>= M, N) float32 C-contiguous arrays; checked, then run."""
+        _check_rows("x", x, self.M, self.K)
+        _check_rows("y", y, self.M, self.N)
+        threads = resolve_threads(threads)
+        with self._lock:
+            self.tables.set("x", x)
+            self.gemm.set("y", y)
+            self.tables(threads)
+            self.gemm(threads)
 
 
-def _resolve_threads(threads):
-    if threads is None:
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise LaunchError(f"threads: expected an int >= 1, got {threads!r}")
-    return int(threads)
+def _check_rows(what, a, m, cols):
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 2 or a.shape[1] != cols \
+            or a.shape[0] < m or not a.flags.c_contiguous or (what == "y" and not a.flags.writeable):
+        raise LaunchError(f"{what}: expected a {'writable ' if what == 'y' else ''}C-contiguous float32 array "
+                          f"of shape (>={m}, {cols}), got {getattr(a, 'dtype', type(a).__name__)} "
+                          f"{getattr(a, 'shape', '')}")
+    if a.ctypes.data % 4:
+        raise LaunchError(f"{what}: expected 4-byte aligned data")
+    return a
 
 
-def _as_activations(x, K):
+def as_activations(x, K):
     """Validate x: (M, K) or (K,) float32, C-contiguous, CPU. Returns (array, is_torch, squeezed)."""
     is_torch = False
     if type(x).__module__.startswith("torch"):
@@ -199,16 +228,9 @@ def _as_activations(x, K):
 def _check_out(out, M, N, is_torch):
     if out is None:
         return np.empty((M, N), np.float32)
-    arr = out.detach().numpy() if is_torch else out
+    arr = out.detach().numpy() if is_torch and hasattr(out, "detach") else out
     if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (M, N) \
-            or not arr.flags.c_contiguous or not arr.flags.writeable:
-        raise LaunchError(f"out: expected a writable C-contiguous float32 array of shape ({M}, {N}), "
-                          f"got {getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}")
+            or not arr.flags.c_contiguous or not arr.flags.writeable or arr.ctypes.data % 4:
+        raise LaunchError(f"out: expected a writable C-contiguous float32 array of shape ({M}, {N}), 4-byte "
+                          f"aligned, got {getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}")
     return arr
-
-
-def compile_schedule(schedule, target="host") -> CompiledKernel:
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"lutc.compile expects a Schedule (see lutc.kernels.lut_gemm.schedule), "
-                        f"got {type(schedule).__name__}")
-    return CompiledKernel(schedule, target)

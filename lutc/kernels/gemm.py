@@ -7,7 +7,7 @@ by bit-plane b of the g weights of row n that table t covers.
 from __future__ import annotations
 
 import lutc.language as tl
-from lutc.jit import jit
+from lutc.jitfunction import jit
 
 
 @jit

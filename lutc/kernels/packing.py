@@ -22,10 +22,31 @@ class PackedWeights:
     num_tiles: int
     w: np.ndarray
     sz: np.ndarray
+    plans: dict = dataclasses.field(default_factory=dict, init=False, repr=False)   # CompiledKernel.plan's
 
     @property
     def nbytes(self) -> int:
         return self.w.nbytes + self.sz.nbytes
+
+    def check(self, sched) -> None:
+        """ValueError unless these arrays are exactly what `sched`'s kernels read for (N, K)."""
+        if tuple(self.layout_key) != sched.layout_key:
+            raise ValueError(f"weights: packed for layout {self.layout_key}, kernel expects {sched.layout_key}")
+        bits, gs, bn = sched.bits, sched.group_size, sched.bn
+        ints = (self.N, self.K, self.num_groups, self.num_tiles)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ints):
+            raise ValueError(f"weights: N, K, num_groups, num_tiles must be ints >= 1, got {ints}")
+        if self.num_groups != -(-self.K // gs) or self.num_tiles != -(-self.N // bn):
+            raise ValueError(f"weights: num_groups={self.num_groups}, num_tiles={self.num_tiles} do not match "
+                             f"N={self.N}, K={self.K} (expected {-(-self.K // gs)}, {-(-self.N // bn)})")
+        expect = {"w": (np.uint8, self.num_tiles * self.num_groups * sched.chunks_per_group * bits * bn),
+                  "sz": (np.float16, self.num_tiles * self.num_groups * (bits + 1) * bn)}
+        for name, (dt, size) in expect.items():
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.dtype != dt or a.size != size or not a.flags.c_contiguous:
+                raise ValueError(f"weights.{name}: expected a C-contiguous {np.dtype(dt).name} array of "
+                                 f"{size} elements, got {getattr(a, 'dtype', type(a).__name__)} "
+                                 f"of {getattr(a, 'size', '?')}")
 
 
 def pack_weights(qw, sched) -> PackedWeights:

@@ -95,11 +95,11 @@ def cmd_runner(args) -> int:
 
 def _connect(args, token) -> int:
     from ..cli import _knobs
-    from ..schedule import make_schedule
+    from ..schedule import Schedule
     from .client import RemoteRunner, RunnerError
     from .protocol import parse_address
     shape = _shape(args.shape)
-    sched = make_schedule(args.bits, args.group_size, **_knobs(args.set))
+    sched = Schedule.make(args.bits, args.group_size, **_knobs(args.set))
     host, port = parse_address(args.connect)
     try:
         with RemoteRunner(host, port, token) as runner:

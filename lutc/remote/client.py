@@ -162,7 +162,7 @@ class RemoteRunner:
         except Exception as e:  # noqa: BLE001 - a schedule that fails to compile fails this trial only
             return {"status": "compile_error", "reason": f"{type(e).__name__}: {e}"}
         client_compile_s = time.perf_counter() - t0
-        objs = {"tables": kern._tables.obj, "gemm": kern._gemm.obj}
+        objs = kern.objects
         start = time.perf_counter()
         try:
             pid = self.load_problem(qw, x)

@@ -105,7 +105,7 @@ class Session:
         compile_s = time.perf_counter() - t0
         # The sent objects must be exactly what this runner's lutc builds from the schedule, so
         # that what is timed is what the client compiled, and nothing else ever runs here.
-        mine = {"tables": kern._tables.obj, "gemm": kern._gemm.obj}
+        mine = kern.objects
         if objects != mine:
             return {"status": "rejected", "reason": "the kernel objects sent differ from this runner's own build of "
                     "the schedule; install the same lutc and llvmlite versions on both machines"}
@@ -124,7 +124,8 @@ class Session:
             self.copies = {key: weight_copies(packed, flush, limit=16)}
         ring = itertools.cycle(self.copies[key])
         x = prob.x
-        stats = time_guarded(lambda: kern.run(x, next(ring), y, threads), **timing)
+        M = x.shape[0]
+        stats = time_guarded(lambda: kern.plan(next(ring), M)(x, y, threads), **timing)
         return dict(base, status="ok", reason="", **stats)
 
 

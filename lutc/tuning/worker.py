@@ -82,7 +82,8 @@ class _Bench:
                 self.copies.pop(next(iter(self.copies)))
             copies = self.copies[packed.layout_key] = weight_copies(packed, self.flush_bytes)
         x, y, ring = self.x, self.y, itertools.cycle(copies)
-        stats = time_guarded(lambda: kern.run(x, next(ring), y, threads), **timing)
+        M = x.shape[0]
+        stats = time_guarded(lambda: kern.plan(next(ring), M)(x, y, threads), **timing)
         return dict(base, status="ok", reason="", weight_copies=len(copies), **stats)
 
 

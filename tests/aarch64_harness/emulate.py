@@ -84,7 +84,7 @@ def build(kernel, workdir: Path) -> Path:
     """A static AArch64 executable: harness.c linked with the kernel's two objects."""
     workdir.mkdir(parents=True, exist_ok=True)
     objs = []
-    for which, fn in (("tables", kernel._tables), ("gemm", kernel._gemm)):
+    for which, fn in (("tables", kernel.tables), ("gemm", kernel.gemm)):
         path = workdir / f"{which}.o"
         path.write_bytes(fn.obj)
         objs.append(str(path))
@@ -113,10 +113,10 @@ def lut_gemm_emulated(kernel, exe: Path, x: np.ndarray, packed, workdir: Path, c
     ng = packed.num_groups
     plan = Plan(workdir)
     bx, bw, bsz = plan.input(x.astype(np.float32)), plan.input(packed.w), plan.input(packed.sz)
-    luts = plan.scratch(M * ng * s.padded_tables * s.table_size * np.dtype(kernel._lut_np).itemsize)
+    luts = plan.scratch(M * ng * s.padded_tables * s.table_size * np.dtype(kernel.lut_np).itemsize)
     scales, sums = plan.scratch(M * ng * 4), plan.scratch(M * ng * 4)
     y = plan.scratch(M * packed.N * 4)
-    plan.launch(kernel._tables, (M, ng), [bx, luts, scales, sums, K, ng])
-    plan.launch(kernel._gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, M, packed.N, ng])
+    plan.launch(kernel.tables, (M, ng), [bx, luts, scales, sums, K, ng])
+    plan.launch(kernel.gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, M, packed.N, ng])
     plan.output(y, np.float32, (M, packed.N))
     return run(exe, plan, cpu)[0]

@@ -1,0 +1,76 @@
+"""The LUT-GEMM kernel ABI, stated once.
+
+A call y = x @ W_hat^T is two launches of the kernels in gemm.py:
+
+    build_tables  grid (M, NG)       x, luts, lut_scales, xsums, K, NG
+    lut_gemm      grid (num_tiles,)  w, sz, luts, lut_scales, xsums, y, M, N, NG
+
+Parameter order is the kernels' own definition in gemm.py; this module gives their types
+(`signatures`), the constexpr values a Schedule sets (`constexprs`, legend below), the scratch
+buffers between the two launches (`scratch_sizes`) and the 32-bit offset limit. Everything
+else (CompiledKernel, the runtime, the remote runner, the tuner) goes through here and
+CompiledKernel.prepare.
+"""
+from __future__ import annotations
+
+from ..ir import types as T
+
+# What every constexpr of the two kernels means (s = the Schedule):
+CONSTEXPR_LEGEND = {
+    "GS": "s.group_size: activations per weight group (one zero and BITS scales per row and group)",
+    "G": "s.g: activations per table; a table has TS = 2**G entries",
+    "GA": "G rounded up to a power of two: lanes of the table-building block",
+    "TPG": "tables per group = ceil(GS / G) (s.tables_per_group)",
+    "TPGP": "TPG padded to whole packed bytes = CPG * PB (s.padded_tables)",
+    "PB": "table indices per packed weight byte (s.per_byte: 4 for g=2, else 2)",
+    "SB": "bits per table index in a packed byte (s.slot_bits: 8 // PB)",
+    "CPG": "packed bytes per row, bit-plane and group (s.chunks_per_group)",
+    "BITS": "s.bits: bit-planes per weight",
+    "BN": "s.bn: weight rows per tile (one program of lut_gemm)",
+    "UNROLL": "s.unroll: packed bytes per step of the table loop",
+    "MB": "s.mb: activation rows sharing one pass over a weight tile",
+    "PLANE_MAJOR": "s.interleave == 'plane': bit-plane-major packed order",
+    "ACC": "accumulator of one group's lookups (s.acc_dtype)",
+    "LUT_DTYPE": "table element type (s.lut_dtype)",
+}
+LUT_TYPES = {"int8": T.int8, "float16": T.float16, "float32": T.float32}
+ACC_TYPES = {"int16": T.int16, "int32": T.int32, "float32": T.float32}
+TABLES_GRID_RANK, GEMM_GRID_RANK = 2, 1
+MAX_OFFSET = 2**31 - 1     # generated code indexes with i32 arithmetic
+
+
+def signatures(s) -> tuple[dict, dict]:
+    """(build_tables, lut_gemm) parameter types for schedule s."""
+    lut, f32p, i32 = T.PointerType(LUT_TYPES[s.lut_dtype]), T.PointerType(T.float32), T.int32
+    tables = dict(x=f32p, luts=lut, lut_scales=f32p, xsums=f32p, K=i32, NG=i32)
+    gemm = dict(w=T.PointerType(T.uint8), sz=T.PointerType(T.float16), luts=lut, lut_scales=f32p,
+                xsums=f32p, y=f32p, M=i32, N=i32, NG=i32)
+    return tables, gemm
+
+
+def constexprs(s) -> tuple[dict, dict]:
+    """(build_tables, lut_gemm) constexpr values for schedule s (see CONSTEXPR_LEGEND)."""
+    ga = 1 << (s.g - 1).bit_length()
+    tables = dict(GS=s.group_size, G=s.g, GA=ga, TPG=s.tables_per_group, TPGP=s.padded_tables,
+                  LUT_DTYPE=LUT_TYPES[s.lut_dtype])
+    gemm = dict(BITS=s.bits, G=s.g, BN=s.bn, PB=s.per_byte, SB=s.slot_bits, CPG=s.chunks_per_group,
+                TPGP=s.padded_tables, UNROLL=s.unroll, MB=s.mb, PLANE_MAJOR=s.interleave == "plane",
+                ACC=ACC_TYPES[s.acc_dtype])
+    return tables, gemm
+
+
+def scratch_sizes(s, M: int, NG: int) -> dict:
+    """Elements of each scratch buffer written by build_tables and read by lut_gemm."""
+    return dict(luts=M * NG * s.padded_tables * s.table_size, lut_scales=M * NG, xsums=M * NG)
+
+
+def offset_problem(s, M: int, N: int, K: int, NG: int, num_tiles: int) -> str | None:
+    """Why a call of this size would overflow the kernels' 32-bit element offsets, or None."""
+    sizes = {"tables (M*NG*TPGP*2**g)": scratch_sizes(s, M, NG)["luts"], "output (M*N)": M * N,
+             "activations (M*K)": M * K,
+             "packed weights": num_tiles * NG * s.chunks_per_group * s.bits * s.bn,
+             "scales (tiles*NG*(bits+1)*bn)": num_tiles * NG * (s.bits + 1) * s.bn}
+    for what, n in sizes.items():
+        if n > MAX_OFFSET:
+            return f"{what} has {n} elements, more than the kernels' 32-bit offsets reach ({MAX_OFFSET})"
+    return None
