@@ -21,7 +21,7 @@ from .backend.jit import JITModule, emit_assembly, emit_object, parse_and_optimi
 from .backend.target import Target, get_target
 from .cache import DiskCache, hash_key
 from .errors import CompilationError, LaunchError
-from .frontend.codegen import CodeGenerator, _Return
+from .frontend.ast_to_ir import CodeGenerator, Return as _Return
 from .ir import Function, IRBuilder, Param
 from .ir import types as T
 from .passes import run_pipeline
