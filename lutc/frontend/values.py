@@ -2,13 +2,16 @@
 and comparisons that fold when both sides are constants."""
 from __future__ import annotations
 
+import builtins as _py
+
 from ..ir import IRTypeError, Value
 from ..ir import types as T
 
 _PY_BINOPS = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
               "div": lambda a, b: a / b, "floordiv": lambda a, b: a // b, "rem": lambda a, b: a % b,
               "and": lambda a, b: a & b, "or": lambda a, b: a | b, "xor": lambda a, b: a ^ b,
-              "shl": lambda a, b: a << b, "shr": lambda a, b: a >> b}
+              "shl": lambda a, b: a << b, "shr": lambda a, b: a >> b,
+              "min": _py.min, "max": _py.max}
 _PY_CMPS = {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b,
             "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b, "ne": lambda a, b: a != b}
 
