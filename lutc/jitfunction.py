@@ -9,7 +9,7 @@ import textwrap
 
 from . import compiler
 from .errors import CompilationError, LaunchError
-from .frontend.codegen import CodeGenerator, _Return
+from .frontend.ast_to_ir import CodeGenerator, Return
 from .ir import Function, IRBuilder, Param
 from .ir import types as T
 from .language import constexpr
@@ -115,7 +115,7 @@ class JITFunction:
         gen = CodeGenerator(self, IRBuilder(fn.body), scope, grid_rank)
         try:
             gen.run_body(self.parse().body)
-        except _Return as r:
+        except Return as r:
             if r.value is not None:
                 raise CompilationError("a kernel launched with a grid cannot return a value",
                                        self.filename, self.line_offset + 1, 0) from None

@@ -5,6 +5,8 @@ translates calls to them into IR. Called from ordinary Python they raise.
 """
 from __future__ import annotations
 
+import functools as _functools
+
 from .ir import types as _T
 
 # dtypes ---------------------------------------------------------------------------------
@@ -43,15 +45,12 @@ class static_range:
 
 
 def _builtin(fn):
-    name = fn.__name__
-
+    """A marker with `fn`'s name, signature and doc. Its lowering is declared in lutc/frontend/
+    with `@builtin(tl.<name>)`; calls in kernels are bound against the signature here."""
+    @_functools.wraps(fn)
     def marker(*args, **kwargs):
-        raise RuntimeError(f"lutc.language.{name}() can only be called inside an @lutc.jit kernel")
+        raise RuntimeError(f"lutc.language.{fn.__name__}() can only be called inside an @lutc.jit kernel")
 
-    marker.__name__ = name
-    marker.__qualname__ = name
-    marker.__doc__ = fn.__doc__
-    marker.__lutc_builtin__ = name
     return marker
 
 

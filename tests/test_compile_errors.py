@@ -70,6 +70,21 @@ def try_statement(a, n):
         pass
 
 
+@lutc.jit
+def unsupported_python_builtin(a, n):
+    tl.store(a, tl.load(a) * pow(n, 2))
+
+
+@lutc.jit
+def min_of_one_block(a, n):
+    tl.store(a + tl.arange(0, 8), min(tl.load(a + tl.arange(0, 8))))
+
+
+@lutc.jit
+def call_of_a_plain_function(a, n):
+    tl.store(a + tl.arange(0, 8), np.sqrt(tl.load(a + tl.arange(0, 8))))
+
+
 @pytest.mark.parametrize("kernel,needle,message,extra", [
     (undefined_name, "missing_value", "name 'missing_value' is not defined", {}),
     (unsupported_while, "while n > 0", "while loops are not supported", {}),
@@ -78,6 +93,9 @@ def try_statement(a, n):
     (loop_type_change, "for i in range(n)", "loop-carried variable 'acc' changes type", {}),
     (bad_constexpr_assert, "tl.static_assert", "static assertion failed: B must be even", {"B": 3}),
     (try_statement, "try:", "unsupported syntax in a lutc kernel: Try", {}),
+    (unsupported_python_builtin, "pow(n, 2)", "the Python builtin 'pow' is not supported", {}),
+    (min_of_one_block, "min(tl.load", "min() of one kernel value: use tl.min(x)", {}),
+    (call_of_a_plain_function, "np.sqrt(", "cannot call 'sqrt' inside a lutc kernel", {}),
 ])
 def test_error_location_and_message(kernel, needle, message, extra):
     err = _compile_error(kernel, **extra)

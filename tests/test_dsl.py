@@ -163,3 +163,39 @@ def test_calling_a_kernel_directly_is_an_error():
         _binops(1, 2, 3, "mul")
     with pytest.raises(RuntimeError, match="inside an @lutc.jit kernel"):
         tl.load(None)
+
+
+def test_python_min_max_fold_constants_scalars_and_blocks():
+    @lutc.jit
+    def k(a, out, outi, n, B: tl.constexpr):
+        x = tl.load(a + tl.arange(0, 8))
+        tl.store(outi + 0, min(4, 8, B))                       # constexpr only: folded
+        tl.store(outi + 1, max(B, 2, 7) + max([1, B]))
+        tl.store(outi + 2, tl.minimum(4, B) + tl.maximum(B, 9))
+        tl.store(outi + 3, min(4, 8, n))                       # with a runtime scalar
+        tl.store(outi + 4, max(n, 2, B))
+        tl.store(out + tl.arange(0, 8), min(4, 8, x))          # with a block
+        tl.store(out + 8 + tl.arange(0, 8), max(B, 2.0, x, n))
+        tl.store(out + 16 + tl.arange(0, 8), min(x, 1.5, 3))
+    a = np.arange(8, dtype=np.float32) - 2
+    for n, b in [(3, 1), (-5, 6)]:
+        out, outi = np.zeros(24, np.float32), np.zeros(5, np.int32)
+        k[(1,)](a, out, outi, n, B=b)
+        np.testing.assert_array_equal(outi, [min(4, 8, b), max(b, 2, 7) + max(1, b),
+                                             min(4, b) + max(b, 9), min(4, 8, n), max(n, 2, b)])
+        np.testing.assert_array_equal(out[:8], np.minimum(a, 4))
+        np.testing.assert_array_equal(out[8:16], np.maximum(a, max(b, 2.0, n)))
+        np.testing.assert_array_equal(out[16:], np.minimum(a, 1.5))
+
+
+def test_every_language_builtin_has_a_lowering():
+    from lutc.frontend import registry
+    markers = [getattr(tl, n) for n in tl.__all__ if callable(getattr(tl, n))
+               and getattr(tl, n).__module__ == tl.__name__ and getattr(tl, n) is not tl.constexpr]
+    assert tl.load in markers and tl.static_range in markers
+    for m in markers:
+        entry, _ = registry.resolve(m)
+        assert entry is not None and entry.lower is not None, m
+    assert registry.resolve(tl.static_range)[0].loop is not None
+    assert registry.resolve(range)[0].loop is not None
+    assert registry.python_name("min") is min and registry.python_name("print") is None
