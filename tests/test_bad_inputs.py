@@ -110,5 +110,5 @@ def test_bad_scalar_launch_arguments():
         k[(1,)](a, "x")
     with pytest.raises(lutc.LaunchError, match="grid dimensions must be non-negative"):
         k[(-1,)](a, 1)
-    with pytest.raises(lutc.LaunchError, match="threads must be >= 1"):
+    with pytest.raises(lutc.LaunchError, match="threads: expected an int >= 1"):
         k[(1,)](a, 1, threads=0)
