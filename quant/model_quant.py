@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import sys
@@ -24,10 +25,10 @@ _CALIBRATED = {"gptq": "rtn", "hlq-gptq": "hlq"}  # method -> group fit inside G
 
 
 def _lutc_version() -> str:
+    """The installed lutc distribution's version (quant is part of it; it never imports lutc)."""
     try:
-        import lutc
-        return str(lutc.__version__)
-    except Exception:  # noqa: BLE001 - the version is informational
+        return importlib.metadata.version("lutc")
+    except importlib.metadata.PackageNotFoundError:      # running from a source tree
         return "unknown"
 
 
