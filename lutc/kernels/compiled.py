@@ -18,6 +18,7 @@ from .packing import PackedWeights, pack_weights
 
 _PACK_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # QuantizedTensor -> {layout: packed}
 _MAX_PLANS_PER_WEIGHT = 8
+_MAX_ROWS_PER_CALL = 4096      # bounds the table scratch of one call; weights are re-read per call
 
 
 class CompiledKernel:
@@ -109,8 +110,10 @@ class CompiledKernel:
         M = xa.shape[0]
         y = _check_out(out, M, packed.N, is_torch)
         threads = resolve_threads(threads if threads is not None else self.schedule.threads)
-        if M:
-            self.plan(packed, M)(xa, y, threads)
+        step = min(_MAX_ROWS_PER_CALL, spec.max_rows(self.schedule, packed.N, packed.K, packed.num_groups))
+        for m0 in range(0, M, step):           # calls whose offsets fit in 32 bits and scratch stays small
+            m1 = min(M, m0 + step)
+            self.plan(packed, m1 - m0)(xa[m0:m1], y[m0:m1], threads)
         if is_torch:
             import torch
             y = out if out is not None else torch.from_numpy(y)

@@ -64,6 +64,12 @@ def scratch_sizes(s, M: int, NG: int) -> dict:
     return dict(luts=M * NG * s.padded_tables * s.table_size, lut_scales=M * NG, xsums=M * NG)
 
 
+def max_rows(s, N: int, K: int, NG: int) -> int:
+    """The most activation rows one call can take within the 32-bit offsets (callers split M)."""
+    per_row = max(scratch_sizes(s, 1, NG)["luts"], N, K)
+    return max(1, MAX_OFFSET // per_row)
+
+
 def offset_problem(s, M: int, N: int, K: int, NG: int, num_tiles: int) -> str | None:
     """Why a call of this size would overflow the kernels' 32-bit element offsets, or None."""
     sizes = {"tables (M*NG*TPGP*2**g)": scratch_sizes(s, M, NG)["luts"], "output (M*N)": M * N,
