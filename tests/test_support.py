@@ -4,7 +4,7 @@ import pytest
 
 import lutc
 import lutc.language as tl
-from lutc.backend.jit import runs_here, undefined_symbols
+from lutc.backend.mcjit import runs_here, undefined_symbols
 from lutc.backend.target import get_target
 
 GENERIC = "generic-x86"
