@@ -4,10 +4,10 @@ The protocol (below) and its IR live here; loading it into a process (MCJIT, pth
 fork and exit handling) is lutc.backend.threadpool."""
 from __future__ import annotations
 
-import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from .irutil import for_range
+from .toolchain import host_cpu, parse_triple
 
 __all__ = ["build_pool_module", "declare_pool_run", "task_pointer", "TASK_FNTY", "RUN_FNTY",
            "SYMBOL_NAME", "MAX_THREADS"]
@@ -148,10 +148,10 @@ class _PoolGen:
 
     def __init__(self, triple: str):
         self.triple = triple
-        arch = triple.split("-", 1)[0].lower()
-        self.is_x86 = arch in ("x86_64", "amd64", "i386", "i486", "i586", "i686")
-        self.is_arm64 = arch in ("aarch64", "arm64", "arm64e")
-        darwin = "darwin" in triple or "macos" in triple or "apple" in triple
+        tr = parse_triple(triple)
+        self.is_x86 = tr.family == "x86"
+        self.is_arm64 = tr.family == "aarch64"
+        darwin = tr.os == "darwin"
         # pthread_key_t: unsigned int on Linux/glibc/musl, unsigned long on Darwin.
         self.key_ty = _I64 if darwin else _I32
         # pthread_t: unsigned long on Linux, a pointer on Darwin (both one 64-bit register).
@@ -682,4 +682,4 @@ class _PoolGen:
 
 def build_pool_module(triple: str | None = None) -> ir.Module:
     """The pool as an llvmlite ``ir.Module`` for ``triple`` (default: this process)."""
-    return _PoolGen(triple or llvm.get_process_triple()).build()
+    return _PoolGen(triple or host_cpu().triple).build()
