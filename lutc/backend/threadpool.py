@@ -11,9 +11,10 @@ import time
 
 import llvmlite.binding as llvm
 
-from .pool_ir import (CTL_CTRL, CTL_DISABLED, CTL_NWORKERS, CTL_SET_DISABLED, CTL_SET_FORWARD,
-                      CTL_SET_SPIN, CTL_SLEEPERS, DISABLED_FORKED, MAX_THREADS, RUN_FNTY, SEQ_SHIFT,
-                      SYMBOL_NAME, TASK_FNTY, build_pool_module, declare_pool_run, task_pointer)
+from .pool_ir import build_pool_module
+from .pool_protocol import (CTL_CTRL, CTL_DISABLED, CTL_NWORKERS, CTL_SET_DISABLED, CTL_SET_FORWARD,
+                            CTL_SET_SPIN, CTL_SLEEPERS, DISABLED_FORKED, MAX_THREADS, RUN_FNTY, SEQ_SHIFT,
+                            SYMBOL_NAME, TASK_FNTY, declare_pool_run, task_pointer)
 from .toolchain import host_jit_machine, init_llvm, mcjit
 
 __all__ = ["ThreadPool", "get_pool", "build_pool_module", "declare_pool_run", "task_pointer",
