@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
-__all__ = ["init_llvm", "Triple", "parse_triple", "HostCPU", "host_cpu", "target_machine",
+__all__ = ["init_llvm", "Triple", "parse_triple", "HostCPU", "host_cpu", "target_machine", "host_jit_machine",
            "kernel_target_machine", "optimize", "parse_and_optimize", "emit_object", "emit_assembly",
            "mcjit", "mcjit_object", "native_mismatch", "runs_here", "ObjectFormatError", "ObjectInfo",
            "inspect_object"]
