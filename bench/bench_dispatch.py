@@ -20,7 +20,8 @@ import llvmlite.ir as ir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 from lutc.backend import threadpool as tp
-from lutc.backend.irutil import mcjit, repeat_call_function
+from lutc.backend.irutil import repeat_call_function
+from lutc.backend.toolchain import host_cpu, mcjit
 
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
@@ -32,7 +33,7 @@ LOOP_CT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int6
 def build_helpers(pool):
     """JIT: an empty task, and bench_loop(task, ctx, ntasks, nthreads, reps) calling lutc_pool_run."""
     m = ir.Module(name="bench_dispatch")
-    m.triple = llvm.get_process_triple()
+    m.triple = host_cpu().triple
     run = tp.declare_pool_run(m)
     empty = ir.Function(m, tp.TASK_FNTY, "bench_empty_task")
     ir.IRBuilder(empty.append_basic_block()).ret_void()
@@ -128,7 +129,7 @@ def main():
         "spin_iters": pool.spin_iters,
         "rows": rows,
         "machine": {
-            "platform": platform.platform(), "cpu": llvm.get_host_cpu_name(),
+            "platform": platform.platform(), "cpu": host_cpu().cpu,
             "ncpu": os.cpu_count(), "python": platform.python_version(),
             "llvmlite": llvmlite.__version__, "llvm": ".".join(map(str, llvm.llvm_version_info)),
         },

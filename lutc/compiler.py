@@ -11,9 +11,9 @@ import llvmlite
 import llvmlite.binding as llvm
 
 from . import __version__
-from .backend.codegen import build_module
-from .backend.jit import emit_assembly, emit_object, parse_and_optimize
+from .backend.llvm import build_module
 from .backend.target import Target, get_target
+from .backend.toolchain import emit_assembly, emit_object, parse_and_optimize
 from .cache import DiskCache, hash_key
 from .ir import Param
 from .ir import types as T

@@ -10,8 +10,9 @@ import threading
 
 import numpy as np
 
-from .backend.jit import JITModule, runs_here
 from .backend.launch_abi import GRID_SLOTS, LAUNCH_CFUNC, build_program_runner, launch_symbol
+from .backend.mcjit import JITModule
+from .backend.toolchain import runs_here
 from .errors import LaunchError
 from .ir import types as T
 

@@ -137,7 +137,7 @@ def test_odd_group_sizes(bits, gs, knobs, N, K, M):
 def test_named_x86_targets_compute_correctly(target, lut_dtype):
     """Code for other x86 targets (AVX2 vpshufb, the portable select-chain fallback) runs here
     when this CPU has their features; it must match the reference too."""
-    from lutc.backend.jit import runs_here
+    from lutc.backend.toolchain import runs_here
     from lutc.backend.target import get_target
     if not runs_here(get_target(target)):
         pytest.skip(f"this CPU lacks features of {target}")

@@ -4,7 +4,7 @@ import pytest
 
 import lutc
 import lutc.language as tl
-from lutc.backend.jit import runs_here, undefined_symbols
+from lutc.backend.toolchain import inspect_object, runs_here
 from lutc.backend.target import get_target
 
 GENERIC = "generic-x86"
@@ -23,7 +23,7 @@ def _run(src, dst_dtype, to):
     sig = {"src": "*" + str(lutc.ir.types.dtype_from_numpy(src.dtype)),
            "dst": "*" + str(lutc.ir.types.dtype_from_numpy(dst.dtype)), "n": "i32"}
     f = convert.compile(sig, {"BLOCK": 64, "TO": to}, 1, GENERIC)
-    assert any("hf" in s for s in undefined_symbols(f.obj)), "expected a libcall on this target"
+    assert any("hf" in s for s in inspect_object(f.obj).undefined), "expected a libcall on this target"
     f.launch((-(-src.size // 64),), [src, dst, src.size], 2)
     return dst
 

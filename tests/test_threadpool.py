@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from lutc.backend import threadpool as tp
-from lutc.backend.irutil import for_range, mcjit, repeat_call_function
+from lutc.backend.irutil import for_range, repeat_call_function
+from lutc.backend.toolchain import mcjit
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir

@@ -1,13 +1,13 @@
-"""Small llvmlite helpers shared by the hand-built native modules (thread pool, launch lists, benches)."""
+"""Small llvmlite.ir builder helpers shared by the hand-built native modules (thread pool, launch lists,
+benches). Compiling and JITting them is lutc.backend.toolchain."""
 from __future__ import annotations
 
-import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 
-__all__ = ["I64", "PTR", "for_range", "repeat_call_function", "mcjit"]
+__all__ = ["I64", "PTR", "for_range", "repeat_call_function"]
 
 
 def for_range(b: ir.IRBuilder, stop, body, tag: str = "loop"):
@@ -38,25 +38,3 @@ def repeat_call_function(m: ir.Module, name: str, callee) -> ir.Function:
     for_range(b, reps, lambda b, _: b.call(callee, [task, ctx, n, nt]), "rep")
     b.ret_void()
     return fn
-
-
-def mcjit(module: ir.Module, tm=None, speed_level: int | None = None):
-    """Parse, verify and JIT `module` with MCJIT for the process (or `tm`); return the engine.
-
-    With `speed_level`, the module first gets `tm`'s triple and data layout and runs LLVM's
-    new-pass-manager pipeline at that level. Keep the engine alive as long as any of its
-    function addresses is used."""
-    from .target import init_llvm
-    init_llvm()
-    mod = llvm.parse_assembly(str(module))
-    mod.verify()
-    if tm is None:
-        tm = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(jit=True)
-    if speed_level is not None:
-        mod.triple = tm.triple
-        mod.data_layout = str(tm.target_data)
-        pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=speed_level))
-        pb.getModulePassManager().run(mod, pb)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
-    return engine

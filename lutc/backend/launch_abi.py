@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ctypes
 
-import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
-from .irutil import I64, PTR, for_range, mcjit
+from .irutil import I64, PTR, for_range
+from .toolchain import host_cpu, mcjit
 
 GRID_SLOTS = 3
 LAUNCH_FNTY = ir.FunctionType(ir.VoidType(), [PTR, I64, I64])
@@ -37,7 +37,7 @@ def build_program_runner():
     """JIT `void run(i64 *records, i64 n)`: for each record (entry, ctx, ntasks, nthreads), call
     entry(ctx, ntasks, nthreads). Returns (engine, ctypes function); keep the engine alive."""
     m = ir.Module(name="lutc_launch_program")
-    m.triple = llvm.get_process_triple()
+    m.triple = host_cpu().triple
     fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR, I64]), "lutc_run_program")
     recs, n = fn.args
     width = len(RECORD_FIELDS)

@@ -12,8 +12,7 @@ import functools
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
-from .irutil import mcjit
-from .target import init_llvm
+from .toolchain import host_cpu, mcjit, target_machine
 
 I16, I32 = ir.IntType(16), ir.IntType(32)
 F16, F32 = ir.HalfType(), ir.FloatType()
@@ -71,12 +70,9 @@ def build_support_module(triple: str) -> ir.Module:
 @functools.lru_cache(maxsize=1)
 def register_support_symbols():
     """Compile the support module for the host once and register its symbols with MCJIT."""
-    from .target import get_target
-    init_llvm()
-    host = get_target("host")
+    triple = host_cpu().triple
     # baseline x86-64/AArch64 features: the code must not itself need F16C
-    tm = llvm.Target.from_triple(host.triple).create_target_machine(opt=2, codemodel="jitdefault")
-    engine = mcjit(build_support_module(host.triple), tm)
+    engine = mcjit(build_support_module(triple), target_machine(triple, opt=2))
     for name in _NAMES:
         llvm.add_symbol(name, engine.get_function_address(name))
     return engine  # kept alive by the cache for the life of the process

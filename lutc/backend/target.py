@@ -3,20 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from dataclasses import dataclass
 
-import llvmlite.binding as llvm
-
 from ..errors import LaunchError
+from .toolchain import host_cpu, native_mismatch, parse_triple
 
-
-@functools.lru_cache(maxsize=None)
-def init_llvm():
-    """Initialize LLVM's targets once per process (all of them, for cross compilation)."""
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-    return True
+__all__ = ["Target", "get_target", "target_names", "runnable", "linux_twin", "NativeOnlyError"]
 
 
 @dataclass(frozen=True)
@@ -33,15 +25,16 @@ class Target:
 
     @property
     def arch(self) -> str:
-        return self.triple.split("-")[0]
+        """The triple's architecture field as written ('x86_64', 'arm64')."""
+        return parse_triple(self.triple).arch
 
     @property
     def is_x86(self) -> bool:
-        return self.arch in ("x86_64", "i386", "i686")
+        return parse_triple(self.triple).family == "x86"
 
     @property
     def is_aarch64(self) -> bool:
-        return self.arch in ("aarch64", "arm64")
+        return parse_triple(self.triple).family == "aarch64"
 
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")
@@ -67,26 +60,12 @@ class Target:
 
     @property
     def object_format(self) -> str:
-        return "macho" if "apple" in self.triple or "darwin" in self.triple else "elf"
-
-    def target_machine(self, opt: int = 3, jit: bool = False):
-        init_llvm()
-        tgt = llvm.Target.from_triple(self.triple)
-        return tgt.create_target_machine(cpu=self.cpu, features=self.features, opt=opt,
-                                         reloc="pic" if not jit else "default",
-                                         codemodel="jitdefault" if jit else "default")
+        return parse_triple(self.triple).object_format
 
     @property
     def os(self) -> str:
         """'darwin', 'linux', 'windows' or the triple's OS field."""
-        t = self.triple.lower()
-        if any(s in t for s in ("apple", "darwin", "macos")):
-            return "darwin"
-        for name in ("linux", "windows"):
-            if name in t:
-                return name
-        parts = t.split("-")
-        return parts[2] if len(parts) > 2 else "unknown"
+        return parse_triple(self.triple).os
 
     def describe(self) -> dict:
         return {"name": self.name, "triple": self.triple, "cpu": self.cpu,
@@ -135,14 +114,11 @@ _NAMED = {
 
 @functools.lru_cache(maxsize=1)
 def _host() -> Target:
-    init_llvm()
-    triple = llvm.get_process_triple()
-    cpu = llvm.get_host_cpu_name()
-    feats = llvm.get_host_cpu_features()
-    enabled = sorted(k for k, v in feats.items() if v)
-    features = ",".join(f"+{k}" for k in enabled)
-    arch = triple.split("-")[0]
-    if arch == "x86_64":
+    h = host_cpu()
+    feats = dict(h.features)
+    features = ",".join(f"+{k}" for k in h.enabled)
+    tr = parse_triple(h.triple)
+    if tr.arch == "x86_64":
         if feats.get("avx512bw"):
             vbits = 512
         elif feats.get("avx2"):
@@ -150,47 +126,15 @@ def _host() -> Target:
         else:
             vbits = 128
         shuffle = "pshufb" if feats.get("ssse3") else None
-    elif arch in ("aarch64", "arm64"):
+    elif tr.family == "aarch64":
         vbits, shuffle = 128, "tbl" if feats.get("neon", True) else None
     else:
         vbits, shuffle = 128, None
-    return Target("host", triple, cpu, features, vbits, shuffle, is_host=True)
+    return Target("host", h.triple, h.cpu, features, vbits, shuffle, is_host=True)
 
 
 class NativeOnlyError(LaunchError):
     """Something that needs a CPU of the target (running, timing) was asked of another machine."""
-
-
-_ARCH_LEVEL = re.compile(r"^v\d+(\.\d+)?a$")  # 'v8.2a': implied by the cpu, not reported by host detection
-
-
-def _norm_arch(arch: str) -> str:
-    return "aarch64" if arch in ("arm64", "aarch64") else arch
-
-
-def native_mismatch(target) -> str | None:
-    """Why code compiled for `target` cannot run on this machine, or None when it can.
-
-    Compares architecture, OS (object format and ABI) and every '+feature' of the target
-    against what LLVM detects on this CPU. Features a `cpu` name implies without listing
-    them are not checked: named targets list what their code relies on.
-    """
-    t = get_target(target)
-    if t.is_host:
-        return None
-    host = _host()
-    if _norm_arch(t.arch) != _norm_arch(host.arch):
-        return f"its code is {_norm_arch(t.arch)} ({t.triple}) and this machine is {_norm_arch(host.arch)}"
-    if t.os != host.os:
-        return f"it targets {t.os} ({t.object_format} objects) and this machine runs {host.os}"
-    have = {f[1:] for f in host.features.split(",") if f.startswith("+")}
-    want = [f[1:] for f in t.features.split(",") if f.startswith("+") and not _ARCH_LEVEL.match(f[1:])]
-    if not have:
-        return None if t.cpu == host.cpu else f"LLVM cannot list this CPU's features ({host.cpu})"
-    missing = [f for f in want if f not in have]
-    if missing:
-        return f"this CPU ({host.cpu}) lacks {', '.join(missing)}"
-    return None
 
 
 def runnable(target) -> Target:
@@ -215,7 +159,7 @@ def linux_twin(target) -> Target:
     t = get_target(target)
     if t.os == "linux":
         return t
-    arch = _norm_arch(t.arch)
+    arch = parse_triple(t.triple).canonical_arch
     return dataclasses.replace(t, name=f"{t.name}-elf", triple=f"{arch}-unknown-linux-gnu", is_host=False)
 
 

@@ -11,11 +11,11 @@ import time
 
 import llvmlite.binding as llvm
 
-from .irutil import mcjit
-from .pool_ir import (CTL_CTRL, CTL_DISABLED, CTL_NWORKERS, CTL_SET_DISABLED, CTL_SET_FORWARD,
-                      CTL_SET_SPIN, CTL_SLEEPERS, DISABLED_FORKED, MAX_THREADS, RUN_FNTY, SEQ_SHIFT,
-                      SYMBOL_NAME, TASK_FNTY, build_pool_module, declare_pool_run, task_pointer)
-from .target import init_llvm
+from .pool_ir import build_pool_module
+from .pool_protocol import (CTL_CTRL, CTL_DISABLED, CTL_NWORKERS, CTL_SET_DISABLED, CTL_SET_FORWARD,
+                            CTL_SET_SPIN, CTL_SLEEPERS, DISABLED_FORKED, MAX_THREADS, RUN_FNTY, SEQ_SHIFT,
+                            SYMBOL_NAME, TASK_FNTY, declare_pool_run, task_pointer)
+from .toolchain import host_jit_machine, init_llvm, mcjit
 
 __all__ = ["ThreadPool", "get_pool", "build_pool_module", "declare_pool_run", "task_pointer",
            "TASK_FNTY", "RUN_FNTY", "SYMBOL_NAME", "MAX_THREADS"]
@@ -79,17 +79,6 @@ def _init_llvm():
         _llvm_ready = True
 
 
-def _host_target_machine():
-    triple = llvm.get_process_triple()
-    target = llvm.Target.from_triple(triple)
-    try:
-        features = llvm.get_host_cpu_features().flatten()
-    except RuntimeError:
-        features = ""
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=2,
-                                        codemodel="jitdefault", jit=True)
-
-
 def _spin_budget(spin_fn) -> int:
     """Number of spin iterations lasting about LUTC_POOL_SPIN_US microseconds."""
     try:
@@ -116,7 +105,7 @@ class ThreadPool:
         _init_llvm()
         self.pid = os.getpid()
         self.fork_gen = _fork_gen
-        self._tm = _host_target_machine()
+        self._tm = host_jit_machine(opt=2)
         self._engine = mcjit(build_pool_module(self._tm.triple), self._tm, speed_level=2)
         addr = self._engine.get_function_address
         self.run_address = addr(SYMBOL_NAME)

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from ..tuning.timing import WeightCopyCache, measure_kernel
 from .problem import decode_problem, software, timing_options
 from .protocol import (DEFAULT_MAX_PAYLOAD, AuthenticationError, Channel, ProtocolError, session_key,
                        split_sections)
@@ -47,7 +48,8 @@ class Session:
             self.cpus = sorted(os.sched_getaffinity(0))
         except AttributeError:
             self.cpus = list(range(os.cpu_count() or 1))
-        self.problems, self.kernels, self.copies, self._ids = {}, {}, {}, itertools.count(1)
+        self.problems, self.kernels, self._ids = {}, {}, itertools.count(1)
+        self.copies = WeightCopyCache(keep=1)     # weight copies kept for one layout only
 
     def handle(self, h: dict, payload: bytes) -> dict:
         op = h.get("op")
@@ -75,7 +77,6 @@ class Session:
     def measure(self, h: dict, payload: bytes) -> dict:
         from ..backend.target import NativeOnlyError, Target, runnable
         from ..schedule import Schedule
-        from ..tuning.timing import last_level_cache_bytes, pin_threads, time_guarded, weight_copies
         prob = self.problems.get(h.get("problem"))
         if prob is None:
             raise ProtocolError(f"unknown problem {h.get('problem')!r}; send it first")
@@ -109,24 +110,8 @@ class Session:
         if objects != mine:
             return {"status": "rejected", "reason": "the kernel objects sent differ from this runner's own build of "
                     "the schedule; install the same lutc and llvmlite versions on both machines"}
-        pin_threads(self.cpus, threads)
-        packed = kern.pack(prob.qw)
-        y = prob.y
-        y.fill(np.nan)
-        kern(prob.x, packed, out=y, threads=threads)
-        acc = prob.bound.check(y, sched)
-        base = {"compile_s": compile_s, "err_max": acc["max_err"], "err_ratio": acc["ratio"], "threads": threads}
-        if not acc["ok"]:
-            return dict(base, status="inaccurate", reason=acc["reason"])
-        flush = 2 * last_level_cache_bytes() if timing.pop("cache", "cold") == "cold" else 0
-        key = (h["problem"], packed.layout_key, flush)
-        if key not in self.copies:  # copies cycled so weights stream from DRAM; kept for one layout
-            self.copies = {key: weight_copies(packed, flush, limit=16)}
-        ring = itertools.cycle(self.copies[key])
-        x = prob.x
-        M = x.shape[0]
-        stats = time_guarded(lambda: kern.plan(next(ring), M)(x, y, threads), **timing)
-        return dict(base, status="ok", reason="", **stats)
+        return measure_kernel(kern, prob.qw, prob.x, prob.y, prob.bound, sched, threads=threads, cpus=self.cpus,
+                              timing=timing, copies=self.copies, compile_s=compile_s, tag=h["problem"])
 
 
 def _nonce(h: dict) -> bytes:

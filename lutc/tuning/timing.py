@@ -1,6 +1,9 @@
-"""Timing on a shared CPU: warm-up, median of repeats, spread, thread pinning, cold caches, contention guard."""
+"""Timing on a shared CPU: warm-up, median of repeats, spread, thread pinning, cold caches, contention guard,
+and measure_kernel, the one measurement of a compiled kernel (the tuner's worker and `lutc runner` both call it)."""
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import os
 import time
@@ -8,6 +11,7 @@ import time
 import numpy as np
 
 
+@functools.lru_cache(maxsize=None)
 def last_level_cache_bytes(default=32 << 20) -> int:
     """Size of the largest CPU cache (Linux sysfs), else `default`."""
     best = 0
@@ -120,6 +124,49 @@ def weight_copies(packed, flush_bytes: int, limit: int = 64) -> list:
     import dataclasses
     n = min(limit, max(1, math.ceil(flush_bytes / max(packed.nbytes, 1)))) if flush_bytes else 1
     return [packed] + [dataclasses.replace(packed, w=packed.w.copy(), sz=packed.sz.copy()) for _ in range(n - 1)]
+
+
+class WeightCopyCache:
+    """weight_copies() of packed weights for the `keep` most recent keys (a key names a layout).
+    `keep` bounds memory only; the copies themselves are the same wherever measure_kernel runs."""
+
+    def __init__(self, keep: int):
+        self.keep, self._copies = keep, {}
+
+    def get(self, key, packed, flush_bytes: int) -> list:
+        copies = self._copies.get(key)
+        if copies is None:
+            while len(self._copies) >= self.keep:
+                self._copies.pop(next(iter(self._copies)))
+            copies = self._copies[key] = weight_copies(packed, flush_bytes)
+        return copies
+
+
+def measure_kernel(kern, qw, x, y, bound, sched, *, threads: int, cpus: list, timing: dict,
+                   copies: WeightCopyCache, compile_s: float, tag=None) -> dict:
+    """Verify, then time a compiled kernel: the one measurement the tuner's worker and `lutc runner`
+    both make, so local and remote timings are comparable by construction.
+
+    Pins this process to `threads` of `cpus`, packs `qw` and runs the kernel once into `y`
+    (NaN-filled first); a result outside `bound` comes back 'inaccurate', untimed. Otherwise
+    time_guarded(**timing) times kern.plan(w, M)(x, y, threads) with the weights w cycling through
+    `copies` (timing's "cache": "cold", the default, makes enough copies that they stream from DRAM
+    as in decoding; "hot" uses one). `tag` separates copy sets (the runner's problem id)."""
+    timing = dict(timing)
+    cache = timing.pop("cache", "cold")
+    pin_threads(cpus, threads)
+    packed = kern.pack(qw)
+    y.fill(np.nan)
+    kern(x, packed, out=y, threads=threads)
+    acc = bound.check(y, sched)
+    base = {"compile_s": compile_s, "err_max": acc["max_err"], "err_ratio": acc["ratio"], "threads": threads}
+    if not acc["ok"]:
+        return dict(base, status="inaccurate", reason=acc["reason"])
+    flush = 2 * last_level_cache_bytes() if cache == "cold" else 0
+    weights = copies.get((tag, packed.layout_key, flush), packed, flush)
+    ring, M = itertools.cycle(weights), x.shape[0]
+    stats = time_guarded(lambda: kern.plan(next(ring), M)(x, y, threads), **timing)
+    return dict(base, status="ok", reason="", weight_copies=len(weights), **stats)
 
 
 def read_bandwidth(threads: int = 1, nbytes: int = 512 << 20, repeats: int = 5) -> float:

@@ -1,7 +1,6 @@
 """Measurement in a worker process: compile, check accuracy, time; crashes and hangs fail one trial only."""
 from __future__ import annotations
 
-import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -10,7 +9,7 @@ import traceback
 
 import numpy as np
 
-from .timing import last_level_cache_bytes, pin_threads, time_guarded, weight_copies
+from .timing import WeightCopyCache, measure_kernel
 
 FAULTS_ENV = "LUTC_TUNE_FAULTS"
 
@@ -47,8 +46,8 @@ class _Bench:
         self.x = rng.standard_normal((p["M"], p["K"]), dtype=np.float32)
         self.y = np.empty((p["M"], p["N"]), np.float32)
         self.bound = ErrorBound(self.qt, self.x)
-        self.flush_bytes = 2 * last_level_cache_bytes() if p.get("cache", "cold") == "cold" else 0
-        self.copies = {}
+        self.cache = p.get("cache", "cold")
+        self.copies = WeightCopyCache(keep=3)
 
     def measure(self, sched_dict: dict, timing: dict) -> dict:
         from ..ops import get_kernel
@@ -67,24 +66,9 @@ class _Bench:
         except Exception as e:  # noqa: BLE001 - any compile failure fails this trial only
             return {"status": "compile_error", "reason": f"{type(e).__name__}: {e}"}
         compile_s = time.perf_counter() - t0
-        threads = sched.threads or len(self.cpus)
-        pin_threads(self.cpus, threads)
-        packed = kern.pack(self.qt)
-        self.y.fill(np.nan)
-        kern(self.x, packed, out=self.y, threads=threads)
-        acc = self.bound.check(self.y, sched)
-        base = {"compile_s": compile_s, "err_max": acc["max_err"], "err_ratio": acc["ratio"], "threads": threads}
-        if not acc["ok"]:
-            return dict(base, status="inaccurate", reason=acc["reason"])
-        copies = self.copies.get(packed.layout_key)
-        if copies is None:
-            if len(self.copies) >= 3:
-                self.copies.pop(next(iter(self.copies)))
-            copies = self.copies[packed.layout_key] = weight_copies(packed, self.flush_bytes)
-        x, y, ring = self.x, self.y, itertools.cycle(copies)
-        M = x.shape[0]
-        stats = time_guarded(lambda: kern.plan(next(ring), M)(x, y, threads), **timing)
-        return dict(base, status="ok", reason="", weight_copies=len(copies), **stats)
+        return measure_kernel(kern, self.qt, self.x, self.y, self.bound, sched, threads=sched.threads or len(self.cpus),
+                              cpus=self.cpus, timing=dict(timing, cache=self.cache), copies=self.copies,
+                              compile_s=compile_s)
 
 
 def _serve(conn, problem: dict):

@@ -1,4 +1,4 @@
-"""LLVM code generation: lutc IR -> llvmlite.ir module (typed IRBuilder, never IR text)."""
+"""LLVM lowering: lutc IR -> llvmlite.ir module (typed IRBuilder, never IR text)."""
 from __future__ import annotations
 
 import llvmlite.ir as ir
