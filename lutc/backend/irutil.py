@@ -7,7 +7,16 @@ import llvmlite.ir as ir
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 
-__all__ = ["I64", "PTR", "for_range", "repeat_call_function"]
+__all__ = ["I64", "PTR", "PtrTo", "for_range", "repeat_call_function"]
+
+
+class PtrTo(ir.PointerType):
+    """An opaque ``ptr`` (prints as ``ptr``) that remembers what it points to.  llvmlite needs the
+    pointee for indirect calls (callee function type) and for store_atomic's type check."""
+
+    def __init__(self, pointee):
+        super().__init__()
+        self.pointee = pointee
 
 
 def for_range(b: ir.IRBuilder, stop, body, tag: str = "loop"):

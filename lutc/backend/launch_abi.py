@@ -11,7 +11,7 @@ import ctypes
 
 import llvmlite.ir as ir
 
-from .irutil import I64, PTR, for_range
+from .irutil import I64, PTR, PtrTo, for_range
 from .toolchain import host_cpu, mcjit
 
 GRID_SLOTS = 3
@@ -23,14 +23,6 @@ RECORD_FIELDS = ("entry", "ctx", "ntasks", "nthreads")   # one row of a launch p
 
 def launch_symbol(kernel_name: str) -> str:
     return f"{kernel_name}_launch"
-
-
-class FnPtr(ir.PointerType):
-    """An opaque pointer that remembers its function type (llvmlite needs it for indirect calls)."""
-
-    def __init__(self, fnty):
-        super().__init__()
-        self.pointee = fnty
 
 
 def build_program_runner():
@@ -46,7 +38,7 @@ def build_program_runner():
         base = b.mul(i, I64(width))
         f, ctx, ntasks, threads = (b.load(b.gep(recs, [b.add(base, I64(k))], source_etype=I64), typ=I64)
                                    for k in range(width))
-        b.call(b.inttoptr(f, FnPtr(LAUNCH_FNTY)), [b.inttoptr(ctx, PTR), ntasks, threads])
+        b.call(b.inttoptr(f, PtrTo(LAUNCH_FNTY)), [b.inttoptr(ctx, PTR), ntasks, threads])
 
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     for_range(b, n, call_record, "record")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
+from .irutil import PtrTo
+
+
 __all__ = ["declare_pool_run", "task_pointer", "TASK_FNTY", "RUN_FNTY", "SYMBOL_NAME", "MAX_THREADS"]
 
 SYMBOL_NAME = "lutc_pool_run"
@@ -79,15 +82,6 @@ VOID = ir.VoidType()
 TASK_FNTY = ir.FunctionType(VOID, [PTR, I64])                  # void task(ptr ctx, i64 index)
 RUN_FNTY = ir.FunctionType(VOID, [PTR, PTR, I64, I64])       # void lutc_pool_run(task, ctx, n, nthreads)
 WORKER_FNTY = ir.FunctionType(PTR, [PTR])
-
-
-class PtrTo(ir.PointerType):
-    """An opaque ``ptr`` (prints as ``ptr``) that remembers what it points to.  llvmlite needs the
-    pointee for indirect calls (callee function type) and for store_atomic's type check."""
-
-    def __init__(self, pointee):
-        super().__init__()
-        self.pointee = pointee
 
 
 TASK_PTR = PtrTo(TASK_FNTY)

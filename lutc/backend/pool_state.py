@@ -5,7 +5,8 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from .irutil import for_range
-from .pool_protocol import I8, I32, I64, MAX_THREADS, PTR, VOID, PtrTo
+from .irutil import PtrTo
+from .pool_protocol import I8, I32, I64, MAX_THREADS, PTR, VOID
 from .toolchain import parse_triple
 
 __all__ = ["PoolBuilder", "LAYOUT", "sizeof"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from .pool_protocol import ACTIVE_MASK, I32, I64, PTR, SEQ_SHIFT, SLOT_ONE, SLOTS_MASK, TASK_PTR, VOID, WORKER_FNTY, PtrTo
+from .irutil import PtrTo
+from .pool_protocol import ACTIVE_MASK, I32, I64, PTR, SEQ_SHIFT, SLOT_ONE, SLOTS_MASK, TASK_PTR, VOID, WORKER_FNTY
 
 __all__ = ["gen_spin_calibrate", "gen_work", "gen_worker", "gen_spawn"]
 
