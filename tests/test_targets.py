@@ -54,7 +54,7 @@ def test_linux_twin_keeps_cpu_and_features():
 
 def test_native_only_features_fail_clearly_on_other_targets():
     other = "m2" if HOST.is_x86 else "x86-avx2"
-    assert native_mismatch("host") is None
+    assert native_mismatch(get_target("host")) is None
     with pytest.raises(NativeOnlyError, match=rf"cannot run {other} code on this machine.*lutc runner"):
         runnable(other)
     qw = quant.quantize(np.ones((4, 32), np.float32), 2, 32, method="rtn")
@@ -65,8 +65,8 @@ def test_native_only_features_fail_clearly_on_other_targets():
 
 @pytest.mark.parametrize("name", ["x86-avx2", "x86-avx512", "generic-x86"])
 def test_compatible_named_target_runs_on_this_host(name):
-    if native_mismatch(name) is not None:
-        pytest.skip(f"{name} cannot run here: {native_mismatch(name)}")
+    if native_mismatch(get_target(name)) is not None:
+        pytest.skip(f"{name} cannot run here: {native_mismatch(get_target(name))}")
     qw = quant.quantize(np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32), 2, 32)
     x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
     sched = Schedule.make(bits=2, group_size=32)
@@ -137,5 +137,5 @@ def test_cli_compile_obj_writes_macho_or_elf(tmp_path, capsys, target, magic):
 def test_cli_targets_says_what_runs_here(capsys):
     lines = {ln.split()[0]: ln for ln in _cli(capsys, "targets").out.splitlines()}
     assert lines["host"].endswith("runs here")
-    assert lines["m2"].endswith("compile only") == (native_mismatch("m2") is not None)
+    assert lines["m2"].endswith("compile only") == (native_mismatch(get_target("m2")) is not None)
     assert "macho" in lines["m2"] and "elf" in lines["aarch64-linux"]

@@ -196,16 +196,13 @@ _ARCH_LEVEL = re.compile(r"^v\d+(\.\d+)?a$")  # 'v8.2a': implied by the cpu, not
 
 
 def native_mismatch(target) -> str | None:
-    """Why code compiled for `target` (a Target or a name) cannot run on this machine, or None
+    """Why code compiled for `target` (a lutc.Target) cannot run on this machine, or None
     when it can: the one "runs here" check.
 
     Compares architecture, OS (object format and ABI) and every '+feature' of the target
     against what LLVM detects on this CPU. Features a `cpu` name implies without listing
     them are not checked: named targets list what their code relies on.
     """
-    if not hasattr(target, "triple"):
-        from .target import get_target
-        target = get_target(target)
     if target.is_host:
         return None
     host = host_cpu()
