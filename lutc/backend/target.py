@@ -144,9 +144,9 @@ def runnable(target) -> Target:
     if why is not None:
         raise NativeOnlyError(
             f"cannot run {t.name} code on this machine: {why}. Here you can compile it "
-            f"(lutc compile --target {t.name} --emit asm|obj) and check it under emulation "
-            "(tests/test_aarch64_emulated.py); to time it, run `lutc runner` on the device and "
-            "pass --runner HOST:PORT, or rank schedules without a device with --estimate (see docs/targets.md)")
+            f"(lutc compile --target {t.name} --emit asm|obj) and check it under emulation (qemu-user, "
+            "see docs/targets.md); to time it, run `lutc runner` on the device and pass --runner HOST:PORT, "
+            "or rank schedules without a device with --estimate")
     return t if t.is_host else dataclasses.replace(t, is_host=True)
 
 
