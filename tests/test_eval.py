@@ -39,7 +39,17 @@ def test_sliding_window_scores_every_token_once(model, window, stride):
     assert count == (199 if stride < window else 200 - math.ceil(200 / window))
     # tokens inside the first window see the same context as the full pass
     first, _ = sliding_nll(model, ids[:window], window=window, stride=window)
-    assert nll > 0 and math.isfinite(nll) and first <= nll
+    with torch.no_grad():
+        per_token = torch.nn.functional.cross_entropy(model(ids[None]).logits[0, :-1], ids[1:], reduction="none")
+    assert first == pytest.approx(float(per_token[:min(window, 200) - 1].sum()), rel=1e-5)
+    if (window, stride) == (50, 13):   # brute force, token by token: target t is scored by the first window reaching it
+        ref = 0.0
+        for t in range(1, 200):
+            begin = max(0, math.ceil((t - window + 1) / stride)) * stride
+            with torch.no_grad():
+                logits = model(ids[None, begin:t]).logits[0, -1]
+            ref += float(torch.nn.functional.cross_entropy(logits[None], ids[t:t + 1]))
+        assert nll == pytest.approx(ref, rel=1e-4)
     with pytest.raises(ValueError, match="stride"):
         sliding_nll(model, ids, window=16, stride=32)
 
