@@ -16,7 +16,8 @@ FAULTS_ENV = "LUTC_TUNE_FAULTS"
 
 def injected_fault(sched) -> str | None:
     """Fault injection for tests: $LUTC_TUNE_FAULTS='knob=value:action,...' with action crash,
-    hang or compile_error makes the worker misbehave on matching schedules."""
+    hang, compile_error or wrong_result (a kernel that writes wrong output and would time as
+    instant) makes the worker misbehave on matching schedules."""
     for item in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
         cond, _, action = item.partition(":")
         knob, _, value = cond.partition("=")
@@ -66,9 +67,30 @@ class _Bench:
         except Exception as e:  # noqa: BLE001 - any compile failure fails this trial only
             return {"status": "compile_error", "reason": f"{type(e).__name__}: {e}"}
         compile_s = time.perf_counter() - t0
+        if fault == "wrong_result":
+            kern = _WrongFastKernel(kern)
         return measure_kernel(kern, self.qt, self.x, self.y, self.bound, sched, threads=sched.threads or len(self.cpus),
                               cpus=self.cpus, timing=dict(timing, cache=self.cache), copies=self.copies,
                               compile_s=compile_s)
+
+
+class _WrongFastKernel:
+    """An injected fault: the fastest possible kernel (its timed call does nothing) whose output is
+    wrong (every result doubled). The accuracy gate must fail it before it is ever timed."""
+
+    def __init__(self, kern):
+        self.kern, self.schedule = kern, kern.schedule
+
+    def pack(self, qw):
+        return self.kern.pack(qw)
+
+    def __call__(self, x, packed, out, threads):
+        self.kern(x, packed, out=out, threads=threads)
+        out *= 2.0
+        return out
+
+    def plan(self, packed, M):
+        return lambda x, y, threads: None
 
 
 def _serve(conn, problem: dict):

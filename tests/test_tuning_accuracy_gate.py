@@ -1,0 +1,29 @@
+"""The tuner's accuracy gate: a candidate that computes wrong results fails its trial as inaccurate,
+however fast it would time, and is never chosen or written to the tuning db."""
+import optuna
+
+from lutc.tuning.db import TuningDB, db_file
+from lutc.tuning.device import host_device_id
+from lutc.tuning.search import open_storage, study_name, tune_problem
+from lutc.tuning.space import Problem
+
+P = Problem(bits=2, group_size=128, M=1, N=64, K=256)
+FAST = dict(repeats=3, retries=0, final_rounds=1, finalists_k=2, cache="hot", timeout=120)
+
+
+def test_a_fast_wrong_candidate_is_never_chosen(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUTC_TUNING_DB", str(tmp_path / "none"))
+    monkeypatch.setenv("LUTC_TUNE_FAULTS", "bn=64:wrong_result")
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    study = optuna.create_study(study_name=study_name(P, "g", "hot"), storage=open_storage(url))
+    base = {"g": 4, "lut_dtype": "int8", "unroll": 4, "mb": 1, "interleave": "chunk", "threads": 1}
+    for bn in (64, 32, 16):
+        study.enqueue_trial(dict(base, bn=bn))
+    r = tune_problem(P, storage=url, trials=3, seed=0, prefix="g", db_path=tmp_path, **FAST)
+    trials = optuna.load_study(study_name=study.study_name, storage=open_storage(url)).get_trials(deepcopy=False)
+    by = {t.params["bn"]: t for t in trials[:3]}
+    assert by[64].state.name == "FAIL" and by[64].user_attrs["status"] == "inaccurate", by[64].user_attrs
+    assert by[32].state.name == "COMPLETE" and by[16].state.name == "COMPLETE"
+    assert r.best is not None and r.best.bn != 64
+    e = TuningDB.load(db_file(tmp_path, host_device_id())).get("lut_gemm", 2, 128, 1, 64, 256)
+    assert e is not None and e["schedule"]["bn"] != 64 and e["err_ratio"] <= 1
