@@ -122,3 +122,38 @@ def test_key_covers_the_compiler_source(monkeypatch):
     before = cache_key(scale_kernel, sig, {"S": 2.0}, 1, host)
     monkeypatch.setattr(J, "compiler_hash", lambda: "another compiler")
     assert cache_key(scale_kernel, sig, {"S": 2.0}, 1, host) != before
+
+
+_EDITABLE = r"""
+import numpy as np, lutc, lutc.language as tl
+FACTOR = {factor}
+
+@lutc.jit
+def helper(v):
+    return v + {bias}
+
+@lutc.jit
+def k(a, out):
+    offs = tl.arange(0, 4)
+    tl.store(out + offs, helper(tl.load(a + offs) * FACTOR) * {scale})
+
+a = np.arange(4, dtype=np.float32); out = np.zeros(4, np.float32)
+k[(1,)](a, out)
+print(out.tolist())
+"""
+
+
+def test_edited_source_callee_or_constant_recompiles_in_a_fresh_process(tmp_path):
+    """The disk cache key covers the kernel's source, its callees' sources and the globals they read."""
+    env = {**os.environ, "LUTC_CACHE_DIR": str(tmp_path / "cache")}
+    script = tmp_path / "edited.py"
+
+    def run(**v):
+        script.write_text(_EDITABLE.format(**{**dict(factor="2.0", bias="0.0", scale="1.0"), **v}))
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+        return out.stdout.strip(), len(list((tmp_path / "cache" / "kernels").rglob("*.o")))
+    assert run() == ("[0.0, 2.0, 4.0, 6.0]", 1)
+    assert run() == ("[0.0, 2.0, 4.0, 6.0]", 1)                 # a hit: nothing new compiled
+    assert run(scale="3.0") == ("[0.0, 6.0, 12.0, 18.0]", 2)     # the kernel's own source
+    assert run(bias="1.0") == ("[1.0, 3.0, 5.0, 7.0]", 3)        # a callee's source
+    assert run(factor="4.0") == ("[0.0, 4.0, 8.0, 12.0]", 4)     # a global constant it reads

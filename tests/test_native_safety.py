@@ -175,3 +175,22 @@ def test_rows_beyond_32_bit_offsets_are_correct():
         assert np.abs(y[r] - ref).max() < 0.05 * np.abs(ref).max()
     with pytest.raises(lutc.LaunchError, match="32-bit offsets"):
         k.prepare(k.pack(qw), M)
+
+
+def test_pack_cache_key_covers_the_packing_code(tmp_path, monkeypatch):
+    import shutil
+    import lutc as lutc_pkg
+    src = __import__("pathlib").Path(lutc_pkg.__file__).parent
+    fake = tmp_path / "lutc"
+    (fake / "kernels").mkdir(parents=True)
+    for name in ("packing.py", "spec.py"):
+        shutil.copy(src / "kernels" / name, fake / "kernels" / name)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "manifest.json").write_text("{}")
+    monkeypatch.setattr(packcache.lutc, "__file__", str(fake / "__init__.py"))
+    before = packcache.cache_path(ckpt)
+    assert packcache.cache_path(ckpt) == before
+    with open(fake / "kernels" / "packing.py", "a") as f:
+        f.write("\n# a change to the packed layout code\n")
+    assert packcache.cache_path(ckpt) != before
