@@ -82,7 +82,7 @@ def _problems(args):
 
 
 def cmd_tune(args) -> int:
-    from .db import TuningDBError, db_file
+    from .db import TuningDBError, db_file, valid_device_id
     from .lookup import default_db_path
     from .report import ms, results_table, save_plots
     from .search import open_storage, progress_bar, tune_problem
@@ -107,6 +107,11 @@ def cmd_tune(args) -> int:
     if measure is None:
         return 2
     fp = measure["device"]
+    try:
+        valid_device_id(fp.get("id") if isinstance(fp, dict) else None, "the runner's device fingerprint")
+    except TuningDBError as e:
+        print(f"lutc tune: {e}", file=sys.stderr)
+        return 2
     print(f"lutc tune: device {fp['id']} ({fp.get('cpu_model') or fp['cpu']}, {fp['isa']}); {len(problems)} "
           f"problems, {args.trials} trials each; db {db_file(db_path, fp['id']) if db_path else '(none)'}",
           file=sys.stderr)
@@ -236,7 +241,12 @@ def cmd_db_show(args) -> int:
     from .report import entries_table
     device = args.device or host_device_id()
     shown = 0
-    for path in _show_paths(args, device):
+    try:
+        paths = _show_paths(args, device)
+    except TuningDBError as e:
+        print(f"lutc db show: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
         if not path.exists():
             continue
         try:
@@ -283,16 +293,18 @@ def cmd_db_verify(args) -> int:
 
 
 def cmd_db_merge(args) -> int:
-    from .db import TuningDB, TuningDBError
+    from .db import TuningDB, TuningDBError, file_lock
+    out = Path(args.output)
     try:
-        dbs = [TuningDB.load(p) for p in args.inputs]
-        out = Path(args.output)
-        if out.exists():
-            TuningDB.load(out)  # refuse to replace a file we cannot read: it may be someone's data
-        merged = dbs[0]
-        for db in dbs[1:]:
-            merged = merged.merge(db)
-        merged.save(out)
+        # under the output's lock, as `lutc tune` writing the same file holds it: no lost update
+        with file_lock(out):
+            dbs = [TuningDB.load(p) for p in args.inputs]
+            if out.exists():
+                TuningDB.load(out)  # refuse to replace a file we cannot read: it may be someone's data
+            merged = dbs[0]
+            for db in dbs[1:]:
+                merged = merged.merge(db)
+            merged.save(out)
     except (TuningDBError, OSError) as e:
         print(f"lutc db merge: {e}", file=sys.stderr)
         return 1
