@@ -19,6 +19,14 @@ def register(sub):
     r.add_argument("--token-file", help="file holding the shared token (both ends)")
     r.add_argument("--max-message-mb", type=float, default=256, help="largest message accepted (default 256 MiB)")
     r.add_argument("--idle-timeout", type=float, default=600, help="close a silent session after S seconds")
+    r.add_argument("--handshake-timeout", type=float, default=10, help="seconds a new connection has to authenticate "
+                   "(default 10)")
+    r.add_argument("--request-timeout", type=float, default=300, help="seconds one request may take; the session "
+                   "is then ended (default 300)")
+    r.add_argument("--max-sessions", type=int, default=4, help="authenticated sessions at once; measurements still "
+                   "run one at a time (default 4)")
+    r.add_argument("--max-problem-mb", type=float, default=2048, help="memory one problem may need on the runner "
+                   "(default 2048 MiB)")
     r.add_argument("--once", action="store_true", help="serve one session, then exit")
     r.add_argument("--target", default=None, help="with --connect: compile for this target (default: the runner's CPU)")
     r.add_argument("--bits", type=int, default=2)
@@ -77,9 +85,18 @@ def cmd_runner(args) -> int:
         host, port = parse_address(args.listen)
     except (OSError, ValueError) as e:
         return _fail(str(e))
-    from .runner import Runner
-    with Runner(token, host, port, max_payload=int(args.max_message_mb * (1 << 20)),
-                idle_timeout=args.idle_timeout) as runner:
+    from .runner import Limits, Runner
+    try:
+        limits = Limits(max_payload=int(args.max_message_mb * (1 << 20)), idle_timeout=args.idle_timeout,
+                        handshake_timeout=args.handshake_timeout, request_timeout=args.request_timeout,
+                        max_sessions=args.max_sessions, max_problem_bytes=int(args.max_problem_mb * (1 << 20)))
+    except ValueError as e:
+        return _fail(str(e))
+    try:
+        runner = Runner(token, host, port, limits=limits)
+    except OSError as e:
+        return _fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    with runner:
         h, p = runner.address
         if h not in _LOOPBACK:
             print(f"lutc runner: warning: listening on {h}, not loopback: anyone who can reach this port and holds "
