@@ -5,6 +5,8 @@ import argparse
 import sys
 import time
 
+from lutc.errors import UsageError
+
 
 def register(subparsers):
     p = subparsers.add_parser("generate", help="generate text from a quantized model with lutc kernels")
@@ -37,27 +39,37 @@ def _threads_arg(v: str):
         raise argparse.ArgumentTypeError(f"expected an int or 'auto', got {v!r}") from None
 
 
-def _fail(msg) -> int:
-    print(f"lutc generate: error: {msg}", file=sys.stderr)
-    return 2
+def _utf8(text: str, what: str) -> str:
+    """argv text that decoded as UTF-8 (Python maps invalid bytes to lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{what} is not valid UTF-8 (byte {e.object[e.start].encode('utf-8', 'surrogateescape')!r} "
+                         f"at position {e.start})") from None
+    return text
 
 
 def cmd_generate(args) -> int:
     from .config import UnsupportedModelError
     from .sampling import SamplingParams
     if args.threads != "auto" and args.threads < 1:
-        return _fail(f"--threads must be >= 1, got {args.threads}")
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.ctx is not None and args.ctx < 1:
+        raise UsageError(f"--ctx must be >= 1 (the context length in tokens), got {args.ctx}")
+    _utf8(args.prompt, "--prompt")
+    for s in args.stop:
+        _utf8(s, "--stop")
     if not args.prompt.strip():
-        return _fail("empty prompt: give some text with --prompt")
+        raise UsageError("empty prompt: give some text with --prompt")
     try:
         params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
     except ValueError as e:
-        return _fail(e)
+        raise UsageError(str(e)) from None
     try:
         return _run(args, params)
     except (ValueError, FileNotFoundError, UnsupportedModelError) as e:   # incl. quant.CheckpointError
-        return _fail(e)
+        raise UsageError(str(e)) from None
 
 
 def _run(args, params) -> int:

@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+from ..errors import UsageError
+
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -46,11 +48,6 @@ def register(sub):
     e.set_defaults(fn=cmd_estimate)
 
 
-def _fail(msg: str) -> int:
-    print(f"lutc runner: {msg}", file=sys.stderr)
-    return 2
-
-
 def _shape(text: str):
     try:
         m, n, k = (int(v) for v in text.lower().split("x"))
@@ -84,18 +81,18 @@ def cmd_runner(args) -> int:
             return _connect(args, token)
         host, port = parse_address(args.listen)
     except (OSError, ValueError) as e:
-        return _fail(str(e))
+        raise UsageError(str(e)) from None
     from .runner import Limits, Runner
     try:
         limits = Limits(max_payload=int(args.max_message_mb * (1 << 20)), idle_timeout=args.idle_timeout,
                         handshake_timeout=args.handshake_timeout, request_timeout=args.request_timeout,
                         max_sessions=args.max_sessions, max_problem_bytes=int(args.max_problem_mb * (1 << 20)))
     except ValueError as e:
-        return _fail(str(e))
+        raise UsageError(str(e)) from None
     try:
         runner = Runner(token, host, port, limits=limits)
     except OSError as e:
-        return _fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     with runner:
         h, p = runner.address
         if h not in _LOOPBACK:
@@ -124,7 +121,7 @@ def _connect(args, token) -> int:
             res = {"runner": f"{host}:{port}", "device": runner.device["id"], "schedule": sched.to_dict(),
                    "shape": list(shape), **res}
     except RunnerError as e:
-        return _fail(str(e))
+        raise UsageError(str(e)) from None
     print(json.dumps(res, indent=1, sort_keys=True))
     return 0 if res["status"] == "ok" else 1
 
@@ -139,8 +136,7 @@ def cmd_estimate(args) -> int:
         problem = Problem(args.bits, args.group_size, M, N, K)
         ranked = rank(problem, target)
     except ValueError as e:
-        print(f"lutc estimate: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     print(f"# {problem.label} on {target.name}: static estimates ({MODEL}), not measurements")
     for t, s in ranked[:max(1, args.top)]:
         print(f"{t * 1e3:10.4f} ms (estimated)  {describe(s)}")
