@@ -295,3 +295,30 @@ def test_fuzz_timing_options(t):
         timing_options(t)
     except ProtocolError:
         pass
+
+
+def test_a_session_ended_by_its_time_limit_frees_the_measurement_lock():
+    """The request clock of an isolated session exits its process; it must not leave the lock that
+    serializes all sessions' measurements held (nor may a crashed session process)."""
+    from lutc.remote.runner import DeviceLock, _RequestClock
+    lock = DeviceLock()
+    a, b = socket.socketpair()
+    try:
+        ch = Channel(a, True)
+        exits = []
+        clock = _RequestClock(ch, 0.2, True, "test", lock, exit=exits.append)
+        assert lock.acquire(timeout=1)
+        clock.start("measure")
+        time.sleep(0.6)
+        assert exits == [3]
+        assert lock.acquire(timeout=1), "the lock stayed held after the session's process exited"
+        lock.release()
+        # a session process that died holding it: the runner frees it by pid
+        assert lock.acquire(timeout=1)
+        import os
+        assert lock.release_if_held_by(os.getpid()) and lock.acquire(timeout=1)
+        lock.release()
+        assert not lock.release_if_held_by(12345)
+    finally:
+        a.close()
+        b.close()

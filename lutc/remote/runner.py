@@ -245,12 +245,44 @@ def handshake(conn: socket.socket, token: bytes, limits: Limits, peer: str = "?"
     return ch
 
 
+class DeviceLock:
+    """The lock all sessions' measurements take, shared with the session processes. It records
+    the pid holding it, so the runner can free it when a session process dies holding it (a
+    crashing kernel, or the request time limit ending the process)."""
+
+    def __init__(self, ctx=None):
+        ctx = ctx or mp.get_context("spawn")
+        self._lock = ctx.Lock()
+        self._holder = ctx.Value("q", 0, lock=False)
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._holder.value = os.getpid()
+        return True
+
+    def release(self):
+        self._holder.value = 0
+        self._lock.release()
+
+    def held_here(self) -> bool:
+        return self._holder.value == os.getpid()
+
+    def release_if_held_by(self, pid: int) -> bool:
+        """Free the lock if the (dead) process `pid` held it; True if it did."""
+        if pid and self._holder.value == pid:
+            self.release()
+            return True
+        return False
+
+
 class _RequestClock:
     """limits.request_timeout for one request: when it passes, the session answers with an error
     and ends (the process exits when sessions are isolated: native code cannot be interrupted)."""
 
-    def __init__(self, ch: Channel, limit: float, hard_exit: bool, peer: str):
+    def __init__(self, ch: Channel, limit: float, hard_exit: bool, peer: str, measure_lock=None, exit=os._exit):
         self.ch, self.limit, self.hard_exit, self.peer = ch, limit, hard_exit, peer
+        self.measure_lock, self._exit = measure_lock, exit
         self.lock = threading.Lock()
         self.expired = False
         self._timer = None
@@ -273,7 +305,9 @@ class _RequestClock:
             except OSError:
                 pass
             if self.hard_exit:
-                os._exit(3)
+                if isinstance(self.measure_lock, DeviceLock) and self.measure_lock.held_here():
+                    self.measure_lock.release()   # other sessions may measure again
+                self._exit(3)
 
     def reply(self, reply: dict) -> bool:
         """Send the request's reply unless the clock already ended the session; False then."""
@@ -318,7 +352,7 @@ def _session(ch, conn, limits, measure_lock, hard_exit, peer):
             h, payload = ch.recv()
             if h.get("op") == "bye":
                 return
-            clock = _RequestClock(ch, limits.request_timeout, hard_exit, peer)
+            clock = _RequestClock(ch, limits.request_timeout, hard_exit, peer, measure_lock)
             clock.start(h.get("op"))
             t0 = time.monotonic()
             try:
@@ -354,6 +388,19 @@ def _session(ch, conn, limits, measure_lock, hard_exit, peer):
         _log(f"{peer}: closing: {type(e).__name__}: {e}")
 
 
+class _ThreadLock:
+    """DeviceLock's interface for sessions served in this process (isolate=False)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def acquire(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+    def release(self):
+        self._lock.release()
+
+
 def _child(conn, token, limits, peer, measure_lock, state):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     serve_connection(conn, token, peer=peer, limits=limits, measure_lock=measure_lock, state=state,
@@ -383,7 +430,7 @@ class Runner:
         self._closed = False
         self._handshakes = threading.BoundedSemaphore(limits.max_handshakes)
         self._sessions = threading.BoundedSemaphore(limits.max_sessions)
-        self._measure_lock = mp.get_context("spawn").Lock() if isolate else threading.Lock()
+        self._measure_lock = DeviceLock() if isolate else _ThreadLock()
         self._threads = set()
         self._served = 0
         self._done = threading.Condition()
@@ -443,6 +490,8 @@ class Runner:
                 p.join()
                 if p.exitcode:
                     _log(f"{peer}: session process ended with code {p.exitcode}")
+                if self._measure_lock.release_if_held_by(p.pid):
+                    _log(f"{peer}: the session process died measuring; freed the measurement lock")
             else:
                 serve_connection(conn, self.token, peer=peer, limits=self.limits, measure_lock=self._measure_lock,
                                  state=ch.state())
