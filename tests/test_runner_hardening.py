@@ -223,7 +223,8 @@ def test_a_request_over_the_time_limit_gets_an_error_and_ends_the_session(quick,
 
 # ----- fuzz: frames, headers, problems, timing options ---------------------------------------
 def _json_values():
-    return st.recursive(st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats() | st.text(max_size=8),
+    leaves = st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats() | st.text(max_size=8)
+    return st.recursive(leaves,
                         lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
                         max_leaves=10)
 
