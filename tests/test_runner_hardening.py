@@ -323,3 +323,18 @@ def test_a_session_ended_by_its_time_limit_frees_the_measurement_lock():
     finally:
         a.close()
         b.close()
+
+
+def test_sessions_beyond_the_limit_wait_then_get_a_clean_refusal():
+    r = _start(handshake_timeout=1.0, max_sessions=1, queue_timeout=1.0)
+    try:
+        with _client(r) as first:
+            assert first.info
+            t0 = time.monotonic()
+            with pytest.raises(RunnerError):
+                _client(r).connect()
+            assert time.monotonic() - t0 < 5
+        with _client(r) as again:        # the slot is free again
+            assert again.info
+    finally:
+        r.close()

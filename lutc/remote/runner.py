@@ -473,12 +473,9 @@ class Runner:
                 return
             session_slot = self._sessions.acquire(timeout=self.limits.queue_timeout)
             if not session_slot:
+                # closed without a reply: this lutc's client reads any reply to its hello as the
+                # runner's info, so it reports a closed connection more clearly than an error frame
                 _log(f"{peer}: {self.limits.max_sessions} sessions busy for {self.limits.queue_timeout:g} s; closing")
-                try:
-                    ch.send({"ok": False, "error": f"runner busy: {self.limits.max_sessions} sessions already "
-                             f"running for {self.limits.queue_timeout:g} s; try again later"})
-                except OSError:
-                    pass
                 conn.close()
                 return
             if self.isolate:
