@@ -2,6 +2,7 @@
 passes), LLVM, object emission, and the memory and disk caches of compiled objects."""
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import pathlib
@@ -24,7 +25,8 @@ _DTYPE_ALIASES = {"fp16": T.float16, "fp32": T.float32, "fp64": T.float64, "floa
                   "float32": T.float32, "float64": T.float64, "int8": T.int8, "uint8": T.uint8,
                   "int16": T.int16, "uint16": T.uint16, "int32": T.int32, "uint32": T.uint32,
                   "int64": T.int64, "uint64": T.uint64, "bool": T.int1}
-_MEMORY_CACHE: dict = {}
+_MEMORY_CACHE: "collections.OrderedDict" = collections.OrderedDict()   # least recently used first
+MEMORY_CACHE_SIZE = 256      # compiled functions kept in memory (each owns an MCJIT engine)
 _DISK_CACHE = DiskCache()
 _LOCK = threading.RLock()
 EMIT_KINDS = ("ir", "llvm", "asm", "obj")
@@ -104,6 +106,7 @@ def compile_function(jitfn, signature, constexprs, grid_rank, target) -> Compile
     with _LOCK:
         hit = _MEMORY_CACHE.get(key)
         if hit is not None:
+            _MEMORY_CACHE.move_to_end(key)
             return hit
         params = _params_from_signature(jitfn, signature)
         obj = _DISK_CACHE.get(key) if params is not None else None
@@ -118,4 +121,6 @@ def compile_function(jitfn, signature, constexprs, grid_rank, target) -> Compile
             ir_text = lambda: str(lower(jitfn, signature, constexprs, grid_rank, target))  # noqa: E731
         compiled = CompiledFunction(jitfn.name, params, obj, target, ir_text)
         _MEMORY_CACHE[key] = compiled
+        while len(_MEMORY_CACHE) > MEMORY_CACHE_SIZE:   # callers holding a function keep it alive
+            _MEMORY_CACHE.popitem(last=False)
         return compiled

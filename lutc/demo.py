@@ -1,6 +1,7 @@
 """`lutc demo`: quantize a random matrix, run the LUT-GEMM kernel, check and time it."""
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -21,7 +22,11 @@ def _median_ms(fn, reps=30):
 
 
 def run_demo(bits=2, n=4096, k=4096, threads=None) -> int:
+    """Returns 0, or 1 when the kernel's output is outside the error bound of its tables."""
+    from .tuning.accuracy import ErrorBound      # the tuner is an optional part of lutc
     threads = resolve_threads(threads)
+    if n < 1 or k < 1:
+        raise ValueError(f"run_demo: n and k must be >= 1, got {n}, {k}")
     rng = np.random.default_rng(0)
     w = rng.standard_normal((n, k)).astype(np.float32)
     t0 = time.perf_counter()
@@ -34,12 +39,18 @@ def run_demo(bits=2, n=4096, k=4096, threads=None) -> int:
     tc = time.perf_counter() - t0
     y = kern(x, qw, threads=threads)
     ref = x @ qw.dequantize().T
-    rel = float(np.abs(y - ref).max() / np.abs(ref).max())
+    rel = float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
+    acc = ErrorBound(qw, x).check(y, sched)
+    if not acc["ok"]:
+        print(f"lutc demo: error: the kernel's output is wrong: {acc['reason'] or 'outside the error bound'}",
+              file=sys.stderr)
+        return 1
     t_lut = _median_ms(lambda: kern(x, qw, threads=threads))
     t_np = _median_ms(lambda: x @ w.T, reps=10)
     print(f"W{bits} g128 HLQ, {n}x{k}, threads={threads}")
     print(f"  quantize (hlq): {tq:.2f} s   compile: {tc:.2f} s   schedule: {sched.to_json()}")
-    print(f"  max |lut - numpy(dequantized)| / max|y| = {rel:.2e}  (int8 tables)")
+    print(f"  max |lut - numpy(dequantized)| / max|y| = {rel:.2e}  ({sched.lut_dtype} tables, within the "
+          f"error bound: {acc['ratio']:.2f} of it)")
     print(f"  lutc {t_lut:.3f} ms   numpy f32 {t_np:.3f} ms   speedup x{t_np / t_lut:.1f}")
     try:
         import torch

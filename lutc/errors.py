@@ -26,3 +26,10 @@ class CompilationError(Exception):
 
 class LaunchError(ValueError):
     """Bad arguments passed to a compiled kernel (wrong dtype, shape, contiguity...)."""
+
+
+class UsageError(Exception):
+    """A command-line problem the user can fix (bad option, unwritable path, port in use...).
+
+    Raised by any `lutc` subcommand (lutc.cli, lutc.tuning.cli, lutc.remote.cli, runtime.cli);
+    lutc.cli.main prints it as one line, `lutc <command>: error: <message>`, and exits 2."""

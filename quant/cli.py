@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import sys
 
-__all__ = ["register"]
+__all__ = ["register", "USER_ERRORS"]
 
-
-def _fail(e: Exception) -> int:
-    print(f"lutc: error: {e}", file=sys.stderr)
-    return 2
+# What these subcommands raise for a problem the user can fix (a missing model, a bad checkpoint,
+# an unwritable --out...): lutc.cli.main, which dispatches them, reports those as one line and
+# exit code 2. (quant does not import lutc, so it cannot raise lutc's UsageError.)
+USER_ERRORS = (ValueError, OSError)
 
 
 def cmd_quantize(args) -> int:
     from .checkpoint import save_checkpoint
     from .model_quant import quantize_model
-    try:
-        qm = quantize_model(args.model, args.bits, args.group_size, args.method, calib=args.calib,
-                            lm_head_bits=args.lm_head_bits, lm_head_group_size=args.lm_head_group_size,
-                            nsamples=args.nsamples, seqlen=args.seqlen, progress=not args.quiet,
-                            act_order=args.act_order, damp=args.damp)
-        out = save_checkpoint(qm, args.out)
-    except (ValueError, OSError) as e:
-        return _fail(e)
+    qm = quantize_model(args.model, args.bits, args.group_size, args.method, calib=args.calib,
+                        lm_head_bits=args.lm_head_bits, lm_head_group_size=args.lm_head_group_size,
+                        nsamples=args.nsamples, seqlen=args.seqlen, progress=not args.quiet,
+                        act_order=args.act_order, damp=args.damp)
+    out = save_checkpoint(qm, args.out)
     print(f"wrote {out}: {qm.meta['method']} W{qm.meta['bits']} g{qm.meta['group_size']} "
           f"(lm_head W{qm.meta['lm_head_bits']} g{qm.meta['lm_head_group_size']}), "
           f"{len(qm.linears)} quantized linears, {qm.meta['seconds']:.1f}s")

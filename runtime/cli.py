@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from lutc.errors import UsageError
+
 
 def register(subparsers):
     p = subparsers.add_parser("generate", help="generate text from a quantized model with lutc kernels")
@@ -52,27 +54,37 @@ def _threads_arg(v: str):
         raise argparse.ArgumentTypeError(f"expected an int or 'auto', got {v!r}") from None
 
 
-def _fail(msg) -> int:
-    print(f"lutc generate: error: {msg}", file=sys.stderr)
-    return 2
+def _utf8(text: str, what: str) -> str:
+    """argv text that decoded as UTF-8 (Python maps invalid bytes to lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{what} is not valid UTF-8 (byte {e.object[e.start].encode('utf-8', 'surrogateescape')!r} "
+                         f"at position {e.start})") from None
+    return text
 
 
 def cmd_generate(args) -> int:
     from .config import UnsupportedModelError
     from .sampling import SamplingParams
     if args.threads != "auto" and args.threads < 1:
-        return _fail(f"--threads must be >= 1, got {args.threads}")
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.ctx is not None and args.ctx < 1:
+        raise UsageError(f"--ctx must be >= 1 (the context length in tokens), got {args.ctx}")
+    _utf8(args.prompt, "--prompt")
+    for s in args.stop:
+        _utf8(s, "--stop")
     if not args.prompt.strip():
-        return _fail("empty prompt: give some text with --prompt")
+        raise UsageError("empty prompt: give some text with --prompt")
     try:
         params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop))
     except ValueError as e:
-        return _fail(e)
+        raise UsageError(str(e)) from None
     try:
         return _run(args, params)
     except (ValueError, FileNotFoundError, UnsupportedModelError) as e:   # incl. quant.CheckpointError
-        return _fail(e)
+        raise UsageError(str(e)) from None
 
 
 def _run(args, params) -> int:
@@ -108,15 +120,15 @@ def cmd_eval(args) -> int:
         runs = [(args.mode, args.lut_dtype)]
     if args.threads is not None:
         if args.threads < 1:
-            return _fail(f"--threads must be >= 1, got {args.threads}")
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)
     model = args.model
     if is_ckpt and (len(runs) > 1 or runs[0][0] == "lut"):
         try:
             model = load_checkpoint(args.model)
-        except ValueError as e:
-            return _fail(e)
+        except (ValueError, OSError) as e:
+            raise UsageError(str(e)) from None
     results = []
     for mode, dt in runs:
         opts = {}
@@ -127,7 +139,7 @@ def cmd_eval(args) -> int:
             r = evaluate(model, args.text, window=args.window, stride=args.stride,
                          max_tokens=args.max_tokens or None, progress=not args.quiet, **opts)
         except (ValueError, OSError) as e:
-            return _fail(e)
+            raise UsageError(str(e)) from None
         results.append(r)
         if not args.json:
             print(f"{args.model}: {r['kind']}: perplexity {r['ppl']:.4f} over {r['tokens']} tokens of "

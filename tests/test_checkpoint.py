@@ -169,7 +169,7 @@ def test_non_finite_scales_are_rejected(ckpt):
     (lambda m: m["linears"].pop("model.layers.1.self_attn.k_proj"), r"missing quantized linear 'model\.layers\.1\.self_attn\.k_proj'"),
     (lambda m: m["tensors"].pop("model.layers.0.input_layernorm.weight"), r"missing tensor 'model\.layers\.0\.input_layernorm\.weight'"),
     (lambda m: m["linears"]["lm_head"].update(bits=2), r"model\.safetensors: tensor 'lm_head\.qweight': expected uint8"),
-    (lambda m: m["files"].update({"extra.bin": {"bytes": 1, "sha256": "0"}}), r"extra\.bin: missing"),
+    (lambda m: m["files"].update({"extra.bin": {"bytes": 1, "sha256": "0" * 64}}), r"extra\.bin: missing"),
 ])
 def test_bad_manifest(ckpt, edit, match):
     man = _manifest(ckpt)

@@ -126,7 +126,7 @@ def test_cli_errors_are_clean(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "bad")]) == 2
     assert "not a lutc quantized checkpoint" in capsys.readouterr().err
     assert main(["quantize", str(tmp_path / "none"), "--bits", "2", "--out", str(tmp_path / "o")]) == 2
-    assert "lutc: error:" in capsys.readouterr().err
+    assert "lutc quantize: error:" in capsys.readouterr().err
 
 
 @pytest.mark.real_model

@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+from ..errors import UsageError
+
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -19,6 +21,14 @@ def register(sub):
     r.add_argument("--token-file", help="file holding the shared token (both ends)")
     r.add_argument("--max-message-mb", type=float, default=256, help="largest message accepted (default 256 MiB)")
     r.add_argument("--idle-timeout", type=float, default=600, help="close a silent session after S seconds")
+    r.add_argument("--handshake-timeout", type=float, default=10, help="seconds a new connection has to authenticate "
+                   "(default 10)")
+    r.add_argument("--request-timeout", type=float, default=300, help="seconds one request may take; the session "
+                   "is then ended (default 300)")
+    r.add_argument("--max-sessions", type=int, default=4, help="authenticated sessions at once; measurements still "
+                   "run one at a time (default 4)")
+    r.add_argument("--max-problem-mb", type=float, default=2048, help="memory one problem may need on the runner "
+                   "(default 2048 MiB)")
     r.add_argument("--once", action="store_true", help="serve one session, then exit")
     r.add_argument("--target", default=None, help="with --connect: compile for this target (default: the runner's CPU)")
     r.add_argument("--bits", type=int, default=2)
@@ -36,11 +46,6 @@ def register(sub):
     e.add_argument("--top", type=int, default=5)
     e.add_argument("--db", help="also record the best as a source='estimated' entry in this db dir or .json file")
     e.set_defaults(fn=cmd_estimate)
-
-
-def _fail(msg: str) -> int:
-    print(f"lutc runner: {msg}", file=sys.stderr)
-    return 2
 
 
 def _shape(text: str):
@@ -76,10 +81,19 @@ def cmd_runner(args) -> int:
             return _connect(args, token)
         host, port = parse_address(args.listen)
     except (OSError, ValueError) as e:
-        return _fail(str(e))
-    from .runner import Runner
-    with Runner(token, host, port, max_payload=int(args.max_message_mb * (1 << 20)),
-                idle_timeout=args.idle_timeout) as runner:
+        raise UsageError(str(e)) from None
+    from .runner import Limits, Runner
+    try:
+        limits = Limits(max_payload=int(args.max_message_mb * (1 << 20)), idle_timeout=args.idle_timeout,
+                        handshake_timeout=args.handshake_timeout, request_timeout=args.request_timeout,
+                        max_sessions=args.max_sessions, max_problem_bytes=int(args.max_problem_mb * (1 << 20)))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        runner = Runner(token, host, port, limits=limits)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    with runner:
         h, p = runner.address
         if h not in _LOOPBACK:
             print(f"lutc runner: warning: listening on {h}, not loopback: anyone who can reach this port and holds "
@@ -107,7 +121,7 @@ def _connect(args, token) -> int:
             res = {"runner": f"{host}:{port}", "device": runner.device["id"], "schedule": sched.to_dict(),
                    "shape": list(shape), **res}
     except RunnerError as e:
-        return _fail(str(e))
+        raise UsageError(str(e)) from None
     print(json.dumps(res, indent=1, sort_keys=True))
     return 0 if res["status"] == "ok" else 1
 
@@ -122,8 +136,7 @@ def cmd_estimate(args) -> int:
         problem = Problem(args.bits, args.group_size, M, N, K)
         ranked = rank(problem, target)
     except ValueError as e:
-        print(f"lutc estimate: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     print(f"# {problem.label} on {target.name}: static estimates ({MODEL}), not measurements")
     for t, s in ranked[:max(1, args.top)]:
         print(f"{t * 1e3:10.4f} ms (estimated)  {describe(s)}")

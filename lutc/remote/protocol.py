@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import struct
+import time
 
 # Frame:  prefix  = "LUTC" | version u8 | 0 u8 | 0 u16 | header_len u32 | payload_len u64   (20 bytes)
 #         mac     = HMAC-SHA256(session_key, prefix | direction | seq u64 | header | payload)   (32 bytes)
@@ -24,7 +25,10 @@ MAGIC = b"LUTC"
 _PREFIX = struct.Struct("!4sBBHIQ")
 MAC_LEN = 32
 MAX_HEADER = 64 << 10                # bytes of JSON header
+MAX_HEADER_DEPTH = 32                # nesting levels of a JSON header
 DEFAULT_MAX_PAYLOAD = 256 << 20      # bytes of binary payload per message
+PREAUTH_MAX_HEADER = 4 << 10         # the client hello (before its MAC is checked): header bytes...
+PREAUTH_MAX_PAYLOAD = 0              # ...and payload bytes
 MIN_TOKEN_LEN = 16
 
 
@@ -59,15 +63,55 @@ def session_key(token: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes
     return hmac.new(token, b"lutc-session" + server_nonce + client_nonce, hashlib.sha256).digest()
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """n bytes from sock; with `deadline` (time.monotonic()), socket.timeout once it passes, however
+    the peer paces its bytes (the socket's own timeout still bounds each wait)."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise ConnectionError("connection closed by peer")
-        got += k
+    base = sock.gettimeout() if deadline is not None else None
+    try:
+        while got < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout("deadline passed before the message was complete")
+                sock.settimeout(left if base is None else min(left, base))
+            k = sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise ProtocolError("connection closed by peer" + (f" after {got} of {n} bytes" if got else ""))
+            got += k
+    finally:
+        if deadline is not None:
+            sock.settimeout(base)
     return bytes(buf)
+
+
+def _depth(obj) -> int:
+    """Nesting depth of a parsed JSON value (iterative: never recurses)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_HEADER_DEPTH:
+                stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
+def parse_header(raw: bytes) -> dict:
+    """A frame's JSON header -> dict; ProtocolError for anything else (bad UTF-8 or JSON, not an
+    object, nested deeper than MAX_HEADER_DEPTH)."""
+    try:
+        header = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProtocolError("header is not UTF-8 JSON") from None
+    except RecursionError:
+        raise ProtocolError(f"header nested deeper than {MAX_HEADER_DEPTH} levels") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    if _depth(header) > MAX_HEADER_DEPTH:
+        raise ProtocolError(f"header nested deeper than {MAX_HEADER_DEPTH} levels")
+    return header
 
 
 class Channel:
@@ -82,6 +126,13 @@ class Channel:
 
     def set_key(self, key: bytes):
         self._key = key
+
+    def state(self) -> tuple:
+        """(key, send seq, recv seq): what another process needs to continue this session."""
+        return self._key, self._send_seq, self._recv_seq
+
+    def restore(self, state: tuple):
+        self._key, self._send_seq, self._recv_seq = state
 
     def _mac(self, direction, seq, prefix, header, payload):
         if self._key is None:
@@ -104,28 +155,28 @@ class Channel:
         if payload:
             self.sock.sendall(payload)
 
-    def recv(self, authenticated: bool = True, key_from_header=None):
-        """The next (header, payload). Sizes are checked before anything is allocated; with
-        `authenticated`, the MAC must verify (key_from_header(header) may derive the key first)."""
-        prefix = _recv_exact(self.sock, _PREFIX.size)
+    def recv(self, authenticated: bool = True, key_from_header=None, max_header: int | None = None,
+             max_payload: int | None = None, deadline: float | None = None):
+        """The next (header, payload). Sizes are checked before anything is allocated (against
+        max_header/max_payload when given, e.g. the small pre-authentication limits); with
+        `deadline` (time.monotonic()) the whole frame must arrive before it (socket.timeout);
+        with `authenticated`, the MAC must verify (key_from_header(header) may derive the key first)."""
+        max_header = MAX_HEADER if max_header is None else min(max_header, MAX_HEADER)
+        max_payload = self.max_payload if max_payload is None else min(max_payload, self.max_payload)
+        prefix = _recv_exact(self.sock, _PREFIX.size, deadline)
         magic, version, _, _, hlen, plen = _PREFIX.unpack(prefix)
         if magic != MAGIC:
             raise ProtocolError("not a lutc runner peer (bad magic)")
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"protocol version {version}, this lutc speaks {PROTOCOL_VERSION}")
-        if hlen > MAX_HEADER:
-            raise ProtocolError(f"header of {hlen} bytes exceeds {MAX_HEADER}")
-        if plen > self.max_payload:
-            raise ProtocolError(f"payload of {plen} bytes exceeds the {self.max_payload}-byte limit")
-        mac = _recv_exact(self.sock, MAC_LEN)
-        raw = _recv_exact(self.sock, hlen)
-        payload = _recv_exact(self.sock, plen) if plen else b""
-        try:
-            header = json.loads(raw.decode())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ProtocolError("header is not UTF-8 JSON") from None
-        if not isinstance(header, dict):
-            raise ProtocolError("header is not a JSON object")
+        if hlen > max_header:
+            raise ProtocolError(f"header of {hlen} bytes exceeds {max_header}")
+        if plen > max_payload:
+            raise ProtocolError(f"payload of {plen} bytes exceeds the {max_payload}-byte limit")
+        mac = _recv_exact(self.sock, MAC_LEN, deadline)
+        raw = _recv_exact(self.sock, hlen, deadline)
+        payload = _recv_exact(self.sock, plen, deadline) if plen else b""
+        header = parse_header(raw)
         if authenticated:
             if key_from_header is not None:
                 self._key = key_from_header(header)

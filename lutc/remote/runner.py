@@ -1,23 +1,85 @@
 """The device side of remote tuning: authenticate, rebuild and check sent kernels, verify, time, reply."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing as mp
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
 
 from ..tuning.timing import WeightCopyCache, measure_kernel
 from .problem import decode_problem, software, timing_options
-from .protocol import (DEFAULT_MAX_PAYLOAD, AuthenticationError, Channel, ProtocolError, session_key,
-                       split_sections)
+from .protocol import (DEFAULT_MAX_PAYLOAD, PREAUTH_MAX_HEADER, PREAUTH_MAX_PAYLOAD, AuthenticationError, Channel,
+                       ProtocolError, session_key, split_sections)
 
 MAX_PROBLEMS = 2         # problems a session keeps (each holds weights, reference and scratch)
 MAX_KERNELS = 8          # compiled kernels a session keeps
+MAX_GROUP_SIZE = 4096    # largest group size a problem may declare
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a runner allows its peers (docs/targets.md: threat model). Every limit ends in a clear
+    error reply or a closed connection, never in unbounded memory or time."""
+    max_payload: int = DEFAULT_MAX_PAYLOAD  # bytes of payload per authenticated message
+    idle_timeout: float = 600.0             # seconds an authenticated session may stay silent
+    handshake_timeout: float = 10.0         # seconds from accept to a verified client hello, however paced
+    request_timeout: float = 300.0          # seconds one request may take, waiting for the measurement lock included
+    max_sessions: int = 4                   # authenticated sessions at once (measurements still run one at a time)
+    max_handshakes: int = 16                # unauthenticated connections at once; more are closed at once
+    queue_timeout: float = 120.0            # seconds an authenticated client waits for a free session slot
+    max_problem_bytes: int = 2 << 30        # estimated memory one problem needs (weights, float64 reference, bounds)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v:
+                raise ValueError(f"runner limit {f.name} must be a number > 0, got {v!r}")
+
+
+def problem_bytes(bits: int, group_size: int, M: int, N: int, K: int) -> int:
+    """Upper estimate of the memory a problem takes on the runner: codes and their float32/float64
+    dequantization (N x K), the group-padded float64 activations and their int8-table regrouping
+    (M x ceil(K/g)*g), the float64 reference, error and bound arrays (M x N), scale sums."""
+    ng = -(-K // group_size)
+    kp = ng * group_size
+    return N * K * 13 + M * K * 12 + M * kp * 24 + M * N * 48 + N * ng * 8 * (bits + 3)
+
+
+def check_problem_limits(h: dict, limits: Limits):
+    """Refuse (ProtocolError) a problem header whose sizes would take more memory than allowed,
+    before anything is decoded or allocated. Types are checked again by decode_problem."""
+    vals = [h.get(k) for k in ("bits", "group_size", "M", "N", "K")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals):
+        return  # decode_problem names the bad field
+    bits, gs, M, N, K = vals
+    if gs > MAX_GROUP_SIZE:
+        raise ProtocolError(f"problem: group_size {gs} exceeds this runner's limit of {MAX_GROUP_SIZE}")
+    need = problem_bytes(bits, gs, M, N, K)
+    if need > limits.max_problem_bytes:
+        raise ProtocolError(f"problem: M={M} N={N} K={K} g{gs} needs about {need >> 20} MiB here, over this "
+                            f"runner's limit of {limits.max_problem_bytes >> 20} MiB (--max-problem-mb)")
+
+
+def _allowed_target(d) -> str | None:
+    """Why the target description `d` is refused, or None. A runner compiles only for its own CPU
+    description or a registered named target, so a peer cannot make it compile (and fill its
+    disk cache) for arbitrary cpu/feature/vector_bits strings."""
+    from ..backend.target import get_target, target_names
+    if not isinstance(d, dict):
+        return "target must be a target description object"
+    sent = {k: v for k, v in d.items() if k != "is_host"}
+    for name in target_names():
+        if sent == {k: v for k, v in get_target(name).to_dict().items() if k != "is_host"}:
+            return None
+    names = ", ".join(target_names())
+    return f"target must be this runner's own CPU description or a named target ({names}); got {str(d)[:200]}"
 
 
 def _log(msg: str):
@@ -43,17 +105,19 @@ class _Problem:
 class Session:
     """One authenticated client: its problems and kernels. Runs only code it compiled itself."""
 
-    def __init__(self):
+    def __init__(self, limits: Limits | None = None):
         try:
             self.cpus = sorted(os.sched_getaffinity(0))
         except AttributeError:
             self.cpus = list(range(os.cpu_count() or 1))
+        self.limits = limits or Limits()
         self.problems, self.kernels, self._ids = {}, {}, itertools.count(1)
         self.copies = WeightCopyCache(keep=1)     # weight copies kept for one layout only
 
     def handle(self, h: dict, payload: bytes) -> dict:
         op = h.get("op")
         if op == "problem":
+            check_problem_limits(h, self.limits)
             qw, x = decode_problem(h, payload)
             while len(self.problems) >= MAX_PROBLEMS:
                 self.problems.pop(next(iter(self.problems)))
@@ -69,7 +133,7 @@ class Session:
         key = (sched.codegen_key, target.key)
         k = self.kernels.get(key)
         if k is None:
-            while len(self.kernels) >= MAX_KERNELS:
+            while len(self.kernels) >= MAX_KERNELS:     # (the compiler's own memory cache is bounded too)
                 self.kernels.pop(next(iter(self.kernels)))
             k = self.kernels[key] = CompiledKernel(sched, target)
         return k
@@ -80,6 +144,9 @@ class Session:
         prob = self.problems.get(h.get("problem"))
         if prob is None:
             raise ProtocolError(f"unknown problem {h.get('problem')!r}; send it first")
+        why = _allowed_target(h.get("target"))
+        if why is not None:
+            return {"status": "invalid", "reason": why}
         try:
             sched = Schedule.from_dict(h.get("schedule"))
             target = Target.from_dict(h.get("target"))
@@ -124,39 +191,168 @@ def _nonce(h: dict) -> bytes:
         raise ProtocolError("client nonce is not hex") from None
 
 
-def serve_connection(conn: socket.socket, token: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD,
-                     idle_timeout: float = 600.0, peer: str = "?"):
-    """Serve one client until it says bye, breaks the protocol, fails to authenticate or idles."""
-    conn.settimeout(idle_timeout)
-    ch = Channel(conn, is_server=True, max_payload=max_payload)
+def handshake(conn: socket.socket, token: bytes, limits: Limits, peer: str = "?"):
+    """Authenticate a client within limits.handshake_timeout and the small pre-authentication size
+    limits; returns the session's Channel, or None after refusing (the reason is logged and,
+    when the peer failed the MAC, sent)."""
+    deadline = time.monotonic() + limits.handshake_timeout
+    conn.settimeout(limits.handshake_timeout)
+    ch = Channel(conn, is_server=True, max_payload=limits.max_payload)
     server_nonce = os.urandom(32)
     try:
         ch.send({"op": "server_hello", "protocol": 1, "nonce": server_nonce.hex()})
         try:
-            h, payload = ch.recv(key_from_header=lambda h: session_key(token, server_nonce, _nonce(h)))
+            h, _ = ch.recv(key_from_header=lambda h: session_key(token, server_nonce, _nonce(h)),
+                           max_header=PREAUTH_MAX_HEADER, max_payload=PREAUTH_MAX_PAYLOAD, deadline=deadline)
         except AuthenticationError:
             _log(f"{peer}: authentication failed; closing")
             ch.set_key(None)
             ch.send({"ok": False, "error": "authentication failed: the runner does not accept this token"})
-            return
+            return None
+    except ProtocolError as e:
+        _log(f"{peer}: closing before authentication: {e}")
+        return None
+    except (ConnectionError, socket.timeout, OSError) as e:
+        _log(f"{peer}: closing before authentication: {type(e).__name__}: {e}")
+        return None
+    sw = h.get("software") if isinstance(h.get("software"), dict) else {}
+    _log(f"{peer}: authenticated (client lutc {str(sw.get('lutc', '?'))[:40]})")
+    return ch
+
+
+class DeviceLock:
+    """The lock all sessions' measurements take, shared with the session processes. It records
+    the pid holding it, so the runner can free it when a session process dies holding it (a
+    crashing kernel, or the request time limit ending the process)."""
+
+    def __init__(self, ctx=None):
+        ctx = ctx or mp.get_context("spawn")
+        self._lock = ctx.Lock()
+        self._holder = ctx.Value("q", 0, lock=False)
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._holder.value = os.getpid()
+        return True
+
+    def release(self):
+        self._holder.value = 0
+        self._lock.release()
+
+    def held_here(self) -> bool:
+        return self._holder.value == os.getpid()
+
+    def release_if_held_by(self, pid: int) -> bool:
+        """Free the lock if the (dead) process `pid` held it; True if it did."""
+        if pid and self._holder.value == pid:
+            self.release()
+            return True
+        return False
+
+
+class _RequestClock:
+    """limits.request_timeout for one request: when it passes, the session answers with an error
+    and ends (the process exits when sessions are isolated: native code cannot be interrupted)."""
+
+    def __init__(self, ch: Channel, limit: float, hard_exit: bool, peer: str, measure_lock=None, exit=os._exit):
+        self.ch, self.limit, self.hard_exit, self.peer = ch, limit, hard_exit, peer
+        self.measure_lock, self._exit = measure_lock, exit
+        self.lock = threading.Lock()
+        self.expired = False
+        self._timer = None
+
+    def start(self, op):
+        self._timer = threading.Timer(self.limit, self._expire, args=(op,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self, op):
+        with self.lock:
+            if self._timer is None:
+                return
+            self.expired = True
+            msg = f"request {str(op)[:20]!r} exceeded this runner's limit of {self.limit:g} s; session closed"
+            _log(f"{self.peer}: {msg}")
+            try:
+                self.ch.send({"ok": False, "error": msg})
+                self.ch.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            if self.hard_exit:
+                if isinstance(self.measure_lock, DeviceLock) and self.measure_lock.held_here():
+                    self.measure_lock.release()   # other sessions may measure again
+                self._exit(3)
+
+    def reply(self, reply: dict) -> bool:
+        """Send the request's reply unless the clock already ended the session; False then."""
+        with self.lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self.expired:
+                return False
+            self.ch.send(reply)
+            return True
+
+
+def serve_connection(conn: socket.socket, token: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD,
+                     idle_timeout: float = 600.0, peer: str = "?", limits: Limits | None = None,
+                     measure_lock=None, state=None, hard_exit: bool = False):
+    """Serve one client until it says bye, breaks the protocol, fails to authenticate or idles.
+
+    With `state` (a Channel.state() from handshake() in the parent), the client is already
+    authenticated and this continues its session. `measure_lock` (shared by all sessions) makes
+    measurements run one at a time, so concurrent sessions do not disturb each other's timings."""
+    limits = limits or Limits(max_payload=max_payload, idle_timeout=idle_timeout)
+    try:
+        if state is None:
+            ch = handshake(conn, token, limits, peer)
+            if ch is None:
+                return
+        else:
+            ch = Channel(conn, is_server=True, max_payload=limits.max_payload)
+            ch.restore(state)
+        _session(ch, conn, limits, measure_lock, hard_exit, peer)
+    finally:
+        conn.close()
+
+
+def _session(ch, conn, limits, measure_lock, hard_exit, peer):
+    conn.settimeout(limits.idle_timeout)
+    try:
         ch.send({"ok": True, "runner": runner_info()})
-        sw = h.get("software") if isinstance(h.get("software"), dict) else {}
-        _log(f"{peer}: authenticated (client lutc {sw.get('lutc', '?')})")
-        session = Session()
+        session = Session(limits)
         while True:
             h, payload = ch.recv()
             if h.get("op") == "bye":
                 return
+            clock = _RequestClock(ch, limits.request_timeout, hard_exit, peer, measure_lock)
+            clock.start(h.get("op"))
+            t0 = time.monotonic()
             try:
-                reply = session.handle(h, payload)
+                if h.get("op") == "measure" and measure_lock is not None:
+                    if not measure_lock.acquire(timeout=limits.request_timeout):
+                        raise ProtocolError(f"runner busy: another session's measurement held the device for "
+                                            f"{limits.request_timeout:g} s")
+                    try:
+                        reply = session.handle(h, payload)
+                    finally:
+                        measure_lock.release()
+                else:
+                    reply = session.handle(h, payload)
             except ProtocolError as e:
                 reply = {"ok": False, "error": str(e)}
+            except MemoryError:
+                reply = {"ok": False, "error": "runner error: out of memory for this request"}
             except Exception as e:  # noqa: BLE001 - report, keep serving
                 reply = {"ok": False, "error": f"runner error: {type(e).__name__}: {e}"}
             if "result" in reply:
                 r = reply["result"]
-                _log(f"{peer}: {r['status']} {r.get('median_s', '')} {h.get('schedule')}")
-            ch.send(reply)
+                _log(f"{peer}: {r['status']} {r.get('median_s', '')} {str(h.get('schedule'))[:300]} "
+                     f"({time.monotonic() - t0:.1f} s)")
+            if not clock.reply(reply):
+                return
     except ProtocolError as e:  # tell the client why (best effort), then hang up
         _log(f"{peer}: closing: {e}")
         try:
@@ -165,25 +361,54 @@ def serve_connection(conn: socket.socket, token: bytes, max_payload: int = DEFAU
             pass
     except (ConnectionError, socket.timeout, OSError) as e:
         _log(f"{peer}: closing: {type(e).__name__}: {e}")
-    finally:
-        conn.close()
 
 
-def _child(conn, token, max_payload, idle_timeout, peer):
+class _ThreadLock:
+    """DeviceLock's interface for sessions served in this process (isolate=False)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def acquire(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+    def release(self):
+        self._lock.release()
+
+
+def _child(conn, token, limits, peer, measure_lock, state):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    serve_connection(conn, token, max_payload, idle_timeout, peer)
+    serve_connection(conn, token, peer=peer, limits=limits, measure_lock=measure_lock, state=state,
+                     hard_exit=True)
 
 
 class Runner:
-    """Listens on (host, port) — loopback unless told otherwise — and serves one client at a
-    time, each in a fresh process, so a crashing kernel or a leaky engine ends one session only."""
+    """Listens on (host, port) — loopback unless told otherwise — and serves clients concurrently.
+
+    Each connection gets a thread that authenticates it within `handshake_timeout` (at most
+    `max_handshakes` at once; a silent or slow peer blocks nobody else). An authenticated client
+    then waits up to `queue_timeout` for one of `max_sessions` session slots, and its session runs
+    in a fresh process (isolate=True), so a crashing kernel or a leaky engine ends one session
+    only. Measurements of all sessions take one lock, so they never run at the same time."""
 
     def __init__(self, token: bytes, host: str = "127.0.0.1", port: int = 0,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, idle_timeout: float = 600.0, isolate: bool = True):
-        self.token, self.max_payload, self.idle_timeout, self.isolate = token, max_payload, idle_timeout, isolate
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, idle_timeout: float = 600.0, isolate: bool = True,
+                 limits: Limits | None = None, **limit_kw):
+        if limits is None:
+            limits = Limits(max_payload=int(max_payload), idle_timeout=idle_timeout, **limit_kw)
+        elif limit_kw:
+            limits = dataclasses.replace(limits, **limit_kw)
+        self.token, self.limits, self.isolate = token, limits, isolate
+        self.max_payload, self.idle_timeout = limits.max_payload, limits.idle_timeout
         self._sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.address = self._sock.getsockname()[:2]
         self._closed = False
+        self._handshakes = threading.BoundedSemaphore(limits.max_handshakes)
+        self._sessions = threading.BoundedSemaphore(limits.max_sessions)
+        self._measure_lock = DeviceLock() if isolate else _ThreadLock()
+        self._threads = set()
+        self._served = 0
+        self._done = threading.Condition()
 
     def serve(self, once: bool = False):
         """Accept and serve clients until close() (or after one session with once=True)."""
@@ -195,19 +420,60 @@ class Runner:
                     return
                 raise
             peer = f"{addr[0]}:{addr[1]}"
+            if not self._handshakes.acquire(blocking=False):
+                _log(f"{peer}: {self.limits.max_handshakes} connections already authenticating; closing")
+                conn.close()
+                continue
+            t = threading.Thread(target=self._connection, args=(conn, peer), daemon=True,
+                                 name=f"lutc-runner-{peer}")
+            self._threads.add(t)
+            t.start()
+            if once:
+                with self._done:
+                    while not self._served and t.is_alive():
+                        self._done.wait(0.2)
+                    if self._served:
+                        t.join()
+                        return
+
+    def _connection(self, conn, peer):
+        session_slot = False
+        try:
+            try:
+                ch = handshake(conn, self.token, self.limits, peer)
+            finally:
+                self._handshakes.release()
+            if ch is None:
+                conn.close()
+                return
+            session_slot = self._sessions.acquire(timeout=self.limits.queue_timeout)
+            if not session_slot:
+                # closed without a reply: this lutc's client reads any reply to its hello as the
+                # runner's info, so it reports a closed connection more clearly than an error frame
+                _log(f"{peer}: {self.limits.max_sessions} sessions busy for {self.limits.queue_timeout:g} s; closing")
+                conn.close()
+                return
             if self.isolate:
                 ctx = mp.get_context("spawn")
-                p = ctx.Process(target=_child, args=(conn, self.token, self.max_payload, self.idle_timeout, peer),
-                                daemon=True, name="lutc-runner-session")
+                p = ctx.Process(target=_child, args=(conn, self.token, self.limits, peer, self._measure_lock,
+                                                     ch.state()), daemon=True, name="lutc-runner-session")
                 p.start()
                 conn.close()
                 p.join()
                 if p.exitcode:
                     _log(f"{peer}: session process ended with code {p.exitcode}")
+                if self._measure_lock.release_if_held_by(p.pid):
+                    _log(f"{peer}: the session process died measuring; freed the measurement lock")
             else:
-                serve_connection(conn, self.token, self.max_payload, self.idle_timeout, peer)
-            if once:
-                return
+                serve_connection(conn, self.token, peer=peer, limits=self.limits, measure_lock=self._measure_lock,
+                                 state=ch.state())
+            with self._done:
+                self._served += 1
+                self._done.notify_all()
+        finally:
+            if session_slot:
+                self._sessions.release()
+            self._threads.discard(threading.current_thread())
 
     def close(self):
         self._closed = True

@@ -1,8 +1,12 @@
 """`lutc tune` and `lutc db show|merge`: the tuner's command-line plugin (loaded by lutc.cli)."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+from ..errors import UsageError
 
 
 def register(sub):
@@ -82,35 +86,37 @@ def _problems(args):
 
 
 def cmd_tune(args) -> int:
-    from .db import TuningDBError, db_file
+    from .db import TuningDBError, db_file, valid_device_id
     from .lookup import default_db_path
     from .report import ms, results_table, save_plots
-    from .search import open_storage, progress_bar, tune_problem
+    from .search import progress_bar, tune_problem
     from .worker import WorkerSetupError
     try:
         problems = _problems(args)
     except ValueError as e:
-        print(f"lutc tune: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     if min(args.trials, args.repeats, args.final_rounds) < 1 or args.retries < 0 or args.timeout <= 0:
-        print("lutc tune: --trials, --repeats and --final-rounds must be >= 1, --retries >= 0 and --timeout > 0",
-              file=sys.stderr)
-        return 2
+        raise UsageError("--trials, --repeats and --final-rounds must be >= 1, --retries >= 0 and --timeout > 0")
     db_path = None if args.no_db else Path(args.db) if args.db else default_db_path()
     if args.estimate:
         return _estimate(args, problems, db_path)
+    storage = _storage(args.storage)
     try:
         measure = _measurement(args)
     except (ValueError, OSError) as e:
-        print(f"lutc tune: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     if measure is None:
         return 2
     fp = measure["device"]
+    try:
+        valid_device_id(fp.get("id") if isinstance(fp, dict) else None, "the runner's device fingerprint")
+    except TuningDBError as e:
+        raise UsageError(str(e)) from None
+    if db_path is not None:
+        check_db_writable(db_file(db_path, fp["id"]))
     print(f"lutc tune: device {fp['id']} ({fp.get('cpu_model') or fp['cpu']}, {fp['isa']}); {len(problems)} "
           f"problems, {args.trials} trials each; db {db_file(db_path, fp['id']) if db_path else '(none)'}",
           file=sys.stderr)
-    storage = open_storage(args.storage)
     results, code = [], 0
     try:
         for p in problems:
@@ -137,6 +143,36 @@ def cmd_tune(args) -> int:
         if args.cache == "cold" and not args.runner:
             _roofline(results)
     return code
+
+
+def _storage(url):
+    """The Optuna storage of --storage, opened before any tuning; UsageError if it cannot be."""
+    from .search import open_storage
+    try:
+        return open_storage(url)
+    except ImportError as e:
+        raise UsageError(f"--storage {url!r}: a driver is missing ({e})") from None
+    except Exception as e:  # noqa: BLE001 - sqlalchemy/optuna raise many types for a bad URL
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"--storage {url!r}: cannot open it ({type(e).__name__}: {first})") from None
+
+
+def check_db_writable(path: Path):
+    """UsageError unless the db file `path` can be written (its directory created, its lock file and
+    a temp file made there): checked before tuning, not after the trials."""
+    from .db import lock_path
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path(path), "a"):
+            pass
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UsageError(f"--db {path}: cannot write the tuning db there ({e.strerror or e})") from None
 
 
 def _roofline(results):
@@ -176,8 +212,7 @@ def _measurement(args):
             try:
                 runnable(t)
             except Exception as e:  # noqa: BLE001 - NativeOnlyError names the runner and --estimate
-                print(f"lutc tune: {e}", file=sys.stderr)
-                return None
+                raise UsageError(str(e)) from None
         # e.g. --target m2 on an Apple-silicon Mac: measure natively, exactly as for --target host
         # (lut_gemm runs host code and reads the host device's entries, so that is where they go)
         print(f"lutc tune: {t.name} code runs natively on this machine: measuring here as --target host "
@@ -197,9 +232,10 @@ def _estimate(args, problems, db_path) -> int:
     try:
         target = get_target(args.target)
     except ValueError as e:
-        print(f"lutc tune: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     fp, results = device_fingerprint(target), []
+    if db_path is not None:
+        check_db_writable(db_file(db_path, fp["id"]))
     try:
         for p in problems:
             e = estimated_entry(p, target)
@@ -236,7 +272,11 @@ def cmd_db_show(args) -> int:
     from .report import entries_table
     device = args.device or host_device_id()
     shown = 0
-    for path in _show_paths(args, device):
+    try:
+        paths = _show_paths(args, device)
+    except TuningDBError as e:
+        raise UsageError(str(e)) from None
+    for path in paths:
         if not path.exists():
             continue
         try:
@@ -283,16 +323,18 @@ def cmd_db_verify(args) -> int:
 
 
 def cmd_db_merge(args) -> int:
-    from .db import TuningDB, TuningDBError
+    from .db import TuningDB, TuningDBError, file_lock
+    out = Path(args.output)
     try:
-        dbs = [TuningDB.load(p) for p in args.inputs]
-        out = Path(args.output)
-        if out.exists():
-            TuningDB.load(out)  # refuse to replace a file we cannot read: it may be someone's data
-        merged = dbs[0]
-        for db in dbs[1:]:
-            merged = merged.merge(db)
-        merged.save(out)
+        # under the output's lock, as `lutc tune` writing the same file holds it: no lost update
+        with file_lock(out):
+            dbs = [TuningDB.load(p) for p in args.inputs]
+            if out.exists():
+                TuningDB.load(out)  # refuse to replace a file we cannot read: it may be someone's data
+            merged = dbs[0]
+            for db in dbs[1:]:
+                merged = merged.merge(db)
+            merged.save(out)
     except (TuningDBError, OSError) as e:
         print(f"lutc db merge: {e}", file=sys.stderr)
         return 1

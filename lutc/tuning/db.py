@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import math
 import os
 from pathlib import Path
 
-from ..cache import atomic_write, cache_dir
+from ..cache import atomic_write
 from ..schedule import Schedule
+from .device import check_device_id
 
 SCHEMA_VERSION = 1
+MAX_DIM = 1 << 24      # N, K and m_bucket of an entry are in 1..MAX_DIM
+MAX_DB_BYTES = 64 << 20
 SOURCES = ("measured", "estimated")
 _ENTRY_FIELDS = {  # name -> accepted types
     "kernel": (str,), "bits": (int,), "group_size": (int,), "m_bucket": (int,), "N": (int,), "K": (int,),
@@ -23,6 +25,21 @@ _ENTRY_FIELDS = {  # name -> accepted types
 
 class TuningDBError(ValueError):
     """A tuning db file that cannot be used: unreadable, corrupt, wrong schema or wrong device."""
+
+
+def valid_device_id(dev, where: str | None = None) -> str:
+    """check_device_id, raising TuningDBError (prefixed with `where`)."""
+    try:
+        return check_device_id(dev)
+    except ValueError as e:
+        raise TuningDBError(f"{where}: {e}" if where else str(e)) from None
+
+
+def _positive_finite(v) -> bool:
+    try:
+        return math.isfinite(v) and v > 0
+    except OverflowError:    # an int too large for a float
+        return False
 
 
 def m_bucket(M: int) -> int:
@@ -65,6 +82,17 @@ def _check_entry(key: str, e) -> str | None:
             return f"entry {key!r}: field {name!r} has type {type(e[name]).__name__}"
     if e["source"] not in SOURCES:
         return f"entry {key!r}: source must be one of {SOURCES}, got {e['source']!r}"
+    if not 1 <= e["bits"] <= 8 or e["group_size"] < 1:
+        return f"entry {key!r}: bits must be in 1..8 and group_size >= 1, got {e['bits']} and {e['group_size']}"
+    for name in ("N", "K", "m_bucket"):
+        if not 1 <= e[name] <= MAX_DIM:
+            return f"entry {key!r}: {name} must be in 1..{MAX_DIM}, got {e[name]}"
+    if e["m_bucket"] & (e["m_bucket"] - 1):
+        return f"entry {key!r}: m_bucket must be a power of two, got {e['m_bucket']}"
+    for name in ("time_s", "default_time_s"):
+        v = e[name]
+        if v is not None and not _positive_finite(v):
+            return f"entry {key!r}: {name} must be a finite number > 0, got {v!r}"
     if key_of(e) != key:
         return f"entry {key!r} describes {key_of(e)!r}"
     try:
@@ -89,14 +117,25 @@ class TuningDB:
     def load(cls, path) -> "TuningDB":
         """Parse and validate a db file; any problem raises TuningDBError naming the file."""
         path = Path(path)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_DB_BYTES + 1)
+        if len(raw) > MAX_DB_BYTES:
+            raise TuningDBError(f"{path}: larger than {MAX_DB_BYTES} bytes; not a tuning db")
+        return cls.from_bytes(raw, path)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, path=None) -> "TuningDB":
+        """Parse and validate the bytes of a db file; any problem raises TuningDBError."""
+        where = str(path) if path is not None else "<tuning db>"
         try:
-            text = path.read_text()
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise TuningDBError(f"{path}: not a UTF-8 text file ({e})") from None
+            raise TuningDBError(f"{where}: not a UTF-8 text file ({e})") from None
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise TuningDBError(f"{path}: corrupt tuning db (invalid JSON: {e}); fix or delete it, "
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = str(e) if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            raise TuningDBError(f"{where}: corrupt tuning db (invalid JSON: {why}); fix or delete it, "
                                 "it will not be overwritten") from None
         return cls.from_data(data, path)
 
@@ -116,6 +155,7 @@ class TuningDB:
         device, entries = data.get("device"), data.get("entries")
         if not isinstance(device, dict) or not isinstance(device.get("id"), str):
             bad("missing the 'device' fingerprint (an object with an 'id')")
+        valid_device_id(device["id"], where)
         if not isinstance(entries, dict):
             bad("'entries' must be an object keyed by entry key")
         for k, e in entries.items():
@@ -183,19 +223,28 @@ def nearest_entry(entries, kernel, bits, group_size, M, N, K) -> dict | None:
 
 
 # ---------------------------------------------------------------------- locked update
+def lock_path(path) -> Path:
+    """The lock file of db `path`: '.<name>.lock' beside it, so every writer of that file (whatever
+    its HOME or LUTC_CACHE_DIR) locks the same file. Never deleted (deleting lock files races)."""
+    path = Path(path).resolve()
+    return path.parent / f".{path.name}.lock"
+
+
 @contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive advisory lock for read-modify-write of `path` (lock file in the user cache)."""
+def file_lock(path):
+    """An exclusive advisory lock (flock) for read-modify-write of the db file `path`."""
     import fcntl
-    lock_dir = cache_dir() / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24] + ".lock"
-    with open(lock_dir / name, "w") as f:
+    lp = lock_path(path)
+    lp.parent.mkdir(parents=True, exist_ok=True)
+    with open(lp, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_file_lock = file_lock
 
 
 @contextlib.contextmanager
@@ -205,7 +254,8 @@ def updating(path, device: dict):
     A corrupt file or one of another device raises TuningDBError and is left untouched.
     """
     path = Path(path)
-    with _file_lock(path):
+    valid_device_id(device.get("id"))
+    with file_lock(path):
         if path.exists():
             db = TuningDB.load(path)
             if db.device.get("id") != device["id"]:
@@ -218,6 +268,10 @@ def updating(path, device: dict):
 
 
 def db_file(path, device_id: str) -> Path:
-    """A db location given as a directory (-> <dir>/<device>.json) or as a .json file."""
+    """A db location given as a directory (-> <dir>/<device>.json) or as a .json file.
+
+    The device id is checked (check_device_id): an id such as '../x' from a remote runner
+    raises TuningDBError instead of naming a file outside the directory."""
+    valid_device_id(device_id)
     path = Path(os.path.expanduser(str(path)))
     return path if path.suffix == ".json" else path / f"{device_id}.json"

@@ -31,10 +31,23 @@ def _isa(target) -> str:
     return "scalar"
 
 
+_DEVICE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
 def device_id(fp: dict) -> str:
     """The stable name of a device: <arch>-<llvm cpu>-<cores>c, e.g. 'x86_64-znver4-2c'."""
     name = f"{fp['arch']}-{fp['cpu']}-{fp['cores']}c"
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:128]
+
+
+def check_device_id(dev) -> str:
+    """`dev` if it is a usable device id (what names a db file, a study): 1-128 characters of
+    [A-Za-z0-9_.-], not starting with '.' or '-'; ValueError otherwise. The one check for ids
+    from anywhere: this host, a db file, a remote runner's hello."""
+    if not isinstance(dev, str) or not _DEVICE_ID.fullmatch(dev):
+        raise ValueError(f"invalid device id {dev!r}: expected 1-128 characters of letters, digits, '_', '.', "
+                         "'-', not starting with '.' or '-'")
+    return dev
 
 
 @functools.lru_cache(maxsize=1)
