@@ -1,6 +1,7 @@
 """End to end: tune_problem records measured entries, resumes studies, survives failing candidates; the CLI."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -77,6 +78,12 @@ def _lutc(*args):
     return [sys.executable, "-m", "lutc.cli", *args]
 
 
+def _sigint_default():
+    """In the child: SIGINT as in a terminal, even when pytest runs with it ignored (a shell's
+    background job): Python then installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("point", ["measured:2", "ask:3"])
 def test_cli_ctrl_c_then_rerun_resumes_the_same_study(tmp_path, point):
     """Ctrl-C at a fixed point ($LUTC_TUNE_INTERRUPT: SIGINT to the tuner, deterministically; the
@@ -86,7 +93,7 @@ def test_cli_ctrl_c_then_rerun_resumes_the_same_study(tmp_path, point):
     cmd = _lutc("tune", "--shapes", "64x256", "--bits", "2", "--m", "1", "--trials", "6", "--storage", url,
                 "--study", "c", "--cache", "hot", "--retries", "0", "--repeats", "3", "--quiet")
     first = subprocess.run(cmd, env=dict(env, LUTC_TUNE_INTERRUPT=point), capture_output=True, text=True,
-                           timeout=LIVENESS_S)
+                           timeout=LIVENESS_S, preexec_fn=_sigint_default)
     assert first.returncode == 130, first.stderr
     assert "rerun the same command to resume" in first.stderr
     name = study_name(P, "c", "hot")
