@@ -132,5 +132,7 @@ def test_orphaned_running_trials_of_dead_tuners_are_interrupted_and_requeued(tmp
     by = {t.number: t for t in study.get_trials()}
     assert by[t1.number].state.name == "FAIL" and by[t2.number].state.name == "RUNNING"
     assert by[t1.number].user_attrs["status"] == "interrupted" and not _finished(study)   # not counted
-    assert study.ask().suggest_int("x", 0, 9) == t1.params["x"]           # queued again, once
+    again = study.ask()
+    assert again.suggest_int("x", 0, 9) == t1.params["x"]                 # queued again, once
+    assert study.get_trials()[again.number].user_attrs["warm_start"] == "orphaned"
     assert [t.state.name for t in study.get_trials()].count("WAITING") == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..schedule import Schedule
 from .db import TuningDB, db_file, make_entry, nearest_entry, updating
 from .device import host_fingerprint, usable_cores
-from .space import (PARAMS, Problem, in_space, invalid_reason, params_of, schedule_from_params, space_for,
+from .space import (Problem, in_space, invalid_reason, params_of, schedule_from_params, space_for,
                     suggest)
 from .worker import MeasureWorker, WorkerSetupError
 
@@ -195,7 +195,7 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
     interrupt_point("start")
     ran = 0
     while len(_finished(study)) < trials:
-        trial, params, told, res = None, None, False, None
+        trial, told, res = None, False, None
         try:
             with _deferred_interrupt():    # a trial is never left asked but untagged
                 trial = study.ask()
@@ -234,31 +234,32 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
             # the interrupt may also surface as the ask block ends (SIGINT held during ask):
             # that trial is asked and tagged, and is failed here too, never left RUNNING
             if trial is not None and not told:
-                interrupt_trial(study, trial, params)
+                interrupt_trial(study, trial)
             raise
         if bar is not None:
             bar(len(_finished(study)), _best_value(study))
     return ran
 
 
-def interrupt_trial(study, trial, params: dict | None = None):
-    """Fail a RUNNING trial as 'interrupted' (_finished does not count it) and queue it again:
-    its suggested `params`, or else the parameters it took from the queue (a warm start or an
-    earlier resume); a fresh sampler trial interrupted before suggesting is simply drawn anew."""
+def interrupt_trial(study, trial, why: str = "resumed"):
+    """Fail a RUNNING trial as 'interrupted' (_finished does not count it) and queue it again
+    (user attr warm_start=`why`) with what it had: the parameters it took from the queue (a warm
+    start, an earlier resume) and those suggested so far. A fresh sampler trial interrupted
+    before suggesting is simply drawn anew."""
     from optuna.trial import TrialState
     with _deferred_interrupt():
         trial.set_user_attr("status", "interrupted")
         study.tell(trial, state=TrialState.FAIL)
-        params = params or _queued_params(study, trial.number)
+        params = _requeue_params(study, trial.number)
         if params:
-            study.enqueue_trial(params, user_attrs={"warm_start": "resumed"})
+            study.enqueue_trial(params, user_attrs={"warm_start": why})
 
 
-def _queued_params(study, number: int) -> dict | None:
+def _requeue_params(study, number: int) -> dict:
     for t in study.get_trials(deepcopy=False):
         if t.number == number:
-            return t.system_attrs.get("fixed_params")
-    return None
+            return {**t.system_attrs.get("fixed_params", {}), **t.params}
+    return {}
 
 
 INTERRUPT_ENV = "LUTC_TUNE_INTERRUPT"
@@ -305,9 +306,8 @@ def fail_orphans(study):
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
         if h == host and pid.isdigit() and not _alive(int(pid)):
-            params = t.params if set(t.params) >= set(PARAMS) else None   # all suggested, else the queued ones
             try:
-                interrupt_trial(study, optuna.trial.Trial(study, t._trial_id), params)
+                interrupt_trial(study, optuna.trial.Trial(study, t._trial_id), "orphaned")
             except (UpdateFinishedTrialError, ValueError):
                 pass   # another tuner starting on this host failed (and queued) it first
 
