@@ -24,3 +24,14 @@ def wait_until(predicate, what: str, timeout: float = LIVENESS_S, poll: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within the {timeout:g}s liveness bound ({load_note()})")
         time.sleep(poll)
+
+
+def run_live(cmd, timeout: float = LIVENESS_S, **kw):
+    """subprocess.run(cmd, capture_output=True, text=True) within the liveness bound; past it,
+    fail naming the command and the load instead of raising TimeoutExpired."""
+    import subprocess
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{' '.join(map(str, cmd))}: not done within the {timeout:g}s liveness "
+                             f"bound ({load_note()})") from None

@@ -7,7 +7,7 @@ import sys
 
 import optuna
 import pytest
-from _liveness import LIVENESS_S
+from _liveness import LIVENESS_S, run_live
 
 from lutc.tuning.db import TuningDB, db_file
 from lutc.tuning.device import host_device_id
@@ -92,15 +92,14 @@ def test_cli_ctrl_c_then_rerun_resumes_the_same_study(tmp_path, point):
     url = f"sqlite:///{tmp_path / 'c.db'}"
     cmd = _lutc("tune", "--shapes", "64x256", "--bits", "2", "--m", "1", "--trials", "6", "--storage", url,
                 "--study", "c", "--cache", "hot", "--retries", "0", "--repeats", "3", "--quiet")
-    first = subprocess.run(cmd, env=dict(env, LUTC_TUNE_INTERRUPT=point), capture_output=True, text=True,
-                           timeout=LIVENESS_S, preexec_fn=_sigint_default)
+    first = run_live(cmd, env=dict(env, LUTC_TUNE_INTERRUPT=point), preexec_fn=_sigint_default)
     assert first.returncode == 130, first.stderr
     assert "rerun the same command to resume" in first.stderr
     name = study_name(P, "c", "hot")
     trials = _trials(url, name)
     assert all(t.state.name != "RUNNING" for t in trials)
     assert [t.user_attrs.get("status") for t in trials].count("interrupted") == 1
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LIVENESS_S)
+    done = run_live(cmd, env=env)
     assert done.returncode == 0, done.stderr
     trials = _trials(url, name)
     states = [t.state.name for t in trials]
