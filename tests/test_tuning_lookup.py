@@ -1,11 +1,12 @@
 """Schedule lookup for lutc.ops: this device's entry, the nearest shape, then the default; cached per process."""
-import time
+import sys
 
 import numpy as np
 import pytest
 
 import lutc.ops as ops
 from lutc.schedule import Schedule
+import lutc.tuning.lookup as lookup
 from lutc.tuning import clear_cache, lookup_schedule
 from lutc.tuning.db import TuningDB, db_file, make_entry
 from lutc.tuning.device import host_fingerprint
@@ -64,11 +65,44 @@ def test_parsed_once_per_process_until_cleared(tuning_db, tmp_path):
     db.save()
     assert lookup_schedule("lut_gemm", 2, 128, 1, 256, 512).bn == 64   # cached
     clear_cache()
-    assert lookup_schedule("lut_gemm", 2, 128, 1, 256, 512).bn == 16
-    t = time.perf_counter()
+    first = lookup_schedule("lut_gemm", 2, 128, 1, 256, 512)
+    assert first.bn == 16
+
+
+def _calls(fn) -> int:
+    """How many functions (Python and builtin) one call of fn() makes: work, counted, not timed."""
+    n = 0
+
+    def count(frame, event, arg):
+        nonlocal n
+        n += event in ("call", "c_call")
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return n
+
+
+def test_a_cached_lookup_is_a_dict_hit(tuning_db, monkeypatch):
+    """Cheap enough for every lut_gemm call: once cached, a lookup reads no file, computes no
+    device id, searches no entries and builds no Schedule; it is a handful of calls."""
+    tuning_db(entry(bn=64))
+    first = lookup_schedule("lut_gemm", 2, 128, 1, 256, 512)
+    none = lookup_schedule("lut_gemm", 3, 128, 1, 256, 512)            # a cached miss, too
+    assert first.bn == 64 and none is None
+
+    def forbidden(*a, **k):
+        raise AssertionError("a cached lookup did work")
+    for name in ("lookup_entry", "load_dbs", "_load", "host_device_id", "nearest_entry", "db_file"):
+        monkeypatch.setattr(lookup, name, forbidden)
+    monkeypatch.setattr(TuningDB, "load", forbidden)
+    monkeypatch.setattr(Schedule, "from_dict", forbidden)
     for _ in range(2000):
-        lookup_schedule("lut_gemm", 2, 128, 1, 256, 512)
-    assert (time.perf_counter() - t) / 2000 < 50e-6                    # cheap enough per lut_gemm call
+        assert lookup_schedule("lut_gemm", 2, 128, 1, 256, 512) is first
+        assert lookup_schedule("lut_gemm", 3, 128, 1, 256, 512) is None
+    calls = _calls(lambda: lookup_schedule("lut_gemm", 2, 128, 1, 256, 512))
+    assert calls <= 20, calls                                          # now 8: environ.get, m_bucket, ...
 
 
 def test_other_devices_file_is_ignored(tuning_db, tmp_path, monkeypatch):

@@ -111,8 +111,11 @@ def open_study(p: Problem, storage, name: str, seed: int, trials: int):
     return study
 
 
-def warm_start(study, p: Problem, space: dict, cores: int, db_path=None, device: str | None = None):
-    """Enqueue the default schedule and the db's entry for this (or the nearest) shape."""
+def warm_start(study, p: Problem, space: dict, cores: int, db_path=None, device: str | None = None,
+               trials: int | None = None):
+    """Enqueue the default schedule and the db's entry for this (or the nearest) shape, while the
+    study's finished plus queued trials stay below `trials` (a queued trial past the budget would
+    never run: a rerun of a finished study would leave it WAITING)."""
     from ..ops import default_schedule
     from .lookup import load_dbs
     host = host_fingerprint()["id"]
@@ -127,8 +130,14 @@ def warm_start(study, p: Problem, space: dict, cores: int, db_path=None, device:
         seeds.append(("db", Schedule.from_dict(e["schedule"])))
     for why, s in seeds:
         params = params_of(s, cores)
-        if in_space(params, space):
+        if in_space(params, space) and (trials is None or _queued_or_finished(study) < trials):
             study.enqueue_trial(params, user_attrs={"warm_start": why}, skip_if_exists=True)
+
+
+def _queued_or_finished(study) -> int:
+    """Finished trials plus those waiting in the queue: what the study's budget already holds."""
+    from optuna.trial import TrialState
+    return len(_finished(study)) + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 @dataclasses.dataclass
@@ -173,20 +182,29 @@ def _duplicate(study, params: dict):
 
 def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: int, timing: dict, bar=None) -> int:
     """Ask/tell until the study holds `trials` finished trials (from any worker); returns how
-    many trials this process ran. Ctrl-C fails the running trial as 'interrupted' and queues its
-    parameters again, so a rerun resumes where this one stopped."""
+    many trials this process ran. Ctrl-C fails the trial in flight as 'interrupted' (not counted
+    as finished) and queues its parameters again, so a rerun resumes where this one stopped and
+    runs it exactly once more; a trial already told is kept and never queued again.
+
+    interrupt_point() names the places a test can interrupt: start, ask (between ask and the
+    worker tag), asked, suggested, measured (a measurement is back, not yet recorded), recorded,
+    tell (told, SIGINT held) and told."""
     from optuna.trial import TrialState
     tag = f"{socket.gethostname()}:{os.getpid()}"
     fail_orphans(study)
+    interrupt_point("start")
     ran = 0
     while len(_finished(study)) < trials:
-        with _deferred_interrupt():        # a trial is never left asked but untagged, or half told
-            trial, params, told = study.ask(), None, False
-            trial.set_user_attr("worker", tag)
-        ran += 1
-        res = None
+        trial, told, res = None, False, None
         try:
+            with _deferred_interrupt():    # a trial is never left asked but untagged
+                trial = study.ask()
+                interrupt_point("ask")
+                trial.set_user_attr("worker", tag)
+            ran += 1
+            interrupt_point("asked")
             params = suggest(trial, space)
+            interrupt_point("suggested")
             sched = schedule_from_params(p, params)
             why = invalid_reason(sched, p)
             dup = None if why else _duplicate(study, params)
@@ -200,25 +218,65 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
             else:
                 best = _best_value(study)
                 res = worker.measure(sched, dict(timing, cutoff_s=3 * best if best else None))
+                interrupt_point("measured")
                 _record(trial, res)
                 ok = res["status"] == "ok"
                 state, value = (TrialState.COMPLETE, res["value_s"]) if ok else (TrialState.FAIL, None)
-            with _deferred_interrupt():
+            interrupt_point("recorded")
+            with _deferred_interrupt():    # never half told
                 study.tell(trial, value, state=state)
                 told = True
+                interrupt_point("tell")
+            interrupt_point("told")
             if res is not None and res["status"] in FATAL:   # the measuring device cannot run any candidate
                 raise WorkerSetupError(f"{res['status']}: {res['reason']}")
         except KeyboardInterrupt:
-            if not told:
-                with _deferred_interrupt():
-                    trial.set_user_attr("status", "interrupted")
-                    study.tell(trial, state=TrialState.FAIL)
-                    if params is not None:
-                        study.enqueue_trial(params, user_attrs={"warm_start": "resumed"})
+            # the interrupt may also surface as the ask block ends (SIGINT held during ask):
+            # that trial is asked and tagged, and is failed here too, never left RUNNING
+            if trial is not None and not told:
+                interrupt_trial(study, trial)
             raise
         if bar is not None:
             bar(len(_finished(study)), _best_value(study))
     return ran
+
+
+def interrupt_trial(study, trial, why: str = "resumed"):
+    """Fail a RUNNING trial as 'interrupted' (_finished does not count it) and queue it again
+    (user attr warm_start=`why`) with what it had: the parameters it took from the queue (a warm
+    start, an earlier resume) and those suggested so far. A fresh sampler trial interrupted
+    before suggesting is simply drawn anew."""
+    from optuna.trial import TrialState
+    with _deferred_interrupt():
+        trial.set_user_attr("status", "interrupted")
+        study.tell(trial, state=TrialState.FAIL)
+        params = _requeue_params(study, trial.number)
+        if params:
+            study.enqueue_trial(params, user_attrs={"warm_start": why})
+
+
+def _requeue_params(study, number: int) -> dict:
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            return {**t.system_attrs.get("fixed_params", {}), **t.params}
+    return {}
+
+
+INTERRUPT_ENV = "LUTC_TUNE_INTERRUPT"
+_interrupt_hits: dict = {}
+
+
+def interrupt_point(name: str):
+    """Fault injection for tests: $LUTC_TUNE_INTERRUPT='point:n' sends this process SIGINT, as
+    Ctrl-C would, the n-th time (default 1st) it reaches `point`."""
+    spec = os.environ.get(INTERRUPT_ENV)
+    if not spec:
+        return
+    point, _, n = spec.partition(":")
+    if point.strip() == name:
+        _interrupt_hits[name] = _interrupt_hits.get(name, 0) + 1
+        if _interrupt_hits[name] == int(n or 1):
+            signal.raise_signal(signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -238,16 +296,20 @@ def _deferred_interrupt():
 
 
 def fail_orphans(study):
-    """Fail (and queue again) RUNNING trials of tuner processes on this host that no longer exist,
-    e.g. killed outright; other hosts' running trials are left alone."""
+    """Treat RUNNING trials of tuner processes on this host that no longer exist (e.g. killed
+    outright) as interrupted: failed as 'interrupted', not counted, and queued again, exactly as
+    Ctrl-C does. Other hosts' running trials are left alone."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
         if h == host and pid.isdigit() and not _alive(int(pid)):
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            if t.params:
-                study.enqueue_trial(t.params, user_attrs={"warm_start": "orphaned"})
+            try:
+                interrupt_trial(study, optuna.trial.Trial(study, t._trial_id), "orphaned")
+            except (UpdateFinishedTrialError, ValueError):
+                pass   # another tuner starting on this host failed (and queued) it first
 
 
 def _alive(pid: int) -> bool:
@@ -357,7 +419,8 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
     if storage is None or isinstance(storage, str):
         storage = open_storage(storage)
     study = open_study(p, storage, name, seed, trials)
-    warm_start(study, p, space, cores, db_path, device["id"])
+    fail_orphans(study)    # first: their re-queued trials take their places in the budget before warm starts
+    warm_start(study, p, space, cores, db_path, device["id"], trials)
     out = TuneResult(p, name)
     with make_worker(problem_dict(p, cache, data_seed), timeout=timeout) as worker:
         bar = progress(p, trials, len(_finished(study))) if progress else None
