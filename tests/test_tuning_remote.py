@@ -55,12 +55,12 @@ def test_cli_estimate_records_estimated_entries_and_keeps_measured_ones(tmp_path
 
 def test_cli_measures_natively_a_target_whose_code_runs_here(capsys, tmp_path):
     """`--target m2` on an Apple-silicon Mac measures natively, as for host; x86-avx2 here is the same case."""
-    from lutc.backend.target import native_mismatch
+    from lutc.backend.target import get_target, native_mismatch
     from lutc.cli import main
     from lutc.tuning.db import TuningDB, db_file
     from lutc.tuning.device import host_fingerprint
-    if native_mismatch("x86-avx2") is not None:
-        pytest.skip(f"x86-avx2 code cannot run here: {native_mismatch('x86-avx2')}")
+    if native_mismatch(get_target("x86-avx2")) is not None:
+        pytest.skip(f"x86-avx2 code cannot run here: {native_mismatch(get_target('x86-avx2'))}")
     assert main(["tune", "--target", "x86-avx2", "--shapes", "64x256", "--bits", "2", "--m", "1",
                  "--trials", "2", "--quiet", "--db", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/s.db",
                  "--repeats", "3", "--retries", "0", "--final-rounds", "1", "--cache", "hot"]) == 0
