@@ -141,7 +141,40 @@ class KernelCodegen:
         return self.b.select(*args)
 
     def op_reduce(self, op, args):
-        return self.intr.reduce(self.b, op.attrs["kind"], T.scalar_of(op.operands[0].type), args[0])
+        dt = T.scalar_of(op.operands[0].type)
+        if "axis" not in op.attrs:
+            return self.intr.reduce(self.b, op.attrs["kind"], dt, args[0])
+        from .arith import emit_binary
+        (rows, cols), axis = op.operands[0].type.shape, op.attrs["axis"]
+        kind = "add" if op.attrs["kind"] == "sum" else op.attrs["kind"]
+        acc = None
+        for j in range(rows if axis == 0 else cols):  # combine the rows (axis 0) or columns (axis 1)
+            idx = [j * cols + c for c in range(cols)] if axis == 0 else [r * cols + j for r in range(rows)]
+            part = self.b.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), _const_vec(I32, idx))
+            acc = part if acc is None else emit_binary(self.b, self.intr, kind, dt, acc, part)
+        return acc
+
+    def op_reshape(self, op, args):
+        return args[0]  # blocks are flat row-major vectors whatever their shape
+
+    def op_broadcast(self, op, args):
+        src, shape = op.operands[0].type.shape, op.attrs["shape"]
+        if len(src) == 1:
+            idx = [0] * shape[0]
+        else:
+            rows, cols = shape
+            idx = [(r if src[0] > 1 else 0) * src[1] + (c if src[1] > 1 else 0)
+                   for r in range(rows) for c in range(cols)]
+        return self.b.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), _const_vec(I32, idx))
+
+    def op_transpose(self, op, args):
+        rows, cols = op.operands[0].type.shape
+        idx = [r * cols + c for c in range(cols) for r in range(rows)]
+        return self.b.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), _const_vec(I32, idx))
+
+    def op_dot(self, op, args):
+        from .dot import emit_dot
+        return emit_dot(self, op, *args)
 
     def op_addptr(self, op, args):
         ptr, off = args
