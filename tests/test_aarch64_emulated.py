@@ -110,3 +110,48 @@ def test_harness_catches_wrong_results_and_overflows(workdir):
     plan.launch(kernel.gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, 2, 40, 2])
     with pytest.raises(RuntimeError, match="out-of-bounds write around buffer 6"):
         emulate.run(exe, plan, "cortex-a76")
+
+
+# -- tl.dot: sdot (dotprod), usdot (i8mm) and the XOR-0x80 fix for u8 A without i8mm, bit-exact
+def _i8mm(target):
+    import dataclasses
+    return dataclasses.replace(target, name=target.name + "+i8mm", features=target.features + ",+i8mm")
+
+
+_DOT_EXES = {}
+
+
+def _dot_emulated(workdir, target, cpu, A, B, tile=(4, 16, 32)):
+    from test_dot import _SIG, tile_dot
+    a_t = "*u8" if A.dtype == np.uint8 else "*i8"
+    key = (target.key, a_t, tile)
+    if key not in _DOT_EXES:
+        BM, BN, BK = tile
+        fn = tile_dot.compile({"a": a_t, **_SIG}, dict(BM=BM, BN=BN, BK=BK, CLAMP=False), 2, target)
+        _DOT_EXES[key] = (fn, emulate.build_functions([fn], workdir / f"dot{len(_DOT_EXES)}"))
+    fn, exe = _DOT_EXES[key]
+    (M, K), N = A.shape, B.shape[1]
+    run_dir = exe.parent / f"run{M}x{N}x{K}"
+    run_dir.mkdir(exist_ok=True)
+    plan = emulate.Plan(run_dir)
+    ba, bb, bc = plan.input(A), plan.input(B), plan.scratch(M * N * 4)
+    plan.launch(fn, (-(-M // tile[0]), -(-N // tile[1])), [ba, bb, bc, M, N, K])
+    plan.output(bc, np.int32, (M, N))
+    return emulate.run(exe, plan, cpu)[0]
+
+
+@pytest.mark.parametrize("adt", [np.uint8, np.int8])
+@pytest.mark.parametrize("target_cpu", [A76, (_i8mm(get_target("aarch64-linux")), "max"), M2_ELF],
+                         ids=["a76-sdot", "i8mm-usdot", "m2"])
+def test_dot_exact_under_qemu(workdir, target_cpu, adt):
+    from test_dot import _edge_matrix, _ref
+    target, cpu = target_cpu
+    rng = np.random.default_rng(7)
+    info = np.iinfo(adt)
+    cases = [(np.full((5, 70), info.max, adt), np.full((70, 19), -128, np.int8)),
+             (np.full((5, 70), info.min, adt), np.full((70, 19), -128, np.int8))]
+    for M, N, K in ((1, 1, 1), (3, 17, 33), (9, 31, 100)):
+        cases.append((_edge_matrix(rng, (M, K), adt), _edge_matrix(rng, (K, N), np.int8)))
+    for A, B in cases:
+        C = _dot_emulated(workdir, target, cpu, A, B)
+        np.testing.assert_array_equal(C, _ref(A, B), err_msg=f"{target.name} {A.shape}x{B.shape}")
