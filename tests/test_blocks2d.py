@@ -151,3 +151,24 @@ def bad_reshape(a, n):
 def test_2d_compile_errors(kernel, msg):
     with pytest.raises(lutc.CompilationError, match=msg):
         kernel.compile({"a": "*f32", "n": "i32"}, {})
+
+
+@lutc.jit
+def copy_t(x, out, R, C, BR: tl.constexpr, BC: tl.constexpr):
+    r = tl.arange(0, BR)
+    c = tl.arange(0, BC)
+    m = (r[:, None] < R) & (c[None, :] < C)
+    rows = tl.load(x + r[:, None] * C + c[None, :], mask=m, other=-1)      # rows contiguous
+    cols = tl.load(x + c[None, :] * 0 + r[:, None] * C + c[None, :] * 1, mask=m)
+    tl.store(out + c[None, :] * R + r[:, None], rows + cols, mask=m)         # transposed: a scatter
+
+
+def test_row_and_gather_access_of_2d_blocks():
+    sig = {"x": "*i32", "out": "*i32", "R": "i32", "C": "i32"}
+    ir_text = copy_t.emit(sig, dict(BR=4, BC=8), 1, kind="ir")
+    assert ir_text.count("access=rows") == 2 and ir_text.count("access=gather") == 1, ir_text
+    R, C = 3, 6
+    x = np.arange(R * C, dtype=np.int32).reshape(R, C)
+    out = np.full((C, R), 99, np.int32)
+    copy_t[(1,)](x, out, R, C, BR=4, BC=8)
+    np.testing.assert_array_equal(out, 2 * x.T)

@@ -28,6 +28,7 @@ import llvmlite.ir as ir
 
 from ..ir import types as T
 from ..ir.ranges import dtype_range, maddubs_safe, value_range
+from .shapes import concat_rows
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 
@@ -169,23 +170,10 @@ def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt):
             for g in range(groups):
                 v = plan.step(cg, v, a_vec(m, g), bvecs[c][g])
             rows.append(v)
-    flat = _concat_all(b, rows)
+    flat = concat_rows(b, rows)
     width = chunks * L
     return b.shuffle_vector(flat, ir.Constant(flat.type, None),
                             _vec(I32, [m * width + n for m in range(M) for n in range(N)]))
-
-
-def _concat_all(b, parts):
-    """One vector of all parts in order (power-of-two tree of shuffles, undef padding)."""
-    while len(parts) > 1:
-        if len(parts) % 2:
-            parts = parts + [ir.Constant(parts[0].type, None)]
-        nxt = []
-        for x, y in zip(parts[::2], parts[1::2]):
-            n = x.type.count
-            nxt.append(b.shuffle_vector(x, y, _vec(I32, range(2 * n))))
-        parts = nxt
-    return parts[0]
 
 
 __all__ = ["emit_dot", "choose", "GroupDot", "dtype_range"]

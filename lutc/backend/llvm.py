@@ -7,6 +7,7 @@ from ..ir import Function
 from ..ir import types as T
 from .intrinsics import Intrinsics
 from .launch_abi import GRID_SLOTS, LAUNCH_FNTY, launch_symbol
+from .shapes import ShapeOps
 from .target import Target
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -28,7 +29,7 @@ def _const_vec(ty, values):
     return ir.Constant(ir.VectorType(ty, len(values)), list(values))
 
 
-class KernelCodegen:
+class KernelCodegen(ShapeOps):
     """Emits `<name>_task(ctx, pid)` and `<name>_launch(ctx, ntasks, nthreads)` for one Function."""
 
     def __init__(self, fn: Function, target: Target, module: ir.Module):
@@ -144,37 +145,7 @@ class KernelCodegen:
         dt = T.scalar_of(op.operands[0].type)
         if "axis" not in op.attrs:
             return self.intr.reduce(self.b, op.attrs["kind"], dt, args[0])
-        from .arith import emit_binary
-        (rows, cols), axis = op.operands[0].type.shape, op.attrs["axis"]
-        kind = "add" if op.attrs["kind"] == "sum" else op.attrs["kind"]
-        acc = None
-        for j in range(rows if axis == 0 else cols):  # combine the rows (axis 0) or columns (axis 1)
-            idx = [j * cols + c for c in range(cols)] if axis == 0 else [r * cols + j for r in range(rows)]
-            part = self.b.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), _const_vec(I32, idx))
-            acc = part if acc is None else emit_binary(self.b, self.intr, kind, dt, acc, part)
-        return acc
-
-    def op_reshape(self, op, args):
-        return args[0]  # blocks are flat row-major vectors whatever their shape
-
-    def op_broadcast(self, op, args):
-        src, shape = op.operands[0].type.shape, op.attrs["shape"]
-        if len(src) == 1:
-            idx = [0] * shape[0]
-        else:
-            rows, cols = shape
-            idx = [(r if src[0] > 1 else 0) * src[1] + (c if src[1] > 1 else 0)
-                   for r in range(rows) for c in range(cols)]
-        return self.b.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), _const_vec(I32, idx))
-
-    def op_transpose(self, op, args):
-        rows, cols = op.operands[0].type.shape
-        idx = [r * cols + c for c in range(cols) for r in range(rows)]
-        return self.b.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), _const_vec(I32, idx))
-
-    def op_dot(self, op, args):
-        from .dot import emit_dot
-        return emit_dot(self, op, *args)
+        return self.reduce_axis(op, dt, args[0])
 
     def op_addptr(self, op, args):
         ptr, off = args
@@ -205,6 +176,8 @@ class KernelCodegen:
             if mask is None:
                 return self.b.load(base, typ=lt, align=align)
             return self.intr.masked_load(self.b, base, mask, args[2], align)
+        if access == "rows":
+            return self.load_rows(rt, ptr, mask, args[2] if mask is not None else None, align)
         if access == "uniform" and mask is None:
             return self.splat(self.b.load(self._lane0(ptr), typ=lt.element, align=align), rt.size)
         if mask is None:
@@ -244,6 +217,8 @@ class KernelCodegen:
             else:
                 self.intr.masked_store(self.b, val, base, mask, align)
             return None
+        if op.attrs.get("access") == "rows":
+            return self.store_rows(vt, ptr, val, mask, align)
         if mask is None:
             mask = _const_vec(I1, [1] * vt.size)
         self.intr.masked_scatter(self.b, val, ptr, mask, align)

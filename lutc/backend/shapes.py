@@ -1,0 +1,93 @@
+"""LLVM lowering of 2-D block ops (a mixin of KernelCodegen): a block of shape (rows, cols) is one
+flat vector in row-major order, so reshape is free, broadcasts and transposes are shuffles, axis
+reductions combine rows or columns lane-wise, and 2-D loads/stores whose rows are contiguous
+('rows' access, from passes.analyze_access) are one vector access per row."""
+from __future__ import annotations
+
+import llvmlite.ir as ir
+
+I32 = ir.IntType(32)
+
+
+def const_vec(ty, values):
+    values = list(values)
+    return ir.Constant(ir.VectorType(ty, len(values)), values)
+
+
+def concat_rows(b, parts):
+    """One vector of equal-width parts in order (a tree of shuffles; odd counts pad)."""
+    total = sum(p.type.count for p in parts)
+    while len(parts) > 1:
+        if len(parts) % 2:
+            parts = parts + [ir.Constant(parts[0].type, None)]
+        parts = [b.shuffle_vector(x, y, const_vec(I32, range(2 * x.type.count)))
+                 for x, y in zip(parts[::2], parts[1::2])]
+    v = parts[0]
+    if v.type.count != total:
+        v = b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), const_vec(I32, range(total)))
+    return v
+
+
+class ShapeOps:
+    """op_* handlers for reshape, broadcast, transpose and dot, and 2-D helpers for the rest."""
+
+    def _lanes(self, v, idx):
+        return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), const_vec(I32, idx))
+
+    def reduce_axis(self, op, dt, v):
+        from .arith import emit_binary
+        (rows, cols), axis = op.operands[0].type.shape, op.attrs["axis"]
+        kind = "add" if op.attrs["kind"] == "sum" else op.attrs["kind"]
+        acc = None
+        for j in range(rows if axis == 0 else cols):  # combine the rows (axis 0) or columns (axis 1)
+            idx = [j * cols + c for c in range(cols)] if axis == 0 else [r * cols + j for r in range(rows)]
+            part = self._lanes(v, idx)
+            acc = part if acc is None else emit_binary(self.b, self.intr, kind, dt, acc, part)
+        return acc
+
+    def op_reshape(self, op, args):
+        return args[0]  # blocks are flat row-major vectors whatever their shape
+
+    def op_broadcast(self, op, args):
+        src, shape = op.operands[0].type.shape, op.attrs["shape"]
+        if len(src) == 1:
+            return self._lanes(args[0], [0] * shape[0])
+        rows, cols = shape
+        return self._lanes(args[0], [(r if src[0] > 1 else 0) * src[1] + (c if src[1] > 1 else 0)
+                                     for r in range(rows) for c in range(cols)])
+
+    def op_transpose(self, op, args):
+        rows, cols = op.operands[0].type.shape
+        return self._lanes(args[0], [r * cols + c for c in range(cols) for r in range(rows)])
+
+    def op_dot(self, op, args):
+        from .dot import emit_dot
+        return emit_dot(self, op, *args)
+
+    # -- 'rows' access: each row's lanes are consecutive in memory from its first pointer
+    def _row(self, v, r, cols):
+        return self._lanes(v, range(r * cols, (r + 1) * cols))
+
+    def load_rows(self, rt, ptr, mask, other, align):
+        from .llvm import llvm_type
+        rows, cols = rt.shape
+        row_t = ir.VectorType(llvm_type(rt.elem), cols)
+        parts = []
+        for r in range(rows):
+            base = self.b.extract_element(ptr, ir.Constant(I32, r * cols))
+            if mask is None:
+                parts.append(self.b.load(base, typ=row_t, align=align))
+            else:
+                parts.append(self.intr.masked_load(self.b, base, self._row(mask, r, cols),
+                                                   self._row(other, r, cols), align))
+        return concat_rows(self.b, parts)
+
+    def store_rows(self, vt, ptr, val, mask, align):
+        rows, cols = vt.shape
+        for r in range(rows):
+            base = self.b.extract_element(ptr, ir.Constant(I32, r * cols))
+            v = self._row(val, r, cols)
+            if mask is None:
+                self.b.store(v, base, align=align)
+            else:
+                self.intr.masked_store(self.b, v, base, self._row(mask, r, cols), align)
