@@ -27,20 +27,16 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from ..ir import types as T
-from ..ir.ranges import dtype_range, maddubs_safe, value_range
-from .shapes import concat_rows
+from ..ir.ranges import maddubs_safe, value_range
+from .irutil import concat_rows, const_vec
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-
-
-def _vec(ty, values):
-    return ir.Constant(ir.VectorType(ty, len(values)), list(values))
 
 
 def _shuffle(b, v, idx):
     """Lanes of v by index; an index of len(v) (or more) reads 0."""
     zero = ir.Constant(v.type, None)
-    return b.shuffle_vector(v, zero, _vec(I32, idx))
+    return b.shuffle_vector(v, zero, const_vec(I32, idx))
 
 
 class GroupDot:
@@ -173,7 +169,7 @@ def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt):
     flat = concat_rows(b, rows)
     width = chunks * L
     return b.shuffle_vector(flat, ir.Constant(flat.type, None),
-                            _vec(I32, [m * width + n for m in range(M) for n in range(N)]))
+                            const_vec(I32, [m * width + n for m in range(M) for n in range(N)]))
 
 
-__all__ = ["emit_dot", "choose", "GroupDot", "dtype_range"]
+__all__ = ["emit_dot", "choose", "GroupDot"]

@@ -177,7 +177,7 @@ class KernelCodegen(ShapeOps):
                 return self.b.load(base, typ=lt, align=align)
             return self.intr.masked_load(self.b, base, mask, args[2], align)
         if access == "rows":
-            return self.load_rows(rt, ptr, mask, args[2] if mask is not None else None, align)
+            return self.load_rows(rt, lt, ptr, mask, args[2] if mask is not None else None, align)
         if access == "uniform" and mask is None:
             return self.splat(self.b.load(self._lane0(ptr), typ=lt.element, align=align), rt.size)
         if mask is None:

@@ -6,26 +6,10 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
+from .dot import emit_dot
+from .irutil import concat_rows, const_vec
+
 I32 = ir.IntType(32)
-
-
-def const_vec(ty, values):
-    values = list(values)
-    return ir.Constant(ir.VectorType(ty, len(values)), values)
-
-
-def concat_rows(b, parts):
-    """One vector of equal-width parts in order (a tree of shuffles; odd counts pad)."""
-    total = sum(p.type.count for p in parts)
-    while len(parts) > 1:
-        if len(parts) % 2:
-            parts = parts + [ir.Constant(parts[0].type, None)]
-        parts = [b.shuffle_vector(x, y, const_vec(I32, range(2 * x.type.count)))
-                 for x, y in zip(parts[::2], parts[1::2])]
-    v = parts[0]
-    if v.type.count != total:
-        v = b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), const_vec(I32, range(total)))
-    return v
 
 
 class ShapeOps:
@@ -61,17 +45,15 @@ class ShapeOps:
         return self._lanes(args[0], [r * cols + c for c in range(cols) for r in range(rows)])
 
     def op_dot(self, op, args):
-        from .dot import emit_dot
         return emit_dot(self, op, *args)
 
     # -- 'rows' access: each row's lanes are consecutive in memory from its first pointer
     def _row(self, v, r, cols):
         return self._lanes(v, range(r * cols, (r + 1) * cols))
 
-    def load_rows(self, rt, ptr, mask, other, align):
-        from .llvm import llvm_type
+    def load_rows(self, rt, lt, ptr, mask, other, align):
         rows, cols = rt.shape
-        row_t = ir.VectorType(llvm_type(rt.elem), cols)
+        row_t = ir.VectorType(lt.element, cols)
         parts = []
         for r in range(rows):
             base = self.b.extract_element(ptr, ir.Constant(I32, r * cols))
