@@ -112,7 +112,8 @@ def test_harness_catches_wrong_results_and_overflows(workdir):
         emulate.run(exe, plan, "cortex-a76")
 
 
-# -- tl.dot: sdot (dotprod), usdot (i8mm) and the XOR-0x80 fix for u8 A without i8mm, bit-exact
+# -- tl.dot: sdot (dotprod), smmla/usmmla and usdot (i8mm), the XOR-0x80 fix for u8 A without
+# i8mm; bit-exact against numpy
 def _i8mm(target):
     import dataclasses
     return dataclasses.replace(target, name=target.name + "+i8mm", features=target.features + ",+i8mm")
@@ -142,7 +143,7 @@ def _dot_emulated(workdir, target, cpu, A, B, tile=(4, 16, 32)):
 
 @pytest.mark.parametrize("adt", [np.uint8, np.int8])
 @pytest.mark.parametrize("target_cpu", [A76, (_i8mm(get_target("aarch64-linux")), "max"), M2_ELF],
-                         ids=["a76-sdot", "i8mm-usdot", "m2"])
+                         ids=["a76-sdot", "i8mm-mmla", "m2"])
 def test_dot_exact_under_qemu(workdir, target_cpu, adt):
     from test_dot import _edge_matrix, _ref
     target, cpu = target_cpu
@@ -152,6 +153,10 @@ def test_dot_exact_under_qemu(workdir, target_cpu, adt):
              (np.full((5, 70), info.min, adt), np.full((70, 19), -128, np.int8))]
     for M, N, K in ((1, 1, 1), (3, 17, 33), (9, 31, 100)):
         cases.append((_edge_matrix(rng, (M, K), adt), _edge_matrix(rng, (K, N), np.int8)))
-    for A, B in cases:
-        C = _dot_emulated(workdir, target, cpu, A, B)
-        np.testing.assert_array_equal(C, _ref(A, B), err_msg=f"{target.name} {A.shape}x{B.shape}")
+    # (4, 16, 32) tiles; ragged (3, 5, 7) tiles (odd rows and columns for the 2 x 2 mmla tiles);
+    # single-row (1, 16, 32) tiles, which use sdot/usdot even with i8mm
+    tiles = [(4, 16, 32)] + ([(3, 5, 7), (1, 16, 32)] if target.has("i8mm") else [])
+    for tile in tiles:
+        for A, B in cases:
+            C = _dot_emulated(workdir, target, cpu, A, B, tile)
+            np.testing.assert_array_equal(C, _ref(A, B), err_msg=f"{target.name} {tile} {A.shape}x{B.shape}")

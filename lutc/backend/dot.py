@@ -11,7 +11,8 @@ as numpy's int32 matmul does.
     x86 AVX2 (ranges proven)      vpmaddubsw + vpmaddwd(ones)  P=4    L = 8 (16 with AVX-512BW)
     x86 AVX2 / AVX-512BW / SSE2   vpmovsx/zxbw + vpmaddwd      P=2    L = 8 / 16 / 4
     AArch64 +dotprod              sdot          P=4, s8 x s8          L = 4
-    AArch64 +i8mm, u8 A           usdot         P=4, u8 x s8          L = 4
+    AArch64 +i8mm, u8 A, M or N 1 usdot         P=4, u8 x s8          L = 4
+  AArch64 +i8mm with M, N > 1 uses `smmla` / `usmmla` instead (`mmla_dot`): 2 x 2 output tiles.
   When A's signedness differs from the instruction's, A is XORed with 0x80 (A + 128 read as
   u8, or A - 128 read as s8: A + d) and d * colsum(B) is subtracted: the same instruction run
   on a row of 0x80 bytes computes exactly that correction.
@@ -102,7 +103,10 @@ def emit_dot(cg, op, a, bm, acc):
     (M, K), N = ta.shape, tb.shape[1]
     if ta.elem == T.float32:
         return portable_dot(cg, a, bm, acc, M, K, N, T.float32, T.float32)
-    plan = choose(cg.target, ta.elem, N, value_range(op.operands[0]), value_range(op.operands[1]))
+    t = cg.target
+    if t.is_aarch64 and t.has("i8mm") and M > 1 and N > 1:
+        return mmla_dot(cg, "usmmla" if ta.elem == T.uint8 else "smmla", a, bm, acc, M, K, N)
+    plan = choose(t, ta.elem, N, value_range(op.operands[0]), value_range(op.operands[1]))
     if plan is None:
         return portable_dot(cg, a, bm, acc, M, K, N, ta.elem, tb.elem)
     return group_dot(cg, plan, a, bm, acc, M, K, N, ta.elem)
@@ -121,6 +125,42 @@ def portable_dot(cg, a, bm, acc, M, K, N, a_dt, b_dt):
         bk = _shuffle(b, bm, [k * N + n for _ in range(M) for n in range(N)])
         acc = add(acc, mul(ak, bk))
     return acc
+
+
+def mmla_dot(cg, insn, a, bm, acc, M, K, N):
+    """AArch64 i8mm: `smmla`/`usmmla` adds a (2 x 8) x (8 x 2) int8 product to a 2 x 2 int32 tile.
+
+    For each 2 x 2 output tile (rows 2i, 2i+1; columns 2j, 2j+1) and k-group g of 8, the first
+    operand holds A's two rows [2i, 8g:8g+8] and [2i+1, 8g:8g+8], the second B's two columns
+    [8g:8g+8, 2j] and [8g:8g+8, 2j+1]; the accumulator lanes are (r, c) = 00, 01, 10, 11. Rows,
+    columns and k past the block read zeros. `usmmla` reads A as u8, so no signedness fix.
+    """
+    b = cg.b
+    Mp, Np, groups = -(-M // 2), -(-N // 2), -(-K // 8)
+    zero_a, zero_b = M * K, K * N
+
+    def b_vec(j, g):
+        return _shuffle(b, bm, [(8 * g + kk) * N + 2 * j + c if 8 * g + kk < K and 2 * j + c < N else zero_b
+                                for c in range(2) for kk in range(8)])
+
+    def a_vec(i, g):
+        return _shuffle(b, a, [(2 * i + r) * K + 8 * g + kk if 8 * g + kk < K and 2 * i + r < M else zero_a
+                               for r in range(2) for kk in range(8)])
+
+    bvecs = [[b_vec(j, g) for g in range(groups)] for j in range(Np)]
+    name = f"llvm.aarch64.neon.{insn}.v4i32.v16i8"
+    tiles = []
+    for i in range(Mp):
+        avecs = [a_vec(i, g) for g in range(groups)]
+        for j in range(Np):
+            v = _shuffle(b, acc, [(2 * i + r) * N + 2 * j + c if 2 * i + r < M and 2 * j + c < N else M * N
+                                  for r in range(2) for c in range(2)])
+            for g in range(groups):
+                v = GroupDot._call(cg, name, [v, avecs[g], bvecs[j][g]])
+            tiles.append(v)
+    flat = concat_rows(b, tiles)
+    return b.shuffle_vector(flat, ir.Constant(flat.type, None), const_vec(
+        I32, [((m // 2) * Np + n // 2) * 4 + (m % 2) * 2 + n % 2 for m in range(M) for n in range(N)]))
 
 
 def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt):
