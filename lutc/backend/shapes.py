@@ -51,25 +51,60 @@ class ShapeOps:
     def _row(self, v, r, cols):
         return self._lanes(v, range(r * cols, (r + 1) * cols))
 
+    def _native_masks(self, elem_bytes):
+        """Whether masked vector loads/stores of this element size are instructions here (AVX-512BW
+        for bytes and halves, AVX for 4/8 bytes); elsewhere LLVM expands them lane by lane."""
+        t = self.target
+        if not t.is_x86:
+            return False
+        return t.has("avx512bw") if elem_bytes < 4 else t.has("avx")
+
+    def _all_set(self, m):
+        fn = self.intr.declare(f"llvm.vector.reduce.and.v{m.type.count}i1", m.type.element, [m.type])
+        return self.b.call(fn, [m])
+
     def load_rows(self, rt, lt, ptr, mask, other, align):
         rows, cols = rt.shape
         row_t = ir.VectorType(lt.element, cols)
-        parts = []
+        fast = mask is not None and not self._native_masks(rt.elem.nbytes)
+        b, parts = self.b, []
         for r in range(rows):
-            base = self.b.extract_element(ptr, ir.Constant(I32, r * cols))
+            base = b.extract_element(ptr, ir.Constant(I32, r * cols))
             if mask is None:
-                parts.append(self.b.load(base, typ=row_t, align=align))
-            else:
-                parts.append(self.intr.masked_load(self.b, base, self._row(mask, r, cols),
-                                                   self._row(other, r, cols), align))
-        return concat_rows(self.b, parts)
+                parts.append(b.load(base, typ=row_t, align=align))
+                continue
+            rmask, rother = self._row(mask, r, cols), self._row(other, r, cols)
+            if not fast:
+                parts.append(self.intr.masked_load(b, base, rmask, rother, align))
+                continue
+            # a full row (the common case inside the matrix) is one plain vector load
+            with b.if_else(self._all_set(rmask)) as (full, partial):
+                with full:
+                    v_full, bb_full = b.load(base, typ=row_t, align=align), b.block
+                with partial:
+                    v_part, bb_part = self.intr.masked_load(b, base, rmask, rother, align), b.block
+            phi = b.phi(row_t)
+            phi.add_incoming(v_full, bb_full)
+            phi.add_incoming(v_part, bb_part)
+            parts.append(phi)
+        return concat_rows(b, parts)
 
     def store_rows(self, vt, ptr, val, mask, align):
         rows, cols = vt.shape
+        fast = mask is not None and not self._native_masks(vt.elem.nbytes)
+        b = self.b
         for r in range(rows):
-            base = self.b.extract_element(ptr, ir.Constant(I32, r * cols))
+            base = b.extract_element(ptr, ir.Constant(I32, r * cols))
             v = self._row(val, r, cols)
             if mask is None:
-                self.b.store(v, base, align=align)
-            else:
-                self.intr.masked_store(self.b, v, base, self._row(mask, r, cols), align)
+                b.store(v, base, align=align)
+                continue
+            rmask = self._row(mask, r, cols)
+            if not fast:
+                self.intr.masked_store(b, v, base, rmask, align)
+                continue
+            with b.if_else(self._all_set(rmask)) as (full, partial):
+                with full:
+                    b.store(v, base, align=align)
+                with partial:
+                    self.intr.masked_store(b, v, base, rmask, align)
