@@ -172,3 +172,14 @@ def test_row_and_gather_access_of_2d_blocks():
     out = np.full((C, R), 99, np.int32)
     copy_t[(1,)](x, out, R, C, BR=4, BC=8)
     np.testing.assert_array_equal(out, 2 * x.T)
+
+
+def test_block_types_keep_1d_identity_and_print_2d_shapes():
+    from lutc.ir import types as T
+    assert T.BlockType(T.int32, 16) == T.block(T.int32, 16) == T.block(T.int32, (16,))
+    assert str(T.BlockType(T.int32, 16)) == "<16xi32>" and str(T.block(T.int8, (4, 8))) == "<4x8xi8>"
+    assert T.with_elem(T.block(T.int8, (4, 8)), T.int32) == T.block(T.int32, (4, 8))
+    assert T.block(T.int8, (4, 8)) != T.block(T.int8, (8, 4)) != T.BlockType(T.int8, 32)
+    text = outer.emit({"x": "*f32", "y": "*f32", "out": "*f32", "M": "i32", "N": "i32"},
+                      dict(BM=8, BN=8), 1, kind="ir")
+    assert "reshape" in text and "broadcast" in text and "<8x8xf32>" in text
