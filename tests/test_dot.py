@@ -165,3 +165,29 @@ def test_example_kernel_in_docs_matches_numpy():
     docs = (path.parents[1] / "docs" / "dsl.md").read_text()
     kernel = inspect.getsource(mod.matmul_i8.fn).strip()
     assert kernel.startswith("@lutc.jit") and kernel in docs
+
+
+@lutc.jit
+def codes_dot(a, codes, c, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr):
+    rm = tl.arange(0, M)
+    rn = tl.arange(0, N)
+    rk = tl.arange(0, K)
+    x = tl.load(a + rm[:, None] * K + rk[None, :])
+    w = (tl.load(codes + rk[:, None] * N + rn[None, :]) & 15).to(tl.int8) - 8   # in [-8, 7]
+    tl.store(c + rm[:, None] * N + rn[None, :], tl.dot(x, w))
+
+
+def test_range_of_4bit_codes_is_proven_for_maddubs():
+    """B = (codes & 15) - 8 lies in [-8, 7]: AVX2 multiplies with vpmaddubsw, and stays exact."""
+    sig = {"a": "*u8", "codes": "*u8", "c": "*i32"}
+    cx = dict(M=4, N=16, K=64)
+    assert "vpmaddubsw" in codes_dot.emit(sig, cx, 1, get_target("x86-avx2"), kind="asm")
+    fn = codes_dot.compile(sig, cx, 1, _run_target("x86-avx2"))
+    rng = np.random.default_rng(9)
+    A = _edge_matrix(rng, (4, 64), np.uint8)
+    A[0] = 255
+    codes = rng.integers(0, 256, (64, 16)).astype(np.uint8)
+    codes[:, 0] = 0  # -8 everywhere in column 0, with A = 255 in row 0
+    C = np.zeros((4, 16), np.int32)
+    fn.launch((1,), [A, codes, C])
+    np.testing.assert_array_equal(C, _ref(A, ((codes & 15).astype(np.int16) - 8).astype(np.int8)))

@@ -65,3 +65,25 @@ def test_levels_use_the_full_int8_range():
     codes, levels, ws = prepare_weights(qw)
     assert levels.shape == (8, 2, 4) and levels.dtype == np.int8
     assert (np.abs(levels).max(-1) == 127).all() and (ws > 0).all()
+
+
+def test_prefill_on_the_avx2_target():
+    """The same kernel compiled for x86-avx2 (vpmaddwd) gives the host's (vpdpbusd) result."""
+    from lutc.backend.target import get_target, runnable
+    from lutc.backend.toolchain import native_mismatch
+    from lutc.kernels.prefill import int8_gemm
+    if native_mismatch(get_target("x86-avx2")) is not None:
+        pytest.skip("x86-avx2 code cannot run here")
+    rng = np.random.default_rng(4)
+    M, N, K = 5, 21, 100
+    qw = quant.quantize(rng.standard_normal((N, K)).astype(np.float32), 2, 32, method="rtn")
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    codes, levels, ws = prepared = prepare_weights(qw)
+    xq, xs = quantize_activations(x)
+    sig = dict(xq="*i8", xs="*f32", codes="*u8", levels="*i8", wscale="*f32", y="*f32", M="i32", N="i32",
+               K="i32", KB="i32", G="i32")
+    fn = int8_gemm.compile(sig, dict(BM=4, BN=8, GS=32, NC=4, QB=QB), 2, runnable("x86-avx2"))
+    y = np.zeros((M, N), np.float32)
+    fn.launch((2, 3), [xq, xs, codes, levels, ws, y, M, N, K, xs.shape[1], qw.num_groups])
+    ref = _int_ref(xq, xs, qw, prepared)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
