@@ -80,6 +80,7 @@ def _dot_asm(target, a="*u8", clamp=False, extra="", bm=4):
     ("x86-avx2", ",+avxvnni", "*u8", False, "vpdpbusd", 4),    # AVX-VNNI ({vex} encoded, ymm)
     ("x86-avx2", ",+avxvnni", "*i8", False, "vpdpbusd", 4),    # s8 A: XOR 0x80 and a column-sum fix
     ("x86-avx512", "", "*u8", False, "vpmaddwd", 4),
+    ("x86-avx512", "", "*u8", True, "vpmaddubsw|vpmaddwd", 4),  # zmm with AVX-512BW
     ("x86-avx512", ",+avx512vnni", "*i8", False, "vpdpbusd", 4),
     ("generic-x86", "", "*u8", False, "pmaddwd", 4),
     ("aarch64-linux", "", "*i8", False, "sdot", 4),

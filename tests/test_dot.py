@@ -131,7 +131,7 @@ def test_property_other_lowerings_match_numpy(M, N, K, seed, target):
     np.testing.assert_array_equal(_dot(target, A, B), _ref(A, B))
 
 
-@pytest.mark.parametrize("target", ["x86-avx2", "host"])
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512", "host"])
 def test_proven_range_uses_maddubs_exactly(target):
     """With B clamped to [-64, 64] AVX2 may use vpmaddubsw: 2 * 255 * 64 = 32640 fits i16."""
     rng = np.random.default_rng(5)
