@@ -141,7 +141,14 @@ def bad_reshape(a, n):
     y = tl.reshape(tl.arange(0, 12), (5, 3))
 
 
+@lutc.jit
+def too_many_lanes(a, n):
+    r = tl.arange(0, 128)
+    y = r[:, None] + r[None, :]
+
+
 @pytest.mark.parametrize("kernel,msg", [
+    (too_many_lanes, r"a block of shape \(128, 128\) has 16384 lanes; blocks hold at most 4096"),
     (bad_shapes, r"shape mismatch: block of shape \(4, 8\) vs block of shape \(8, 4\)"),
     (bad_dot_dtype, "dot supports u8/i8 x i8 -> i32"),
     (bad_dot_shape, r"dot shape mismatch: \(4, 8\) x \(4, 8\)"),

@@ -70,7 +70,7 @@ class IRBuilder:
             if v.type.rank == 1 and len(shape) == 1:
                 raise IRTypeError(f"cannot broadcast a block of {v.type.size} lanes to {shape[0]}")
             return self.broadcast_to(v, shape)
-        return self._one("splat", [v], [T.block(v.type, shape)])
+        return self._one("splat", [v], [_block(v.type, shape)])
 
     def broadcast_to(self, v: Value, shape) -> Value:
         """Numpy broadcasting of a block to `shape`: dimensions of 1 repeat, missing ones lead."""
@@ -80,7 +80,7 @@ class IRBuilder:
         v = self.reshape(v, (1,) * (len(shape) - len(src)) + src)
         if v.type.shape == tuple(shape):
             return v
-        return self._one("broadcast", [v], [T.block(v.type.elem, shape)], {"shape": tuple(shape)})
+        return self._one("broadcast", [v], [_block(v.type.elem, shape)], {"shape": tuple(shape)})
 
     def reshape(self, v: Value, shape) -> Value:
         """The same lanes in row-major order under another shape (no data movement)."""
@@ -219,7 +219,7 @@ class IRBuilder:
             out = T.float32
         else:
             raise IRTypeError(f"dot supports u8/i8 x i8 -> i32 and f32 x f32 -> f32, got {ta.elem} x {tb.elem}")
-        rt = T.block(out, (m, n))
+        rt = _block(out, (m, n))
         acc = self.splat(self.const(0, out), (m, n)) if acc is None else acc
         if acc.type != rt:
             raise IRTypeError(f"dot accumulator must be {rt}, got {acc.type}")
@@ -337,6 +337,17 @@ class IRBuilder:
 
     def yield_(self, values):
         self._emit("yield", list(values), [])
+
+
+MAX_LANES = 4096
+
+
+def _block(elem, shape) -> T.BlockType:
+    """A new block type, at most MAX_LANES lanes (one LLVM vector)."""
+    t = T.block(elem, shape)
+    if t.size > MAX_LANES:
+        raise IRTypeError(f"a block of shape {t.shape} has {t.size} lanes; blocks hold at most {MAX_LANES}")
+    return t
 
 
 def _int_range(dt: T.DType):
