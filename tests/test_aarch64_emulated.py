@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import quant
 from aarch64_harness import emulate
@@ -160,3 +161,15 @@ def test_dot_exact_under_qemu(workdir, target_cpu, adt):
         for A, B in cases:
             C = _dot_emulated(workdir, target, cpu, A, B, tile)
             np.testing.assert_array_equal(C, _ref(A, B), err_msg=f"{target.name} {tile} {A.shape}x{B.shape}")
+
+
+@settings(max_examples=6, deadline=None)
+@given(M=st.integers(1, 12), N=st.integers(1, 40), K=st.integers(1, 100), seed=st.integers(0, 2**31),
+       signed=st.booleans(), i8mm=st.booleans())
+def test_dot_property_under_qemu(workdir, M, N, K, seed, signed, i8mm):
+    from test_dot import _edge_matrix, _ref
+    target, cpu = (_i8mm(get_target("aarch64-linux")), "max") if i8mm else A76
+    rng = np.random.default_rng(seed)
+    adt = np.int8 if signed else np.uint8
+    A, B = _edge_matrix(rng, (M, K), adt), _edge_matrix(rng, (K, N), np.int8)
+    np.testing.assert_array_equal(_dot_emulated(workdir, target, cpu, A, B), _ref(A, B))
