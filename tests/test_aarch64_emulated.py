@@ -173,3 +173,29 @@ def test_dot_property_under_qemu(workdir, M, N, K, seed, signed, i8mm):
     adt = np.int8 if signed else np.uint8
     A, B = _edge_matrix(rng, (M, K), adt), _edge_matrix(rng, (K, N), np.int8)
     np.testing.assert_array_equal(_dot_emulated(workdir, target, cpu, A, B), _ref(A, B))
+
+
+@pytest.mark.parametrize("target_cpu", [A76, (_i8mm(get_target("aarch64-linux")), "max")], ids=["a76", "i8mm"])
+def test_int8_prefill_kernel_under_qemu(workdir, target_cpu):
+    """lutc/kernels/prefill.py's GEMM (tbl lookups of int8 levels, then sdot or smmla) as AArch64 code."""
+    from lutc.kernels.prefill import QB, int8_gemm, prepare_weights, quantize_activations
+    from test_prefill import _int_ref
+    target, cpu = target_cpu
+    rng = np.random.default_rng(11)
+    M, N, K = 6, 19, 100
+    qw = quant.quantize(rng.standard_normal((N, K)).astype(np.float32), 3, 32, method="rtn")
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    codes, levels, ws = prepared = prepare_weights(qw)
+    xq, xs = quantize_activations(x)
+    sig = dict(xq="*i8", xs="*f32", codes="*u8", levels="*i8", wscale="*f32", y="*f32", M="i32", N="i32",
+               K="i32", KB="i32", G="i32")
+    fn = int8_gemm.compile(sig, dict(BM=4, BN=8, GS=32, NC=8, QB=QB), 2, target)
+    exe = emulate.build_functions([fn], workdir / f"prefill_{target.name}")
+    plan = emulate.Plan(exe.parent)
+    bufs = [plan.input(v) for v in (xq, xs, codes, levels, ws)]
+    by = plan.scratch(M * N * 4)
+    plan.launch(fn, (2, 3), bufs + [by, M, N, K, xs.shape[1], qw.num_groups])
+    plan.output(by, np.float32, (M, N))
+    y = emulate.run(exe, plan, cpu)[0]
+    ref = _int_ref(xq, xs, qw, prepared)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
