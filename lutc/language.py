@@ -71,7 +71,7 @@ def arange(start, end):
 
 @_builtin
 def zeros(shape, dtype):
-    """A block of zeros: `shape` is an int or a 1-tuple."""
+    """A block of zeros: `shape` is an int, a 1-tuple or a 2-tuple."""
 
 
 @_builtin
@@ -140,18 +140,44 @@ def log(x):
 
 
 @_builtin
-def sum(x):
-    """Sum of the lanes of a block (a scalar)."""
+def sum(x, axis=None):
+    """Sum of the lanes of a block (a scalar), or along `axis` of a 2-D block."""
 
 
 @_builtin
-def max(x):
-    """Maximum lane of a block."""
+def max(x, axis=None):
+    """Maximum lane of a block, or maxima along `axis` of a 2-D block."""
 
 
 @_builtin
-def min(x):
-    """Minimum lane of a block."""
+def min(x, axis=None):
+    """Minimum lane of a block, or minima along `axis` of a 2-D block."""
+
+
+@_builtin
+def reshape(x, shape):
+    """The lanes of x (row-major) as a block of `shape` (an int or a 1- or 2-tuple)."""
+
+
+@_builtin
+def expand_dims(x, axis):
+    """x with a new axis of size 1 at `axis`: x[None, :] (axis 0) or x[:, None] (axis 1)."""
+
+
+@_builtin
+def broadcast_to(x, shape):
+    """x broadcast to `shape` (numpy rules)."""
+
+
+@_builtin
+def trans(x):
+    """The transpose of a 2-D block."""
+
+
+@_builtin
+def dot(a, b, acc=None):
+    """(M, K) x (K, N) matrix product of 2-D blocks: u8/i8 x i8 -> i32 (exact), f32 x f32 -> f32;
+    `acc` (M, N) is added."""
 
 
 @_builtin

@@ -72,6 +72,8 @@ def lower_lookup(fn, target=None):
 def _strides(fn, blocked):
     """Lane stride (in elements) of every int or pointer block that is affine in the lane.
 
+    For a 2-D block this is the stride along its last axis (columns): `x[None, :]` and its
+    broadcasts keep x's stride, a column `x[:, None]` and its broadcasts have 0.
     Loop-carried blocks take their initial value's stride unless listed in `blocked`.
     """
     stride = {}
@@ -81,6 +83,16 @@ def _strides(fn, blocked):
             stride[res[0]] = 1
         elif name == "splat":
             stride[res[0]] = 0
+        elif name == "reshape" and res[0].type.rank == 2 and o[0].type.rank == 1:
+            if res[0].type.shape[1] == 1:
+                stride[res[0]] = 0
+            elif o[0] in stride:
+                stride[res[0]] = stride[o[0]]
+        elif name == "broadcast" and res[0].type.rank == 2 and o[0].type.rank == 2:
+            if o[0].type.shape[1] == 1:
+                stride[res[0]] = 0
+            elif o[0] in stride:
+                stride[res[0]] = stride[o[0]]
         elif name == "binary" and all(v in stride for v in o):
             k, s0, s1 = op.attrs["kind"], stride[o[0]], stride[o[1]]
             if k == "add":
@@ -134,11 +146,15 @@ def _loop_consistent_strides(fn):
 
 
 def analyze_access(fn, target=None):
-    """Mark block loads/stores as 'contig' (one vector access), 'uniform' or 'gather'."""
+    """Mark block loads/stores as 'contig' (one vector access), 'uniform' or 'gather'; 2-D ones
+    as 'rows' (one vector access per row, when columns are contiguous) or 'gather'."""
     stride = _loop_consistent_strides(fn)
     for op in walk_region(fn.body):
         if op.opname in ("load", "store") and isinstance(op.operands[0].type, T.BlockType):
             s = stride.get(op.operands[0])
+            if op.operands[0].type.rank == 2:
+                op.attrs["access"] = "rows" if s == 1 else "gather"
+                continue
             op.attrs["access"] = {1: "contig", 0: "uniform"}.get(s, "gather")
     return fn
 

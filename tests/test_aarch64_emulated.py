@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import quant
 from aarch64_harness import emulate
@@ -110,3 +111,91 @@ def test_harness_catches_wrong_results_and_overflows(workdir):
     plan.launch(kernel.gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, 2, 40, 2])
     with pytest.raises(RuntimeError, match="out-of-bounds write around buffer 6"):
         emulate.run(exe, plan, "cortex-a76")
+
+
+# -- tl.dot: sdot (dotprod), smmla/usmmla and usdot (i8mm), the XOR-0x80 fix for u8 A without
+# i8mm; bit-exact against numpy
+def _i8mm(target):
+    import dataclasses
+    return dataclasses.replace(target, name=target.name + "+i8mm", features=target.features + ",+i8mm")
+
+
+_DOT_EXES = {}
+
+
+def _dot_emulated(workdir, target, cpu, A, B, tile=(4, 16, 32)):
+    from test_dot import _SIG, tile_dot
+    a_t = "*u8" if A.dtype == np.uint8 else "*i8"
+    key = (target.key, a_t, tile)
+    if key not in _DOT_EXES:
+        BM, BN, BK = tile
+        fn = tile_dot.compile({"a": a_t, **_SIG}, dict(BM=BM, BN=BN, BK=BK, CLAMP=False), 2, target)
+        _DOT_EXES[key] = (fn, emulate.build_functions([fn], workdir / f"dot{len(_DOT_EXES)}"))
+    fn, exe = _DOT_EXES[key]
+    (M, K), N = A.shape, B.shape[1]
+    run_dir = exe.parent / f"run{M}x{N}x{K}"
+    run_dir.mkdir(exist_ok=True)
+    plan = emulate.Plan(run_dir)
+    ba, bb, bc = plan.input(A), plan.input(B), plan.scratch(M * N * 4)
+    plan.launch(fn, (-(-M // tile[0]), -(-N // tile[1])), [ba, bb, bc, M, N, K])
+    plan.output(bc, np.int32, (M, N))
+    return emulate.run(exe, plan, cpu)[0]
+
+
+@pytest.mark.parametrize("adt", [np.uint8, np.int8])
+@pytest.mark.parametrize("target_cpu", [A76, (_i8mm(get_target("aarch64-linux")), "max"), M2_ELF],
+                         ids=["a76-sdot", "i8mm-mmla", "m2"])
+def test_dot_exact_under_qemu(workdir, target_cpu, adt):
+    from test_dot import _edge_matrix, _ref
+    target, cpu = target_cpu
+    rng = np.random.default_rng(7)
+    info = np.iinfo(adt)
+    cases = [(np.full((5, 70), info.max, adt), np.full((70, 19), -128, np.int8)),
+             (np.full((5, 70), info.min, adt), np.full((70, 19), -128, np.int8))]
+    for M, N, K in ((1, 1, 1), (3, 17, 33), (9, 31, 100)):
+        cases.append((_edge_matrix(rng, (M, K), adt), _edge_matrix(rng, (K, N), np.int8)))
+    # (4, 16, 32) tiles; ragged (3, 5, 7) tiles (odd rows and columns for the 2 x 2 mmla tiles);
+    # single-row (1, 16, 32) tiles, which use sdot/usdot even with i8mm
+    tiles = [(4, 16, 32)] + ([(3, 5, 7), (1, 16, 32)] if target.has("i8mm") else [])
+    for tile in tiles:
+        for A, B in cases:
+            C = _dot_emulated(workdir, target, cpu, A, B, tile)
+            np.testing.assert_array_equal(C, _ref(A, B), err_msg=f"{target.name} {tile} {A.shape}x{B.shape}")
+
+
+@settings(max_examples=6, deadline=None)
+@given(M=st.integers(1, 12), N=st.integers(1, 40), K=st.integers(1, 100), seed=st.integers(0, 2**31),
+       signed=st.booleans(), i8mm=st.booleans())
+def test_dot_property_under_qemu(workdir, M, N, K, seed, signed, i8mm):
+    from test_dot import _edge_matrix, _ref
+    target, cpu = (_i8mm(get_target("aarch64-linux")), "max") if i8mm else A76
+    rng = np.random.default_rng(seed)
+    adt = np.int8 if signed else np.uint8
+    A, B = _edge_matrix(rng, (M, K), adt), _edge_matrix(rng, (K, N), np.int8)
+    np.testing.assert_array_equal(_dot_emulated(workdir, target, cpu, A, B), _ref(A, B))
+
+
+@pytest.mark.parametrize("target_cpu", [A76, (_i8mm(get_target("aarch64-linux")), "max")], ids=["a76", "i8mm"])
+def test_int8_prefill_kernel_under_qemu(workdir, target_cpu):
+    """lutc/kernels/prefill.py's GEMM (tbl lookups of int8 levels, then sdot or smmla) as AArch64 code."""
+    from lutc.kernels.prefill import QB, int8_gemm, prepare_weights, quantize_activations
+    from test_prefill import _int_ref
+    target, cpu = target_cpu
+    rng = np.random.default_rng(11)
+    M, N, K = 6, 19, 100
+    qw = quant.quantize(rng.standard_normal((N, K)).astype(np.float32), 3, 32, method="rtn")
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    codes, levels, ws = prepared = prepare_weights(qw)
+    xq, xs = quantize_activations(x)
+    sig = dict(xq="*i8", xs="*f32", codes="*u8", levels="*i8", wscale="*f32", y="*f32", M="i32", N="i32",
+               K="i32", KB="i32", G="i32")
+    fn = int8_gemm.compile(sig, dict(BM=4, BN=8, GS=32, NC=8, QB=QB), 2, target)
+    exe = emulate.build_functions([fn], workdir / f"prefill_{target.name}")
+    plan = emulate.Plan(exe.parent)
+    bufs = [plan.input(v) for v in (xq, xs, codes, levels, ws)]
+    by = plan.scratch(M * N * 4)
+    plan.launch(fn, (2, 3), bufs + [by, M, N, K, xs.shape[1], qw.num_groups])
+    plan.output(by, np.float32, (M, N))
+    y = emulate.run(exe, plan, cpu)[0]
+    ref = _int_ref(xq, xs, qw, prepared)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

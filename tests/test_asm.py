@@ -57,3 +57,65 @@ def test_cross_target_kernels_refuse_to_run():
     k = CompiledKernel(Schedule.make(bits=2, group_size=32), "aarch64-linux")
     with pytest.raises(lutc.LaunchError, match="compiled for aarch64-linux"):
         k(np.ones((1, 32), np.float32), qw)
+
+
+# -- tl.dot: the instruction each target's lowering must use (tests/test_dot.py checks the results)
+_DOT_SIG = {"b": "*i8", "c": "*i32", "M": "i32", "N": "i32", "K": "i32"}
+_DOT_INSNS = r"\b(vpdpbusd|vpmaddubsw|vpmaddwd|pmaddwd|sdot|udot|usdot|sudot|smmla|usmmla)\b"
+
+
+def _dot_asm(target, a="*u8", clamp=False, extra="", bm=4):
+    import dataclasses
+    from test_dot import tile_dot
+    t = get_target(target)
+    if extra:
+        t = dataclasses.replace(t, name=f"{target}{extra}", features=t.features + extra)
+    return tile_dot.emit({"a": a, **_DOT_SIG}, dict(BM=bm, BN=16, BK=32, CLAMP=clamp), 2, t, kind="asm")
+
+
+@pytest.mark.parametrize("target,extra,a,clamp,insn,bm", [
+    ("x86-avx2", "", "*u8", False, "vpmaddwd", 4),             # saturation-free: bytes widened to i16
+    ("x86-avx2", "", "*i8", False, "vpmaddwd", 4),
+    ("x86-avx2", "", "*u8", True, "vpmaddubsw|vpmaddwd", 4),   # B proven in [-64, 64]: no i16 saturation
+    ("x86-avx2", ",+avxvnni", "*u8", False, "vpdpbusd", 4),    # AVX-VNNI ({vex} encoded, ymm)
+    ("x86-avx2", ",+avxvnni", "*i8", False, "vpdpbusd", 4),    # s8 A: XOR 0x80 and a column-sum fix
+    ("x86-avx512", "", "*u8", False, "vpmaddwd", 4),
+    ("x86-avx512", "", "*u8", True, "vpmaddubsw|vpmaddwd", 4),  # zmm with AVX-512BW
+    ("x86-avx512", ",+avx512vnni", "*i8", False, "vpdpbusd", 4),
+    ("generic-x86", "", "*u8", False, "pmaddwd", 4),
+    ("aarch64-linux", "", "*i8", False, "sdot", 4),
+    ("aarch64-linux", "", "*u8", False, "sdot", 4),            # u8 A without i8mm: XOR 0x80 + sdot
+    ("aarch64-linux", ",+i8mm", "*i8", False, "smmla", 4),     # 2 x 2 tiles of (2 x 8) x (8 x 2)
+    ("aarch64-linux", ",+i8mm", "*u8", False, "usmmla", 4),
+    ("aarch64-linux", ",+i8mm", "*u8", False, "usdot|sudot", 1),  # a single row: no mmla
+    ("m2", "", "*i8", False, "sdot", 4),
+])
+def test_dot_instruction_per_target(target, extra, a, clamp, insn, bm):
+    asm = _dot_asm(target, a, clamp, extra, bm)
+    found = set(re.findall(_DOT_INSNS, asm))
+    assert found and all(re.fullmatch(insn, f) for f in found), (target + extra, a, clamp, found)
+    if target == "x86-avx2":
+        assert "zmm" not in asm
+    if clamp:
+        assert "vpmaddubsw" in found
+    if extra == ",+avx512vnni":
+        assert re.search(r"vpdpbusd\s+.*zmm", asm)
+
+
+def test_dot_vpmaddubsw_only_with_a_proof():
+    """Unclamped u8 x i8 could saturate vpmaddubsw (2 * 255 * -128 < -32768): never used."""
+    assert "vpmaddubsw" not in _dot_asm("x86-avx2", "*u8", False)
+    assert "vpmaddubsw" not in _dot_asm("x86-avx512", "*i8", False)
+
+
+@pytest.mark.skipif(not get_target("host").has("avx512vnni"), reason="host has no AVX-512 VNNI")
+def test_host_dot_uses_vpdpbusd():
+    assert re.search(r"vpdpbusd\s+.*zmm", _dot_asm("host"))
+
+
+def test_portable_dot_has_no_dot_instruction():
+    import dataclasses
+    from test_dot import tile_dot
+    t = dataclasses.replace(get_target("generic-x86"), name="portable", features="+64bit")
+    asm = tile_dot.emit({"a": "*i8", **_DOT_SIG}, dict(BM=4, BN=16, BK=32, CLAMP=False), 2, t, kind="asm")
+    assert not re.findall(_DOT_INSNS, asm)

@@ -1,13 +1,35 @@
 """Small llvmlite.ir builder helpers shared by the hand-built native modules (thread pool, launch lists,
-benches). Compiling and JITting them is lutc.backend.toolchain."""
+benches) and the kernel lowering (vector constants and concatenation). Compiling and JITting them is
+lutc.backend.toolchain."""
 from __future__ import annotations
 
 import llvmlite.ir as ir
 
+I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 
-__all__ = ["I64", "PTR", "PtrTo", "for_range", "repeat_call_function"]
+__all__ = ["I64", "PTR", "PtrTo", "for_range", "repeat_call_function", "const_vec", "concat_rows"]
+
+
+def const_vec(ty, values):
+    """A constant vector of `ty` lanes holding `values`."""
+    values = list(values)
+    return ir.Constant(ir.VectorType(ty, len(values)), values)
+
+
+def concat_rows(b: ir.IRBuilder, parts):
+    """One vector of equal-width vectors in order (a tree of shuffles; odd counts pad)."""
+    total = sum(p.type.count for p in parts)
+    while len(parts) > 1:
+        if len(parts) % 2:
+            parts = parts + [ir.Constant(parts[0].type, None)]
+        parts = [b.shuffle_vector(x, y, const_vec(I32, range(2 * x.type.count)))
+                 for x, y in zip(parts[::2], parts[1::2])]
+    v = parts[0]
+    if v.type.count != total:
+        v = b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), const_vec(I32, range(total)))
+    return v
 
 
 class PtrTo(ir.PointerType):

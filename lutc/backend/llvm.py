@@ -7,6 +7,7 @@ from ..ir import Function
 from ..ir import types as T
 from .intrinsics import Intrinsics
 from .launch_abi import GRID_SLOTS, LAUNCH_FNTY, launch_symbol
+from .shapes import ShapeOps
 from .target import Target
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -28,7 +29,7 @@ def _const_vec(ty, values):
     return ir.Constant(ir.VectorType(ty, len(values)), list(values))
 
 
-class KernelCodegen:
+class KernelCodegen(ShapeOps):
     """Emits `<name>_task(ctx, pid)` and `<name>_launch(ctx, ntasks, nthreads)` for one Function."""
 
     def __init__(self, fn: Function, target: Target, module: ir.Module):
@@ -141,7 +142,10 @@ class KernelCodegen:
         return self.b.select(*args)
 
     def op_reduce(self, op, args):
-        return self.intr.reduce(self.b, op.attrs["kind"], T.scalar_of(op.operands[0].type), args[0])
+        dt = T.scalar_of(op.operands[0].type)
+        if "axis" not in op.attrs:
+            return self.intr.reduce(self.b, op.attrs["kind"], dt, args[0])
+        return self.reduce_axis(op, dt, args[0])
 
     def op_addptr(self, op, args):
         ptr, off = args
@@ -172,6 +176,8 @@ class KernelCodegen:
             if mask is None:
                 return self.b.load(base, typ=lt, align=align)
             return self.intr.masked_load(self.b, base, mask, args[2], align)
+        if access == "rows":
+            return self.load_rows(rt, lt, ptr, mask, args[2] if mask is not None else None, align)
         if access == "uniform" and mask is None:
             return self.splat(self.b.load(self._lane0(ptr), typ=lt.element, align=align), rt.size)
         if mask is None:
@@ -211,6 +217,8 @@ class KernelCodegen:
             else:
                 self.intr.masked_store(self.b, val, base, mask, align)
             return None
+        if op.attrs.get("access") == "rows":
+            return self.store_rows(vt, ptr, val, mask, align)
         if mask is None:
             mask = _const_vec(I1, [1] * vt.size)
         self.intr.masked_scatter(self.b, val, ptr, mask, align)

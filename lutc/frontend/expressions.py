@@ -62,6 +62,8 @@ class Expressions:
         base = self.visit(node.value)
         if is_ir(base):
             sl = node.slice
+            if isinstance(sl, ast.Tuple) or _is_none(sl):
+                return self._index_axes(node, base, sl.elts if isinstance(sl, ast.Tuple) else [sl])
             if not isinstance(sl, ast.Slice) or sl.step is not None:
                 raise self.error(node, "blocks support only constant slices x[a:b]")
             size = base.type.size if isinstance(base.type, T.BlockType) else None
@@ -76,6 +78,27 @@ class Expressions:
         if is_ir(idx):
             raise self.error(node, "indexing a Python list or tuple needs a constant index")
         return base[idx]
+
+    def _index_axes(self, node, base, elts):
+        """x[:, None], x[None, :], x[None], x[:, :]: new axes of size 1 on a block (no data moves)."""
+        shape = list(T.block_shape(base.type))
+        if sum(1 for e in elts if not _is_none(e)) != len(shape):
+            raise self.error(node, f"index {len(elts)} axes of a block of shape {tuple(shape)}: "
+                                   "use ':' for each axis and None for new ones")
+        out, i = [], 0
+        for e in elts:
+            if _is_none(e):
+                out.append(1)
+                continue
+            if not (isinstance(e, ast.Slice) and e.lower is None and e.upper is None and e.step is None):
+                raise self.error(node, "a block indexed along several axes takes only ':' and None")
+            out.append(shape[i])
+            i += 1
+        if len(out) > 2:
+            raise self.error(node, f"blocks have at most 2 axes; this index makes {len(out)}")
+        if not shape:
+            return self.b.splat(base, tuple(out))
+        return self.b.reshape(base, tuple(out))
 
     def visit_Slice(self, node):
         return slice(*(None if x is None else self.visit(x) for x in (node.lower, node.upper, node.step)))
@@ -150,3 +173,6 @@ class Expressions:
                 parts.append(str(self.visit(v.value)))
         return "".join(parts)
 
+
+def _is_none(e):
+    return isinstance(e, ast.Constant) and e.value is None

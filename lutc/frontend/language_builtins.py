@@ -29,15 +29,18 @@ def _need_ir(gen, node, v, what):
     return v
 
 
-def _shape_size(gen, node, shape):
-    if isinstance(shape, (tuple, list)):
-        if len(shape) != 1:
-            raise gen.error(node, f"lutc blocks are 1-D; got shape {tuple(shape)}")
-        shape = shape[0]
-    size = _const_int(gen, node, shape, "block size")
-    if not 1 <= size <= 4096:
+def _shape(gen, node, shape):
+    """A compile-time block shape: an int or a tuple of one or two ints, 1..4096 lanes in all."""
+    dims = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    if not 1 <= len(dims) <= 2:
+        raise gen.error(node, f"lutc blocks are 1-D or 2-D; got shape {dims}")
+    dims = tuple(_const_int(gen, node, d, "block size") for d in dims)
+    size = 1
+    for d in dims:
+        size *= d
+    if not 1 <= size <= 4096 or min(dims) < 1:
         raise gen.error(node, f"block size must be 1..4096 lanes, got {size}")
-    return size
+    return dims
 
 
 # grid and blocks ------------------------------------------------------------------------
@@ -64,10 +67,10 @@ def arange(gen, node, start, end):
 
 
 def _splat(gen, node, shape, value, dtype):
-    size = _shape_size(gen, node, shape)
+    dims = _shape(gen, node, shape)
     dt = _dtype_arg(gen, node, dtype)
     v = gen.b.cast(gen.to_ir(value), dt) if isinstance(value, Value) else gen.b.const(value, dt)
-    return gen.b.splat(v, size)
+    return gen.b.splat(v, dims)
 
 
 @builtin(tl.zeros)
@@ -118,8 +121,9 @@ def _lane_unary(op):
 
 
 def _reduction(op):
-    def lower(gen, node, x):
-        return gen.b.reduce(op, _need_ir(gen, node, x, "x"))
+    def lower(gen, node, x, axis):
+        axis = None if axis is None else _const_int(gen, node, axis, "axis")
+        return gen.b.reduce(op, _need_ir(gen, node, x, "x"), axis)
     return lower
 
 
@@ -154,6 +158,36 @@ def bitcast(gen, node, x, dtype):
 @builtin(tl.concat)
 def concat(gen, node, x, y):
     return gen.b.concat(_need_ir(gen, node, x, "x"), _need_ir(gen, node, y, "y"))
+
+
+@builtin(tl.reshape)
+def reshape(gen, node, x, shape):
+    return gen.b.reshape(_need_ir(gen, node, x, "x"), _shape(gen, node, shape))
+
+
+@builtin(tl.expand_dims)
+def expand_dims(gen, node, x, axis):
+    axis = _const_int(gen, node, axis, "axis")
+    if axis not in (0, 1, -1):
+        raise gen.error(node, f"expand_dims axis must be 0 or 1, got {axis}")
+    x = _need_ir(gen, node, x, "x")
+    return gen.b.expand_dims(x, axis % (len(T.block_shape(x.type)) + 1))
+
+
+@builtin(tl.broadcast_to)
+def broadcast_to(gen, node, x, shape):
+    return gen.b.splat(gen.to_ir(x), _shape(gen, node, shape))
+
+
+@builtin(tl.trans)
+def trans(gen, node, x):
+    return gen.b.trans(_need_ir(gen, node, x, "x"))
+
+
+@builtin(tl.dot)
+def dot(gen, node, a, b, acc):
+    a, b = _need_ir(gen, node, a, "a"), _need_ir(gen, node, b, "b")
+    return gen.b.dot(a, b, None if acc is None else _need_ir(gen, node, acc, "acc"))
 
 
 @builtin(tl.lut_build)

@@ -61,12 +61,70 @@ class IRBuilder:
         return self._one("arange", [], [T.BlockType(T.int32, n)], {"start": start, "end": end})
 
     # -- shape and type changes
-    def splat(self, v: Value, size: int) -> Value:
+    def splat(self, v: Value, shape) -> Value:
+        """`v` as a block of `shape` (an int or a shape tuple): scalars splat, blocks broadcast."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if isinstance(v.type, T.BlockType):
-            if v.type.size != size:
-                raise IRTypeError(f"cannot broadcast a block of {v.type.size} lanes to {size}")
+            if v.type.shape == shape:
+                return v
+            if v.type.rank == 1 and len(shape) == 1:
+                raise IRTypeError(f"cannot broadcast a block of {v.type.size} lanes to {shape[0]}")
+            return self.broadcast_to(v, shape)
+        return self._one("splat", [v], [_block(v.type, shape)])
+
+    def broadcast_to(self, v: Value, shape) -> Value:
+        """Numpy broadcasting of a block to `shape`: dimensions of 1 repeat, missing ones lead."""
+        src = v.type.shape
+        if len(src) > len(shape) or any(s not in (1, d) for s, d in zip(src[::-1], shape[::-1])):
+            raise IRTypeError(f"cannot broadcast a block of shape {src} to {tuple(shape)}")
+        v = self.reshape(v, (1,) * (len(shape) - len(src)) + src)
+        if v.type.shape == tuple(shape):
             return v
-        return self._one("splat", [v], [T.BlockType(v.type, size)])
+        return self._one("broadcast", [v], [_block(v.type.elem, shape)], {"shape": tuple(shape)})
+
+    def reshape(self, v: Value, shape) -> Value:
+        """The same lanes in row-major order under another shape (no data movement)."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if not isinstance(v.type, T.BlockType):
+            raise IRTypeError(f"reshape needs a block, got scalar {v.type}")
+        if not 1 <= len(shape) <= 2 or any(d < 1 for d in shape):
+            raise IRTypeError(f"blocks are 1-D or 2-D with positive sizes, got shape {shape}")
+        if T.block(v.type.elem, shape).size != v.type.size:
+            raise IRTypeError(f"cannot reshape a block of shape {v.type.shape} to {shape}")
+        if v.type.shape == shape:
+            return v
+        return self._one("reshape", [v], [T.block(v.type.elem, shape)], {"shape": shape})
+
+    def expand_dims(self, v: Value, axis: int) -> Value:
+        """`v[:, None]` (axis 1) or `v[None, :]` (axis 0) of a 1-D block, or a scalar's (1,)."""
+        shape = list(T.block_shape(v.type))
+        if len(shape) >= 2:
+            raise IRTypeError(f"cannot add an axis to a 2-D block {v.type}")
+        shape.insert(axis, 1)
+        if not isinstance(v.type, T.BlockType):
+            return self.splat(v, tuple(shape))
+        return self.reshape(v, tuple(shape))
+
+    def trans(self, v: Value) -> Value:
+        if not isinstance(v.type, T.BlockType) or v.type.rank != 2:
+            raise IRTypeError(f"trans needs a 2-D block, got {v.type}")
+        r, c = v.type.shape
+        return self._one("transpose", [v], [T.block(v.type.elem, (c, r))])
+
+    def broadcast_shape(self, *types):
+        """The common block shape of `types` (numpy rules), or None if all are scalars."""
+        shapes = [t.shape for t in types if isinstance(t, T.BlockType)]
+        if not shapes:
+            return None
+        out = shapes[0]
+        for s in shapes[1:]:
+            if len(out) == 1 and len(s) == 1 and s != out:
+                raise IRTypeError(f"shape mismatch: block of {out[0]} lanes vs block of {s[0]} lanes")
+            a, b = (1,) * (len(s) - len(out)) + out, (1,) * (len(out) - len(s)) + s
+            if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+                raise IRTypeError(f"shape mismatch: block of shape {out} vs block of shape {s}")
+            out = tuple(max(x, y) for x, y in zip(a, b))
+        return out
 
     def cast(self, v: Value, dtype: T.DType) -> Value:
         src = T.scalar_of(v.type)
@@ -85,12 +143,9 @@ class IRBuilder:
         return self._one("bitcast", [v], [T.with_elem(v.type, dtype)], {"to": dtype})
 
     def broadcast_pair(self, a: Value, b: Value):
-        sa, sb = T.block_size(a.type), T.block_size(b.type)
-        if sa is not None and sb is not None and sa != sb:
-            raise IRTypeError(f"shape mismatch: block of {sa} lanes vs block of {sb} lanes")
-        size = sa or sb
-        if size is not None:
-            a, b = self.splat(a, size), self.splat(b, size)
+        shape = self.broadcast_shape(a.type, b.type)
+        if shape is not None:
+            a, b = self.splat(a, shape), self.splat(b, shape)
         return a, b
 
     def unify(self, a: Value, b: Value):
@@ -130,15 +185,45 @@ class IRBuilder:
         if T.scalar_of(cond.type) != T.int1:
             raise IRTypeError(f"where() needs a boolean condition, got {cond.type}")
         a, b = self.unify(a, b)
-        size = T.block_size(cond.type) or T.block_size(a.type)
-        if size is not None:
-            cond, a, b = self.splat(cond, size), self.splat(a, size), self.splat(b, size)
+        shape = self.broadcast_shape(cond.type, a.type)
+        if shape is not None:
+            cond, a, b = self.splat(cond, shape), self.splat(a, shape), self.splat(b, shape)
         return self._one("select", [cond, a, b], [a.type])
 
-    def reduce(self, kind: str, v: Value) -> Value:
+    def reduce(self, kind: str, v: Value, axis=None) -> Value:
+        """Reduce all lanes (axis None, or axis 0 of a 1-D block) or one axis of a 2-D block."""
         if not isinstance(v.type, T.BlockType):
             raise IRTypeError(f"reduce '{kind}' needs a block, got scalar {v.type}")
-        return self._one("reduce", [v], [v.type.elem], {"kind": kind})
+        rank = v.type.rank
+        if axis is not None:
+            if not -rank <= axis < rank:
+                raise IRTypeError(f"axis {axis} is out of range for a block of shape {v.type.shape}")
+            axis %= rank
+        if axis is None or rank == 1:
+            return self._one("reduce", [v], [v.type.elem], {"kind": kind})
+        rt = T.block(v.type.elem, v.type.shape[1 - axis])
+        return self._one("reduce", [v], [rt], {"kind": kind, "axis": axis})
+
+    def dot(self, a: Value, b: Value, acc=None) -> Value:
+        """(M, K) x (K, N) -> (M, N): u8/i8 x i8 -> i32 exactly (wrapping like numpy int32), or
+        f32 x f32 -> f32; `acc` (M, N) of the result dtype is added."""
+        ta, tb = a.type, b.type
+        if not (isinstance(ta, T.BlockType) and isinstance(tb, T.BlockType) and ta.rank == tb.rank == 2):
+            raise IRTypeError(f"dot needs two 2-D blocks, got {ta} and {tb}")
+        (m, k), (k2, n) = ta.shape, tb.shape
+        if k != k2:
+            raise IRTypeError(f"dot shape mismatch: ({m}, {k}) x ({k2}, {n})")
+        if ta.elem in (T.uint8, T.int8) and tb.elem == T.int8:
+            out = T.int32
+        elif ta.elem == tb.elem == T.float32:
+            out = T.float32
+        else:
+            raise IRTypeError(f"dot supports u8/i8 x i8 -> i32 and f32 x f32 -> f32, got {ta.elem} x {tb.elem}")
+        rt = _block(out, (m, n))
+        acc = self.splat(self.const(0, out), (m, n)) if acc is None else acc
+        if acc.type != rt:
+            raise IRTypeError(f"dot accumulator must be {rt}, got {acc.type}")
+        return self._one("dot", [a, b, acc], [rt])
 
     # -- memory
     def addptr(self, ptr: Value, off: Value) -> Value:
@@ -161,7 +246,7 @@ class IRBuilder:
             mask = self._check_mask(mask, ptr)
             other = self.const(0, pt.elem) if other is None else self.cast(other, pt.elem)
             if isinstance(rt, T.BlockType):
-                other = self.splat(other, rt.size)
+                other = self.splat(other, rt.shape)
             operands += [mask, other]
         return self._one("load", operands, [rt])
 
@@ -173,7 +258,7 @@ class IRBuilder:
         if vt != pt.elem:
             raise IRTypeError(f"store of {vt} through a pointer to {pt.elem}; cast with .to(...) first")
         if isinstance(ptr.type, T.BlockType):
-            value = self.splat(value, ptr.type.size)
+            value = self.splat(value, ptr.type.shape)
         elif isinstance(value.type, T.BlockType):
             raise IRTypeError(f"cannot store a block {value.type} through a scalar pointer")
         operands = [ptr, value]
@@ -184,12 +269,12 @@ class IRBuilder:
     def _check_mask(self, mask, ptr):
         if T.scalar_of(mask.type) != T.int1:
             raise IRTypeError(f"mask must be boolean, got {mask.type}")
-        size = T.block_size(ptr.type)
-        if size is None:
+        shape = T.block_shape(ptr.type)
+        if not shape:
             if isinstance(mask.type, T.BlockType):
                 raise IRTypeError("a block mask needs a block of pointers")
             return mask
-        return self.splat(mask, size)
+        return self.splat(mask, shape)
 
     # -- LUT ops
     def lut_build(self, xs: Value) -> Value:
@@ -208,15 +293,20 @@ class IRBuilder:
             raise IRTypeError(f"lookup table elements must be 8-64-bit numbers, got {tt.elem}")
         if not isinstance(it, T.BlockType) or it.elem not in (T.uint8, T.int8):
             raise IRTypeError(f"lookup indices must be a block of u8, got {it}")
+        if tt.rank != 1:
+            raise IRTypeError(f"lookup table must be 1-D, got {tt}")
+        if it.rank != 1:
+            return self.reshape(self.lookup(table, self.reshape(idx, it.size)), it.shape)
         return self._one("lookup", [table, idx], [T.BlockType(tt.elem, it.size)])
 
     def concat(self, a: Value, b: Value) -> Value:
-        if not (isinstance(a.type, T.BlockType) and isinstance(b.type, T.BlockType)) or a.type.elem != b.type.elem:
+        if not (isinstance(a.type, T.BlockType) and isinstance(b.type, T.BlockType)) or a.type.elem != b.type.elem \
+                or a.type.rank != 1 or b.type.rank != 1:
             raise IRTypeError(f"concat needs two blocks of one dtype, got {a.type} and {b.type}")
         return self._one("concat", [a, b], [T.BlockType(a.type.elem, a.type.size + b.type.size)])
 
     def slice(self, v: Value, start: int, size: int) -> Value:
-        if not isinstance(v.type, T.BlockType) or start < 0 or start + size > v.type.size or size < 1:
+        if not isinstance(v.type, T.BlockType) or v.type.rank != 1 or start < 0 or start + size > v.type.size or size < 1:
             raise IRTypeError(f"slice [{start}:{start + size}] out of range for {v.type}")
         return self._one("slice", [v], [T.BlockType(v.type.elem, size)], {"start": start, "size": size})
 
@@ -247,6 +337,17 @@ class IRBuilder:
 
     def yield_(self, values):
         self._emit("yield", list(values), [])
+
+
+MAX_LANES = 4096
+
+
+def _block(elem, shape) -> T.BlockType:
+    """A new block type, at most MAX_LANES lanes (one LLVM vector)."""
+    t = T.block(elem, shape)
+    if t.size > MAX_LANES:
+        raise IRTypeError(f"a block of shape {t.shape} has {t.size} lanes; blocks hold at most {MAX_LANES}")
+    return t
 
 
 def _int_range(dt: T.DType):

@@ -1,4 +1,4 @@
-"""lutc IR types: scalar dtypes, pointers and 1-D blocks (which lower to LLVM vectors)."""
+"""lutc IR types: scalar dtypes, pointers and 1-D/2-D blocks (which lower to flat LLVM vectors)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -84,15 +84,47 @@ class PointerType:
 
 @dataclass(frozen=True)
 class BlockType:
-    """A 1-D block of `size` elements; `elem` is a DType or PointerType."""
+    """A block of `size` elements; `elem` is a DType or PointerType.
+
+    `shape` is (size,) for a 1-D block (the default) or (rows, cols) for a 2-D one. Every block
+    lowers to one flat LLVM vector of `size` lanes, 2-D blocks in row-major order.
+    """
 
     elem: object
     size: int
+    shape: tuple = None
+
+    def __post_init__(self):
+        shape = (self.size,) if self.shape is None else tuple(int(d) for d in self.shape)
+        n = 1
+        for d in shape:
+            n *= d
+        if n != self.size or not 1 <= len(shape) <= 2:
+            raise ValueError(f"block shape {shape} does not hold {self.size} lanes")
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
 
     def __str__(self) -> str:
-        return f"<{self.size}x{self.elem}>"
+        return f"<{'x'.join(map(str, self.shape))}x{self.elem}>"
 
     __repr__ = __str__
+
+
+def block(elem, shape) -> BlockType:
+    """A block of `elem` with `shape` (an int or a tuple of one or two ints)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = 1
+    for d in shape:
+        n *= d
+    return BlockType(elem, n, shape)
+
+
+def block_shape(t):
+    """The shape tuple of a block, or () for a scalar."""
+    return t.shape if isinstance(t, BlockType) else ()
 
 
 def scalar_of(t):
@@ -107,7 +139,7 @@ def block_size(t):
 
 def with_elem(t, elem):
     """`t` with its element type replaced (keeps block-ness)."""
-    return BlockType(elem, t.size) if isinstance(t, BlockType) else elem
+    return BlockType(elem, t.size, t.shape) if isinstance(t, BlockType) else elem
 
 
 def is_pointer(t) -> bool:

@@ -30,17 +30,28 @@ def _check_op(op: Op):
         _same(op, r[0].type, T.with_elem(o[0].type, T.int1), "result type")
     elif name == "select":
         _same(op, o[1].type, o[2].type, "value types")
-        _same(op, T.block_size(o[0].type), T.block_size(o[1].type), "condition lanes")
+        _same(op, T.block_shape(o[0].type), T.block_shape(o[1].type), "condition shape")
     elif name == "load":
         _same(op, r[0].type, T.with_elem(o[0].type, T.scalar_of(o[0].type).elem), "result type")
         if len(o) == 3:
-            _same(op, T.block_size(o[1].type), T.block_size(o[0].type), "mask lanes")
+            _same(op, T.block_shape(o[1].type), T.block_shape(o[0].type), "mask shape")
             _same(op, o[2].type, r[0].type, "other type")
     elif name == "store":
         _same(op, T.scalar_of(o[1].type), T.scalar_of(o[0].type).elem, "stored type")
-        _same(op, T.block_size(o[1].type), T.block_size(o[0].type), "value lanes")
+        _same(op, T.block_shape(o[1].type), T.block_shape(o[0].type), "value shape")
+        if len(o) == 3:
+            _same(op, T.block_shape(o[2].type), T.block_shape(o[0].type), "mask shape")
     elif name == "addptr":
-        _same(op, T.block_size(o[0].type), T.block_size(o[1].type), "offset lanes")
+        _same(op, T.block_shape(o[0].type), T.block_shape(o[1].type), "offset shape")
+    elif name in ("reshape", "broadcast", "transpose"):
+        _same(op, T.scalar_of(r[0].type), T.scalar_of(o[0].type), "element type")
+        if name != "broadcast":
+            _same(op, r[0].type.size, o[0].type.size, "lanes")
+    elif name == "dot":
+        (m, k), (k2, n) = o[0].type.shape, o[1].type.shape
+        _same(op, k, k2, "inner dimension")
+        _same(op, r[0].type.shape, (m, n), "result shape")
+        _same(op, o[2].type, r[0].type, "accumulator type")
     elif name == "shuffle_bytes":
         _same(op, o[0].type, T.BlockType(T.uint8, 16), "table type")
         _same(op, T.block_size(o[1].type), T.block_size(r[0].type), "index lanes")

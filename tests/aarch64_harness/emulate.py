@@ -96,6 +96,27 @@ def build(kernel, workdir: Path) -> Path:
     return exe
 
 
+def build_functions(fns, workdir: Path) -> Path:
+    """A static AArch64 executable: harness.c, built for these kernels, linked with their objects.
+
+    `fns` are CompiledFunctions (each `fn.name` is launched by that name from a plan)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = " ".join(f"X({fn.name})" for fn in fns)
+    harness = workdir / "harness_fns.o"
+    subprocess.run([GCC, "-O1", "-Wall", "-Werror", f"-DLUTC_KERNELS={names}", "-c",
+                    str(HERE / "harness.c"), "-o", str(harness)], check=True, capture_output=True, text=True)
+    objs = []
+    for i, fn in enumerate(fns):
+        path = workdir / f"{fn.name}_{i}.o"
+        path.write_bytes(fn.obj)
+        objs.append(str(path))
+    exe = workdir / "harness"
+    r = subprocess.run([GCC, "-static", "-o", str(exe), str(harness), *objs], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"linking {names} failed:\n{r.stderr}")
+    return exe
+
+
 def run(exe: Path, plan: Plan, cpu: str = "max", timeout: float = 120):
     """Run exe on plan under qemu-aarch64 -cpu `cpu`; returns the plan's outputs."""
     path = plan.write()
