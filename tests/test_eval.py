@@ -155,6 +155,13 @@ def test_smollm2_end_to_end(tmp_path):
     p_rtn = perplexity(rtn, **kw)
     p_hg = perplexity(back, **kw)
     assert 1 < base < p_hg < p_rtn, (base, p_hg, p_rtn)
+    del rtn, hg
+    # W2 g64 on the held-out text (calibration: the corpus' other part): HLQ-GPTQ under half of GPTQ
+    src, _ = load_source_model("smollm2-135m")
+    w2 = {m: perplexity(quantize_model(src, 2, 64, m, tokenizer=tok, nsamples=8, seqlen=256, rounds=6,
+                                       progress=False), **kw) for m in ("gptq", "hlq-gptq")}
+    del src
+    assert w2["hlq-gptq"] < 0.5 * w2["gptq"], w2
     short = dict(tokens=ids[:256], window=256, stride=256)
     p_fake = perplexity(back, **short)
     p_lut = perplexity(back, linear=lut_linear_factory("float32"), **short)

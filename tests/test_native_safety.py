@@ -194,3 +194,70 @@ def test_pack_cache_key_covers_the_packing_code(tmp_path, monkeypatch):
     with open(fake / "kernels" / "packing.py", "a") as f:
         f.write("\n# a change to the packed layout code\n")
     assert packcache.cache_path(ckpt) != before
+
+
+def _mutations():
+    from hypothesis import strategies as st
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                        st.text(max_size=8), st.just([]), st.just({}), st.lists(st.integers(-5, 10**6), max_size=3))
+    return st.lists(st.tuples(st.integers(0, 10**6), scalars), min_size=1, max_size=4)
+
+
+def _paths(obj, prefix=()):
+    """Every (container, key) in a JSON document."""
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.append((obj, k))
+            out += _paths(v)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.append((obj, i))
+            out += _paths(v)
+    return out
+
+
+@pytest.fixture(scope="module")
+def saved_pack(tiny_qm, tmp_path_factory):
+    dec = LeanDecoder(tiny_qm, n_ctx=16, threads=1)
+    return packcache.save(dec.to_packed_model(), tmp_path_factory.mktemp("fuzz") / "pc")
+
+
+def test_fuzz_pack_cache_meta(saved_pack, tmp_path_factory):
+    """Any edit of meta.json: a PackCacheError / decoder ValueError, or a decoder that runs."""
+    import shutil
+    from hypothesis import given, settings
+    original = (saved_pack / "meta.json").read_text()
+
+    @settings(max_examples=40, deadline=None)
+    @given(_mutations())
+    def check(edits):
+        work = tmp_path_factory.mktemp("m")
+        shutil.copy(saved_pack / "weights.bin", work / "weights.bin")
+        meta = json.loads(original)
+        for where, value in edits:
+            spots = _paths(meta)
+            container, key = spots[where % len(spots)]
+            container[key] = value
+        (work / "meta.json").write_text(json.dumps(meta))
+        try:
+            dec = LeanDecoder(packcache.load(work, verify=False), n_ctx=16, threads=1)
+        except ValueError:             # PackCacheError, UnsupportedModelError, LaunchError, ...
+            return
+        logits = dec.prefill([1, 2])
+        assert logits.shape == (64,)
+    check()
+
+
+def test_fuzz_pack_cache_meta_bytes(saved_pack, tmp_path):
+    from hypothesis import given, settings, strategies as st
+    import shutil
+    shutil.copy(saved_pack / "weights.bin", tmp_path / "weights.bin")
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.binary(max_size=256))
+    def check(raw):
+        (tmp_path / "meta.json").write_bytes(raw)
+        with pytest.raises(packcache.PackCacheError):
+            packcache.load(tmp_path)
+    check()
