@@ -116,3 +116,15 @@ def random_qmodel(config: dict, bits=4, group_size=128, seed=0, lm_head_bits=Non
     tensors["model.norm.weight"] = np.ones(H, np.float32)
     return quant.QuantizedModel(config=dict(config), linears=linears, tensors=tensors,
                                 meta=dict(bits=bits, group_size=group_size, method="random"))
+
+
+class CharTokenizer:
+    """A tokenizer for tests: token id = byte value + 3; 2 is EOS; no chat template."""
+    eos_token_id = 2
+    chat_template = None
+
+    def encode(self, text):
+        return [b + 3 for b in text.encode()]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes((i - 3) % 256 for i in ids if i >= 3).decode(errors="replace")

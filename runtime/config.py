@@ -43,6 +43,7 @@ class DecoderConfig:
     tie_word_embeddings: bool
     bos_token_id: int | None
     eos_token_ids: tuple
+    sliding_window: int | None = None      # attention sees only the last `sliding_window` positions
 
     @property
     def q_size(self) -> int:
