@@ -170,6 +170,7 @@ class BatchScheduler:
             if r.next_token is not None or not r.pending or budget <= 0:
                 continue
             n = min(len(r.pending), budget)
+            n = 1 << (n.bit_length() - 1)             # power-of-two chunks: few distinct step programs
             chunk = r.pending[:n]
             slots += [r.slot] * n
             pos += list(range(r.pos, r.pos + n))
