@@ -9,14 +9,11 @@ import numpy as np
 from lutc.launcher import LaunchProgram, resolve_threads
 
 from . import kernels as K
-from .config import FUSED, DecoderConfig, layer_names
+from .config import FUSED, DecoderConfig
 from .decoder_checks import AutoThreads, check_model, check_packed
-from .linear import LinearWeights, concat_rows
+from .layers import load_layers, norm_weight
+from .linear import LinearWeights
 from .packcache import PackedModel
-
-
-class _Layer:
-    __slots__ = ("qkv", "o", "gu", "down", "ln1", "ln2", "k_cache", "v_cache")
 
 
 class _Views:
@@ -68,6 +65,8 @@ class LeanDecoder:
             raise ValueError(f"slots: expected an int >= 1, got {slots!r}")
         if engine == "numpy" and slots != 1:
             raise ValueError("engine='numpy' runs one sequence (slots=1)")
+        if engine == "numpy" and (c.family != "llama" or any(c.layer_windows)):
+            raise ValueError("engine='numpy' runs LLaMA models without sliding windows; use engine='native'")
         self.slots = slots
         self.n_ctx = int(n_ctx or min(c.max_position_embeddings, 2048))
         if self.n_ctx < 1:
@@ -82,30 +81,16 @@ class LeanDecoder:
         else:
             check_packed(qm, c)
         mm = self.max_prefill
-        self.layers = []
-        for i in range(c.num_layers):
-            n, L = layer_names(i), _Layer()
-            if prepacked is not None:
-                L.qkv, L.o, L.gu, L.down = (LinearWeights(prepacked[f"{i}.{k}"], mm, lut_dtype, f"{i}.{k}")
-                                            for k in FUSED)
-            else:
-                lin = qm.linears
-                L.qkv = LinearWeights(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype,
-                                    n["q"] + "kv")
-                L.o = LinearWeights(lin[n["o"]], mm, lut_dtype, n["o"])
-                L.gu = LinearWeights(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up")
-                L.down = LinearWeights(lin[n["down"]], mm, lut_dtype, n["down"])
-            L.ln1 = qm.tensors[n["ln1"]]
-            L.ln2 = qm.tensors[n["ln2"]]
-            L.k_cache = np.zeros((slots, c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
-            L.v_cache = np.zeros((slots, c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
-            self.layers.append(L)
+        self.layers = load_layers(qm, c, prepacked, mm, lut_dtype, slots, self.n_ctx)
         self.lm_head = LinearWeights(prepacked["lm_head"] if prepacked is not None else qm.linears["lm_head"],
                                    mm, lut_dtype, "lm_head")
         self.lut_dtype = lut_dtype
         self.embed = qm.tensors["model.embed_tokens.weight"]
         self.norm = qm.tensors["model.norm.weight"]
+        self._embed_run = self.embed if c.embed_scale == 1.0 else self.embed * np.float32(c.embed_scale)
+        self._norm_run = norm_weight(self.norm, c)
         self.cos, self.sin = c.rope_tables(self.n_ctx)
+        self.cos_local, self.sin_local = c.rope_tables(self.n_ctx, local=True) if c.local_rope_theta else (None, None)
         H, F = c.hidden_size, c.intermediate_size
         z = lambda cols: np.zeros((mm, cols), np.float32)  # noqa: E731
         self._h, self._xn, self._o, self._attn = z(H), z(H), z(H), z(c.q_size)
@@ -124,9 +109,8 @@ class LeanDecoder:
         self._sel = np.zeros(mm, np.int32)                      # rows of _xn that go through lm_head
         self._attn_scores = np.zeros(mm * c.num_heads * self.n_ctx, np.float32)
         self.pos = 0
-        self.scale = 1.0 / math.sqrt(c.head_dim)
+        self.scale = c.query_scale or 1.0 / math.sqrt(c.head_dim)
         self._busy = threading.Lock()        # one forward pass at a time (they share pos and buffers)
-        self.window = c.sliding_window or 0
         if engine == "native":
             self._kern = _glue_kernels(c)
 
@@ -143,8 +127,7 @@ class LeanDecoder:
         for i, L in enumerate(self.layers):
             for k, lw in zip(FUSED, (L.qkv, L.o, L.gu, L.down)):
                 packed[f"{i}.{k}"] = lw.packed
-            n = layer_names(i)
-            tensors[n["ln1"]], tensors[n["ln2"]] = L.ln1, L.ln2
+            tensors.update(L.t)
         packed["lm_head"] = self.lm_head.packed
         tensors["model.embed_tokens.weight"], tensors["model.norm.weight"] = self.embed, self.norm
         return PackedModel(self.config_dict, tensors, packed, self.tokenizer_dir, self.meta)
@@ -258,31 +241,49 @@ class LeanDecoder:
             auto.record(time.perf_counter() - t0)
         else:
             prog.run()
-        return self._logits[:k]
+        out = self._logits[:k]
+        cap = self.cfg.final_softcap
+        if cap:                                   # Gemma-2: logits = cap * tanh(logits / cap)
+            out /= np.float32(cap)
+            np.tanh(out, out=out)
+            out *= np.float32(cap)
+        return out
 
     def _build_program(self, m, k) -> LaunchProgram:
         """Every launch of one forward pass over m rows (logits for k of them), bound to the buffers."""
         c, thr, V, kern = self.cfg, self.threads, self._view(m), self._kern
         one = 1 if m == 1 else thr          # small steps of a single token do not pay a dispatch
         H, eps, nqkv = c.hidden_size, c.rms_norm_eps, c.q_size + 2 * c.kv_size
-        steps = [(kern["embed"].bind((m,), [self._ids, self.embed, self._h, H]), one)]
+        steps = [(kern["embed"].bind((m,), [self._ids, self._embed_run, self._h, H]), one)]
 
         def norm(w, add):
             return (kern["rms_add" if add else "rms"].bind((m,), [self._h, self._o, w, self._xn, H, eps]), one)
+
+        def norm_o(w):                      # Gemma: the attention / MLP output is normed before the residual
+            return (kern["rms"].bind((m,), [self._o, self._o, w, self._o, H, eps]), one)
         steps.append(norm(self.layers[0].ln1, False))
         for i, (L, (qkv, o, gu, down)) in enumerate(zip(self.layers, V.launches)):
             steps += [(qkv[0], one), (qkv[1], thr)]
+            if L.bias is not None:
+                steps.append((kern["bias_add"].bind((m, -(-nqkv // _SILU_BLOCK)), [self._qkv, L.bias, nqkv]), one))
+            cos, sin = (self.cos_local, self.sin_local) if L.local else (self.cos, self.sin)
             steps.append((kern["rope_kv"].bind((m, c.num_heads + c.num_kv_heads),
-                                               [self._qkv, self.cos, self.sin, L.k_cache, L.v_cache,
-                                                self._rows, nqkv, self.n_ctx]), one))
+                                               [self._qkv, cos, sin, L.k_cache, L.v_cache, self._rows, nqkv,
+                                                self.n_ctx, L.qn, L.kn, eps]), one))
             steps.append((kern["attention"].bind((m, c.num_kv_heads),
                                                  [self._qkv, L.k_cache, L.v_cache, self._attn, self._attn_scores,
-                                                  self._rows, nqkv, self.n_ctx, self.scale, self.window]), thr))
-            steps += [(o[0], one), (o[1], thr), norm(L.ln2, True), (gu[0], one), (gu[1], thr)]
+                                                  self._rows, nqkv, self.n_ctx, self.scale, L.window,
+                                                  c.attn_softcap or 1.0]), thr))
+            steps += [(o[0], one), (o[1], thr)]
+            if L.post_attn is not None:
+                steps.append(norm_o(L.post_attn))
+            steps += [norm(L.ln2, True), (gu[0], one), (gu[1], thr)]
             steps.append((kern["silu_mul"].bind((m, -(-c.intermediate_size // _SILU_BLOCK)),
                                                 [self._gu, self._act, c.intermediate_size]), one))
             steps += [(down[0], one), (down[1], thr)]
-            steps.append(norm(self.layers[i + 1].ln1 if i + 1 < len(self.layers) else self.norm, True))
+            if L.post_mlp is not None:
+                steps.append(norm_o(L.post_mlp))
+            steps.append(norm(self.layers[i + 1].ln1 if i + 1 < len(self.layers) else self._norm_run, True))
         if k:                                   # gather the rows whose logits are wanted, then lm_head
             steps.append((kern["embed"].bind((k,), [self._sel, self._xn, self._xsel, H]), one))
             lm = self.lm_head.bind(self._xsel, self._logits, k)
@@ -371,9 +372,11 @@ def _glue_kernels(c: DecoderConfig) -> dict:
     """Compile (or load from the disk cache) the non-GEMM kernels for this model's shapes."""
     heads = dict(NH=c.num_heads, NKV=c.num_kv_heads, HD=c.head_dim)
     return dict(embed=K.compiled("embed", BLOCK=64), rms=K.compiled("add_rmsnorm", BLOCK=64, ADD=False),
-                rms_add=K.compiled("add_rmsnorm", BLOCK=64, ADD=True), rope_kv=K.compiled("rope_kv", **heads),
-                attention=K.compiled("attention", BT=16, **heads),
-                silu_mul=K.compiled("silu_mul", BLOCK=_SILU_BLOCK))
+                rms_add=K.compiled("add_rmsnorm", BLOCK=64, ADD=True),
+                rope_kv=K.compiled("rope_kv", QKN=c.qk_norm, **heads),
+                attention=K.compiled("attention", BT=16, CAP=bool(c.attn_softcap), **heads),
+                silu_mul=K.compiled("silu_mul", BLOCK=_SILU_BLOCK, GELU=c.act == "gelu_tanh"),
+                bias_add=K.compiled("bias_add", BLOCK=_SILU_BLOCK))
 
 
 def _rmsnorm(x, w, eps, out):

@@ -38,39 +38,46 @@ class AutoThreads:
 
 
 def check_model(qm, c: DecoderConfig):
+    """A QuantizedModel has every linear and tensor of this family's layers, of the right shapes."""
+    from .layers import expected_shapes
+    lin_shapes, t_shapes = expected_shapes(c)
     missing = []
     for i in range(c.num_layers):
-        n = layer_names(i)
-        missing += [n[k] for k in ("q", "k", "v", "o", "gate", "up", "down") if n[k] not in qm.linears]
-        missing += [n[k] for k in ("ln1", "ln2") if n[k] not in qm.tensors]
+        n = layer_names(i, c.family)
+        missing += [n[k] for k in lin_shapes if n[k] not in qm.linears]
+        missing += [n[k] for k in t_shapes if n[k] not in qm.tensors]
     missing += [k for k in ("lm_head",) if k not in qm.linears]
     missing += [k for k in ("model.embed_tokens.weight", "model.norm.weight") if k not in qm.tensors]
     if missing:
-        raise UnsupportedModelError(f"checkpoint is missing {len(missing)} LLaMA tensor(s), e.g. {missing[:3]}")
+        raise UnsupportedModelError(f"checkpoint is missing {len(missing)} {c.family}-family tensor(s), "
+                                    f"e.g. {missing[:3]}")
     emb = qm.tensors["model.embed_tokens.weight"]
     if emb.shape != (c.vocab_size, c.hidden_size):
         raise UnsupportedModelError(f"embed_tokens: expected shape {(c.vocab_size, c.hidden_size)}, got {emb.shape}")
-    expect = {"q": (c.q_size, c.hidden_size), "k": (c.kv_size, c.hidden_size), "v": (c.kv_size, c.hidden_size),
-              "o": (c.hidden_size, c.q_size), "gate": (c.intermediate_size, c.hidden_size),
-              "up": (c.intermediate_size, c.hidden_size), "down": (c.hidden_size, c.intermediate_size)}
     for i in range(c.num_layers):
-        n = layer_names(i)
-        for k, shp in expect.items():
+        n = layer_names(i, c.family)
+        for k, shp in lin_shapes.items():
             got = tuple(qm.linears[n[k]].shape)
+            if got != shp:
+                raise UnsupportedModelError(f"{n[k]}: expected shape {shp}, got {got}")
+        for k, shp in t_shapes.items():
+            got = tuple(np.shape(qm.tensors[n[k]]))
             if got != shp:
                 raise UnsupportedModelError(f"{n[k]}: expected shape {shp}, got {got}")
 
 
 def check_packed(pm, c: DecoderConfig):
     """A PackedModel (pack cache) has every matrix and tensor this config needs, of the right shapes."""
+    from .layers import expected_shapes
     H, V, F = c.hidden_size, c.vocab_size, c.intermediate_size
     fused = dict(qkv=(c.q_size + 2 * c.kv_size, H), o=(H, c.q_size), gate_up=(2 * F, H), down=(H, F))
     want = {f"{i}.{k}": shp for i in range(c.num_layers) for k, shp in fused.items()}
     want["lm_head"] = (V, H)
     tensors = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    t_shapes = expected_shapes(c)[1]
     for i in range(c.num_layers):
-        n = layer_names(i)
-        tensors[n["ln1"]] = tensors[n["ln2"]] = (H,)
+        n = layer_names(i, c.family)
+        tensors.update({n[k]: shp for k, shp in t_shapes.items()})
     for key, shp in want.items():
         p = pm.packed.get(key)
         if p is None or (p.N, p.K) != shp:
