@@ -104,10 +104,13 @@ def dequantized_hf(model, qm):
 def hf_greedy(model, ids, n):
     """Greedy continuation of `ids` by n tokens with transformers (the reference)."""
     import torch
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
-                             pad_token_id=0)
-    return out[0, len(ids):].tolist()
+    seq, out = list(ids), []
+    with torch.no_grad():            # plain argmax over full forward passes: no generate() logits processors
+        for _ in range(n):           # (min_new_tokens would mask EOS, which the runtime does not)
+            t = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+            out.append(t)
+            seq.append(t)
+    return out
 
 
 def runtime_greedy(dec, ids, n):

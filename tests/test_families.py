@@ -73,3 +73,22 @@ def test_unsupported_variants_name_the_feature(change, feature):
     bad = quant.QuantizedModel(config={**qm.config, **change}, linears=qm.linears, tensors=qm.tensors)
     with pytest.raises(UnsupportedModelError, match=feature):
         LeanDecoder(bad)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
+def test_lutc_quantize_from_hf_dir(name, tmp_path):
+    """`lutc quantize DIR` (quant.quantize_model with calibration) then the decoder: equal to transformers
+    on the checkpoint's dequantized weights."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+    model = tiny_family(name, seed=3)
+    model.save_pretrained(tmp_path / "hf")
+    qm = quant.quantize_model(str(tmp_path / "hf"), 4, group_size=64, method="hlq-gptq", progress=False,
+                              calib=np.random.default_rng(0).integers(3, 255, (4, 32)), nsamples=4, seqlen=32,
+                              lm_head_group_size=64, rounds=2)
+    quant.save_checkpoint(qm, str(tmp_path / "q"))
+    qm = quant.load_checkpoint(str(tmp_path / "q"))
+    ref = dequantized_hf(AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32,
+                                                              attn_implementation="eager").eval(), qm)
+    dec = LeanDecoder(qm, n_ctx=64, threads=1, lut_dtype="float32", max_prefill=8)
+    assert runtime_greedy(dec, PROMPTS[2], 12) == hf_greedy(ref, PROMPTS[2], 12)
