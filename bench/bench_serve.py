@@ -66,6 +66,31 @@ def engine_streams(sched, dec, n, tokens):
                 wall_tps=sum(r.completion_tokens for r in reqs) / wall)
 
 
+def step_ratio(dec, streams, rounds=15, ctx_pos=32):
+    """Decode steps of N rows (N sequences at position ctx_pos), interleaved across N so that load
+    changes hit every N alike; median wall and process CPU time per step. With 1 thread the CPU
+    time is the work of a step, the figure least disturbed by other processes."""
+    rows = {n: (list(range(n)), [ctx_pos] * n, [5] * n, list(range(n))) for n in streams}
+    for n in streams:                                            # warm-up (program build)
+        dec.forward_batch(*rows[n])
+    wall, cpu = {n: [] for n in streams}, {n: [] for n in streams}
+    for _ in range(rounds):
+        for n in streams:
+            t, c = time.perf_counter(), time.process_time()
+            dec.forward_batch(*rows[n])
+            wall[n].append(time.perf_counter() - t)
+            cpu[n].append(time.process_time() - c)
+    out = []
+    for n in streams:
+        w, c = statistics.median(wall[n]), statistics.median(cpu[n])
+        out.append(dict(streams=n, step_ms=1e3 * w, cpu_ms=1e3 * c, aggregate_tps=n / w, aggregate_tps_cpu=n / c))
+    w1, c1 = out[0]["step_ms"], out[0]["cpu_ms"]
+    for r in out:
+        r["x_single"] = w1 * r["streams"] / r["step_ms"]
+        r["x_single_cpu"] = c1 * r["streams"] / r["cpu_ms"]
+    return out
+
+
 def ttft_128(sched, dec, reps=3):
     """TTFT of a 128-token prompt: idle, and with 3 other streams decoding."""
     from runtime.sampling import SamplingParams
@@ -147,6 +172,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ratio-only", action="store_true", help="only the interleaved step-time ratios")
     args = ap.parse_args()
     from runtime.scheduler import BatchScheduler
     streams = [int(s) for s in args.streams.split(",")]
@@ -158,6 +184,17 @@ def main():
         slots = max(streams + [4])                              # the TTFT test runs 3 + 1 sequences
         dec, tok = load(model, args.threads, slots, 512)
         sched = BatchScheduler(dec, tok, max_batch=slots, prefill_chunk=32, eos_ids=[])
+        res.setdefault("step_ratio", {})[model] = {}
+        for thr in sorted({1, args.threads}):
+            dec.set_threads(thr)
+            res["step_ratio"][model][thr] = rr = step_ratio(dec, streams, 5 if args.quick else 15)
+            for r in rr:
+                print(f"{model} {thr} thread(s), {r['streams']} rows/step: {r['step_ms']:.2f} ms wall "
+                      f"(x{r['x_single']:.2f} single-stream tok/s), {r['cpu_ms']:.2f} ms CPU "
+                      f"(x{r['x_single_cpu']:.2f})", flush=True)
+        dec.set_threads(args.threads)
+        if args.ratio_only:
+            continue
         res["engine"][model] = []
         for n in streams:
             r = engine_streams(sched, dec, n, tokens)
@@ -180,7 +217,7 @@ def main():
             th.join()
         del sched, dec
     res["conditions_end"] = conditions()
-    write_json(RESULTS / "serve.json", res)
+    write_json(RESULTS / ("serve_steps.json" if args.ratio_only else "serve.json"), res)
     print(res["llama_cpp"])
 
 

@@ -218,7 +218,7 @@ def _number(body, key, default, lo, hi, kind=float):
 def _params(body, chat, room):
     """SamplingParams, stream flag, include_usage from an OpenAI request body (BadRequest if invalid)."""
     if room < 1:
-        raise BadRequest(f"prompt too long: no room left in the context of the model", "messages" if chat else "prompt")
+        raise BadRequest("prompt too long: no room left in the context of the model", "messages" if chat else "prompt")
     n = _number(body, "n", 1, 1, 1, int)
     del n
     if body.get("echo") or body.get("logprobs") not in (None, False, 0) or body.get("best_of") not in (None, 1):

@@ -181,3 +181,11 @@ def test_load_concurrent_clients_equal_single_stream(server, single, n):
         got = list(ex.map(call, range(n), timeout=120))
     assert time.perf_counter() - t0 < 120
     assert {p: t for p, t in got} == want
+
+
+def test_cli_serve_validates_options(capsys):
+    from lutc.cli import main
+    assert main(["serve", "smollm2-135m", "--max-batch", "0"]) == 2
+    assert "--max-batch" in capsys.readouterr().err
+    assert main(["serve", "/nonexistent/ckpt", "--port", "0"]) == 2
+    assert "neither a quantized checkpoint" in capsys.readouterr().err
