@@ -252,7 +252,7 @@ class LeanDecoder:
     def _build_program(self, m, k) -> LaunchProgram:
         """Every launch of one forward pass over m rows (logits for k of them), bound to the buffers."""
         c, thr, V, kern = self.cfg, self.threads, self._view(m), self._kern
-        one = 1 if m == 1 else thr          # small steps of a single token do not pay a dispatch
+        one = 1 if m <= _SMALL_M else thr   # small steps of a decode batch do not pay a dispatch
         H, eps, nqkv = c.hidden_size, c.rms_norm_eps, c.q_size + 2 * c.kv_size
         steps = [(kern["embed"].bind((m,), [self._ids, self._embed_run, self._h, H]), one)]
 
@@ -287,7 +287,7 @@ class LeanDecoder:
         if k:                                   # gather the rows whose logits are wanted, then lm_head
             steps.append((kern["embed"].bind((k,), [self._sel, self._xn, self._xsel, H]), one))
             lm = self.lm_head.bind(self._xsel, self._logits, k)
-            steps += [(lm[0], 1 if k == 1 else thr), (lm[1], thr)]
+            steps += [(lm[0], 1 if k <= _SMALL_M else thr), (lm[1], thr)]
         return LaunchProgram(steps)
 
     def _forward_numpy(self, ids, all_logits):
@@ -353,6 +353,7 @@ class LeanDecoder:
 
 
 _SILU_BLOCK = 256
+_SMALL_M = 8           # up to this many rows, tables, norms, RoPE and the MLP gate run on the calling thread
 
 
 class _Release:
