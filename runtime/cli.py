@@ -28,22 +28,6 @@ def register(subparsers):
     p.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default=None,
                    help="table precision (default: the tuned/default schedule's)")
     p.set_defaults(fn=cmd_generate)
-    s = subparsers.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
-    s.add_argument("model", metavar="MODEL_OR_DIR", help="a quantized checkpoint folder, or smollm2-135m")
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--threads", type=_threads_arg, default=None, help="native threads (default: all cores)")
-    s.add_argument("--max-batch", type=int, default=4, help="sequences decoded together (KV slots)")
-    s.add_argument("--ctx", type=int, default=None, help="context per sequence (default: min(model max, 2048))")
-    s.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
-    s.add_argument("--prefill-chunk", type=int, default=32,
-                   help="prompt tokens per step while other sequences decode")
-    s.add_argument("--model-name", default=None, help="the id /v1/models reports")
-    s.add_argument("--bits", type=int, default=4, help="for a bundled model: weight bits (default 4)")
-    s.add_argument("--group-size", type=int, default=128)
-    s.add_argument("--method", default="hlq", help="for a bundled model: quantization method")
-    s.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default=None)
-    s.set_defaults(fn=cmd_serve)
     e = subparsers.add_parser("eval", help="perplexity of a checkpoint or a source model (sliding window)")
     e.add_argument("model", help='a lutc checkpoint directory, "smollm2-135m", a .gguf file or an HF directory')
     e.add_argument("--text", default=None, help="UTF-8 text file (default: held-out part of the built-in corpus)")
@@ -57,6 +41,8 @@ def register(subparsers):
     e.add_argument("--quiet", action="store_true", help="no progress output")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+    from .serve_cli import register as register_serve      # `lutc serve` (its options live with it)
+    register_serve(subparsers)
 
 
 def _threads_arg(v: str):
@@ -68,8 +54,8 @@ def _threads_arg(v: str):
         raise argparse.ArgumentTypeError(f"expected an int or 'auto', got {v!r}") from None
 
 
-def _fail(msg, cmd="generate") -> int:
-    print(f"lutc {cmd}: error: {msg}", file=sys.stderr)
+def _fail(msg) -> int:
+    print(f"lutc generate: error: {msg}", file=sys.stderr)
     return 2
 
 
@@ -112,26 +98,6 @@ def _run(args, params) -> int:
           f"threads {'auto, now ' if dec.auto else ''}{dec.threads} | "
           f"peak RSS {peak_rss_mb():.0f} MiB", file=sys.stderr)
     return 0
-
-
-def cmd_serve(args) -> int:
-    if args.max_batch < 1 or args.max_queue < 0 or args.prefill_chunk < 1:
-        return _fail("--max-batch and --prefill-chunk must be >= 1, --max-queue >= 0", "serve")
-    if isinstance(args.threads, int) and args.threads < 1:
-        return _fail(f"--threads must be >= 1, got {args.threads}", "serve")
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        return _fail("lutc serve needs fastapi and uvicorn: pip install 'lutc[serve]'", "serve")
-    from .server import serve
-    try:
-        return serve(args.model, host=args.host, port=args.port, threads=args.threads, max_batch=args.max_batch,
-                     n_ctx=args.ctx, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
-                     model_name=args.model_name, bits=args.bits, group_size=args.group_size, method=args.method,
-                     lut_dtype=args.lut_dtype)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        return _fail(e, "serve")
 
 
 def cmd_eval(args) -> int:
