@@ -6,6 +6,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.real_model          # reads the tokenizer out of the bundled SmolLM2 GGUF
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("transformers")
