@@ -167,7 +167,7 @@ def python_overhead(qm, reps=200):
                 t = time.perf_counter()
                 dec.decode(5)
                 sink.append(time.perf_counter() - t)
-    prog = next(p for key, p in nat._programs.items() if key[:2] == (1, False))   # the decode step
+    prog = next(p for key, p in nat._programs.items() if key[:2] == (1, 1))   # the decode step
     n_launch, prog._n = prog._n, 0               # keep the Python path and the ctypes call, skip the kernels
     py = []
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import os
 import sys
@@ -149,11 +150,15 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     n_layers = int(config.num_hidden_layers)
     prog = _Progress(progress, f"{method} W{bits} g{group_size}")
     for need in ("model.embed_tokens.weight", "model.norm.weight", "model.layers.0.self_attn.q_proj.weight"):
-        if not src.has(need):
+        fused = need.replace("q_proj", "qkv_proj")          # Phi-3 fuses q/k/v in one matrix
+        if not src.has(need) and not src.has(fused):
             raise ValueError(f"source model {src.description}: no tensor {need!r}; "
                              "expected a LLaMA-family causal LM")
     with torch.device("meta"):
-        skel = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        try:
+            skel = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        except ValueError:                                     # e.g. Gemma-2 (soft-capping): eager only
+            skel = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     linears, tensors, info = {}, {}, {}
     embed = src.get("model.embed_tokens.weight")
     tensors["model.embed_tokens.weight"] = embed.detach().numpy()
@@ -168,7 +173,12 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                           "seed": seed, "act_order": bool(act_order), "damp": damp}
             h = torch.nn.functional.embedding(ids, embed)
             pos = torch.arange(ids.shape[1])[None]
-            pe = type(skel.model.rotary_emb)(config=skel.config)(h[:1], pos)
+            rot = type(skel.model.rotary_emb)(config=skel.config)
+            if "layer_type" in inspect.signature(rot.forward).parameters:     # Gemma-3: local/global RoPE
+                pes = {t: rot(h[:1], pos, t) for t in set(config.layer_types)}
+            else:
+                pes = None
+                pe = rot(h[:1], pos)
             prog(f"calibration: {ids.shape[0]} x {ids.shape[1]} tokens from {calib_src}")
         for i in range(n_layers):
             prefix = f"model.layers.{i}."
@@ -177,6 +187,9 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             layer.load_state_dict({k: src.get(prefix + k) for k in sd_names}, strict=True)
             mods = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
             if fit is not None:
+                if pes is not None:
+                    pe = pes[config.layer_types[i]]
+
                 def quantize_group(names, H, prefix=prefix, mods=mods):
                     w = torch.cat([mods[n].weight for n in names]) if len(names) > 1 else mods[names[0]].weight
                     qt, gi = gptq_quantize(w, H, bits, group_size, fit=fit, damp=damp, act_order=act_order,

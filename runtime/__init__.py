@@ -1,9 +1,11 @@
-"""lutc runtime: run quantized LLaMA-family models with lutc kernels (lean decoder, generation, torch layers)."""
+"""lutc runtime: run quantized LLaMA/Mistral/Qwen/Phi-3/Gemma models with lutc kernels (lean decoder, batch
+scheduler, generation, OpenAI-compatible server, torch layers)."""
 from .config import DecoderConfig, UnsupportedModelError
 from .decoder import LeanDecoder
 from .generate import GenerationResult, generate
 from .models import load_decoder, load_quantized, load_tokenizer
 from .sampling import Sampler, SamplingParams
+from .scheduler import BatchScheduler
 
 
 def load(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128, method="hlq", lut_dtype=None):
@@ -20,5 +22,5 @@ def __getattr__(name):   # torch is imported only when the torch integration is 
 
 
 __all__ = ["DecoderConfig", "UnsupportedModelError", "LeanDecoder", "GenerationResult", "generate",
-           "load", "load_decoder", "load_quantized", "load_tokenizer", "Sampler", "SamplingParams", "LUTLinear",
+           "BatchScheduler", "load", "load_decoder", "load_quantized", "load_tokenizer", "Sampler", "SamplingParams", "LUTLinear",
            "replace_linears", "build_lut_model"]

@@ -22,6 +22,50 @@ def tiny_llama(seed=0, vocab=256, hidden=128, ffn=320, layers=2, heads=4, kv_hea
     return model
 
 
+FAMILY_CONFIGS = {          # tiny configs per family (the features each family adds are switched on)
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=8)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(sliding_window=8, pad_token_id=0)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               dict(head_dim=32, sliding_window=8, query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                    final_logit_softcapping=3.0, layer_types=["sliding_attention", "full_attention"])),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(head_dim=32, sliding_window=8, query_pre_attn_scalar=24,
+                    layer_types=["sliding_attention", "full_attention"],
+                    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                     "full_attention": {"rope_type": "default", "rope_theta": 500000.0}})),
+}
+
+
+def tiny_family(family, seed=0, vocab=256, hidden=128, ffn=256, layers=2, heads=4, kv_heads=2, **extra):
+    """A random transformers model of `family` (a FAMILY_CONFIGS key) with random norms and biases
+    too, float32, eager attention (exact softcapping and sliding windows)."""
+    import torch
+    import transformers
+    cfg_name, model_name, opts = FAMILY_CONFIGS[family]
+    cfg = getattr(transformers, cfg_name)(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2, **{**opts, **extra})
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(cfg).eval()
+    gemma = family.startswith("gemma")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+            elif name.endswith("norm.weight"):
+                p.normal_(0.0, 0.1)
+                if not gemma:
+                    p += 1.0
+            else:                      # biases
+                p.normal_(0.0, 0.1)
+    return model
+
+
 def quantize_hf(model, bits=4, group_size=128, method="rtn", lm_head_bits=None):
     """quant.QuantizedModel from an HF LLaMA model: every nn.Linear (and lm_head) via quant.quantize."""
     import torch
@@ -32,8 +76,8 @@ def quantize_hf(model, bits=4, group_size=128, method="rtn", lm_head_bits=None):
             b = lm_head_bits if (name == "lm_head" and lm_head_bits) else bits
             linears[name] = quant.quantize(mod.weight.detach(), b, group_size, method=method)
     for name, p in model.named_parameters():
-        mod_name = name.rsplit(".", 1)[0]
-        if mod_name not in linears:
+        mod_name, leaf = name.rsplit(".", 1)
+        if mod_name not in linears or leaf != "weight":          # biases of linears stay float tensors
             tensors[name] = p.detach().float().numpy().copy()
     if "lm_head" not in linears:
         linears["lm_head"] = quant.quantize(model.get_output_embeddings().weight.detach(),
@@ -60,10 +104,13 @@ def dequantized_hf(model, qm):
 def hf_greedy(model, ids, n):
     """Greedy continuation of `ids` by n tokens with transformers (the reference)."""
     import torch
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
-                             pad_token_id=0)
-    return out[0, len(ids):].tolist()
+    seq, out = list(ids), []
+    with torch.no_grad():            # plain argmax over full forward passes: no generate() logits processors
+        for _ in range(n):           # (min_new_tokens would mask EOS, which the runtime does not)
+            t = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+            out.append(t)
+            seq.append(t)
+    return out
 
 
 def runtime_greedy(dec, ids, n):
@@ -116,3 +163,15 @@ def random_qmodel(config: dict, bits=4, group_size=128, seed=0, lm_head_bits=Non
     tensors["model.norm.weight"] = np.ones(H, np.float32)
     return quant.QuantizedModel(config=dict(config), linears=linears, tensors=tensors,
                                 meta=dict(bits=bits, group_size=group_size, method="random"))
+
+
+class CharTokenizer:
+    """A tokenizer for tests: token id = byte value + 3; 2 is EOS; no chat template."""
+    eos_token_id = 2
+    chat_template = None
+
+    def encode(self, text):
+        return [b + 3 for b in text.encode()]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes((i - 3) % 256 for i in ids if i >= 3).decode(errors="replace")

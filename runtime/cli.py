@@ -43,6 +43,8 @@ def register(subparsers):
     e.add_argument("--quiet", action="store_true", help="no progress output")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+    from .serve_cli import register as register_serve      # `lutc serve` (its options live with it)
+    register_serve(subparsers)
 
 
 def _threads_arg(v: str):

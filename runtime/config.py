@@ -6,25 +6,13 @@ import math
 
 import numpy as np
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+from .families import MODEL_TYPES, UnsupportedModelError, family_options, layer_names, rope_params  # noqa: F401
+
+SUPPORTED_MODEL_TYPES = tuple(MODEL_TYPES)
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
 FUSED = ("qkv", "o", "gate_up", "down")     # the four matrices of a layer, as the decoder runs them
-
-
-def layer_names(i: int) -> dict:
-    """The HF parameter names of layer i of a LLaMA-family model, by role."""
-    p = f"model.layers.{i}."
-    return dict(q=p + "self_attn.q_proj", k=p + "self_attn.k_proj", v=p + "self_attn.v_proj",
-                o=p + "self_attn.o_proj", gate=p + "mlp.gate_proj", up=p + "mlp.up_proj",
-                down=p + "mlp.down_proj", ln1=p + "input_layernorm.weight",
-                ln2=p + "post_attention_layernorm.weight")
-
-
-class UnsupportedModelError(ValueError):
-    """The checkpoint's architecture is not a LLaMA-family decoder this runtime can run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +31,17 @@ class DecoderConfig:
     tie_word_embeddings: bool
     bos_token_id: int | None
     eos_token_ids: tuple
+    family: str = "llama"                  # llama (also mistral), qwen2, qwen3, phi3, gemma
+    layer_windows: tuple = ()              # per layer: attend to the last w positions only (0: all)
+    qkv_bias: bool = False                 # Qwen2: biases on q, k, v
+    qk_norm: bool = False                  # Qwen3, Gemma-3: RMSNorm of each q and k head before RoPE
+    act: str = "silu"                      # MLP gate activation: silu or gelu_tanh (Gemma)
+    norm_plus_one: bool = False            # Gemma: RMSNorm scales by (1 + w)
+    embed_scale: float = 1.0               # Gemma: embeddings times sqrt(hidden)
+    attn_softcap: float = 0.0              # Gemma-2: scores = cap * tanh(scores / cap)
+    final_softcap: float = 0.0             # Gemma-2: logits = cap * tanh(logits / cap)
+    query_scale: float | None = None       # attention scale (default 1/sqrt(head_dim))
+    local_rope_theta: float | None = None  # Gemma-3: RoPE base of the sliding-window layers
 
     @property
     def q_size(self) -> int:
@@ -58,19 +57,8 @@ class DecoderConfig:
         if not isinstance(cfg, dict):
             raise UnsupportedModelError(f"config: expected a dict, got {type(cfg).__name__}")
         mtype = cfg.get("model_type")
-        archs = cfg.get("architectures") or []
-        if mtype not in SUPPORTED_MODEL_TYPES or any(a not in SUPPORTED_ARCHITECTURES for a in archs):
-            raise UnsupportedModelError(
-                f"unsupported architecture: model_type={mtype!r}, architectures={archs}; the lutc runtime "
-                f"runs LLaMA-family decoders (model_type in {SUPPORTED_MODEL_TYPES})")
-        for flag in ("attention_bias", "mlp_bias"):
-            if cfg.get(flag):
-                raise UnsupportedModelError(f"unsupported architecture: {flag}=True (biases are not supported)")
-        act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise UnsupportedModelError(f"unsupported architecture: hidden_act={act!r} (expected 'silu')")
-        if cfg.get("sliding_window") and mtype == "mistral":
-            raise UnsupportedModelError("unsupported architecture: sliding-window attention")
+        if mtype not in SUPPORTED_MODEL_TYPES:       # family_options names refused features
+            family_options(cfg, 0, 0, 0)
         need = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
         missing = [k for k in need if not cfg.get(k)]
         if missing:
@@ -82,13 +70,15 @@ class DecoderConfig:
         head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
         if head_dim % 2:
             raise UnsupportedModelError(f"head_dim={head_dim} must be even for RoPE")
-        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rope = rope_params(cfg)
         theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
         rtype = rope.get("rope_type", rope.get("type", "default"))
         if rtype not in ROPE_TYPES:
             raise UnsupportedModelError(f"unsupported rope_type {rtype!r} (supported: {ROPE_TYPES})")
-        if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0:
+        if float(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))) != 1.0:
             raise UnsupportedModelError("unsupported architecture: partial_rotary_factor != 1")
+        n_layers = int(cfg["num_hidden_layers"])
+        extra = family_options(cfg, n_layers, head_dim, int(cfg["hidden_size"]))
         eos = cfg.get("eos_token_id")
         eos = () if eos is None else tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
         return cls(vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_size"]),
@@ -98,13 +88,15 @@ class DecoderConfig:
                    rope_scaling=None if rtype == "default" else dict(rope, rope_type=rtype),
                    max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048),
                    tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                   bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos)
+                   bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos, **extra)
 
-    def inv_freq(self) -> np.ndarray:
-        """RoPE inverse frequencies (head_dim/2,), float32, with the config's scaling applied."""
+    def inv_freq(self, local: bool = False) -> np.ndarray:
+        """RoPE inverse frequencies (head_dim/2,), float32, with the config's scaling applied
+        (local=True: Gemma-3's sliding-window layers, own base, no scaling)."""
         d = self.head_dim
-        inv = 1.0 / (self.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
-        sc = self.rope_scaling
+        theta = self.local_rope_theta if local else self.rope_theta
+        inv = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
+        sc = None if local else self.rope_scaling
         if sc is None:
             return inv.astype(np.float32)
         if sc["rope_type"] == "linear":
@@ -120,7 +112,7 @@ class DecoderConfig:
         is_mid = ~(wl < hi_wl) & ~(wl > lo_wl)
         return np.where(is_mid, mid, out).astype(np.float32)
 
-    def rope_tables(self, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
+    def rope_tables(self, n_ctx: int, local: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """cos and sin (n_ctx, head_dim/2) float32, computed like transformers (float32 angles)."""
-        ang = np.arange(n_ctx, dtype=np.float32)[:, None] * self.inv_freq()[None, :]
+        ang = np.arange(n_ctx, dtype=np.float32)[:, None] * self.inv_freq(local)[None, :]
         return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)

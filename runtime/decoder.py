@@ -6,16 +6,14 @@ import threading
 import time
 
 import numpy as np
-from lutc.launcher import LaunchProgram, default_threads, resolve_threads
+from lutc.launcher import LaunchProgram, resolve_threads
 
 from . import kernels as K
-from .config import FUSED, DecoderConfig, UnsupportedModelError, layer_names
-from .linear import LinearWeights, concat_rows
+from .config import FUSED, DecoderConfig
+from .decoder_checks import AutoThreads, check_model, check_packed
+from .layers import load_layers, norm_weight
+from .linear import LinearWeights
 from .packcache import PackedModel
-
-
-class _Layer:
-    __slots__ = ("qkv", "o", "gu", "down", "ln1", "ln2", "k_cache", "v_cache")
 
 
 class _Views:
@@ -49,16 +47,27 @@ class LeanDecoder:
     engine="native" runs a whole forward pass (embedding, norms, RoPE, attention, MLP, lm_head) as
     one native Program of lutc kernels: one Python->native call per step. engine="numpy" runs
     the same lutc GEMMs with numpy glue in between (the readable reference).
+
+    slots > 1 gives each of `slots` sequences its own KV cache: `forward_batch` runs rows of
+    several sequences (decode tokens and prefill chunks, each row with its own slot and position)
+    in one forward pass; prefill/decode use slot 0.
     """
 
     def __init__(self, qm, n_ctx: int | None = None, threads: int | None = None, lut_dtype: str | None = None,
-                 max_prefill: int = 128, engine: str = "native"):
+                 max_prefill: int = 128, engine: str = "native", slots: int = 1):
         if engine not in ("native", "numpy"):
             raise ValueError(f"engine: expected 'native' or 'numpy', got {engine!r}")
         self.engine = engine
         self.cfg = c = DecoderConfig.from_hf(qm.config)
-        self.auto = _AutoThreads() if threads == "auto" else None
+        self.auto = AutoThreads() if threads == "auto" else None
         self.threads = self.auto.current if self.auto else resolve_threads(threads)
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots: expected an int >= 1, got {slots!r}")
+        if engine == "numpy" and slots != 1:
+            raise ValueError("engine='numpy' runs one sequence (slots=1)")
+        if engine == "numpy" and (c.family != "llama" or any(c.layer_windows)):
+            raise ValueError("engine='numpy' runs LLaMA models without sliding windows; use engine='native'")
+        self.slots = slots
         self.n_ctx = int(n_ctx or min(c.max_position_embeddings, 2048))
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx: expected >= 1, got {n_ctx}")
@@ -68,34 +77,20 @@ class LeanDecoder:
         self.tokenizer_dir = qm.tokenizer_dir
         prepacked = qm.packed if isinstance(qm, PackedModel) else None
         if prepacked is None:
-            _check_model(qm, c)
+            check_model(qm, c)
         else:
-            _check_packed(qm, c)
+            check_packed(qm, c)
         mm = self.max_prefill
-        self.layers = []
-        for i in range(c.num_layers):
-            n, L = layer_names(i), _Layer()
-            if prepacked is not None:
-                L.qkv, L.o, L.gu, L.down = (LinearWeights(prepacked[f"{i}.{k}"], mm, lut_dtype, f"{i}.{k}")
-                                            for k in FUSED)
-            else:
-                lin = qm.linears
-                L.qkv = LinearWeights(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype,
-                                    n["q"] + "kv")
-                L.o = LinearWeights(lin[n["o"]], mm, lut_dtype, n["o"])
-                L.gu = LinearWeights(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up")
-                L.down = LinearWeights(lin[n["down"]], mm, lut_dtype, n["down"])
-            L.ln1 = qm.tensors[n["ln1"]]
-            L.ln2 = qm.tensors[n["ln2"]]
-            L.k_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
-            L.v_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
-            self.layers.append(L)
+        self.layers = load_layers(qm, c, prepacked, mm, lut_dtype, slots, self.n_ctx)
         self.lm_head = LinearWeights(prepacked["lm_head"] if prepacked is not None else qm.linears["lm_head"],
                                    mm, lut_dtype, "lm_head")
         self.lut_dtype = lut_dtype
         self.embed = qm.tensors["model.embed_tokens.weight"]
         self.norm = qm.tensors["model.norm.weight"]
+        self._embed_run = self.embed if c.embed_scale == 1.0 else self.embed * np.float32(c.embed_scale)
+        self._norm_run = norm_weight(self.norm, c)
         self.cos, self.sin = c.rope_tables(self.n_ctx)
+        self.cos_local, self.sin_local = c.rope_tables(self.n_ctx, local=True) if c.local_rope_theta else (None, None)
         H, F = c.hidden_size, c.intermediate_size
         z = lambda cols: np.zeros((mm, cols), np.float32)  # noqa: E731
         self._h, self._xn, self._o, self._attn = z(H), z(H), z(H), z(c.q_size)
@@ -104,15 +99,17 @@ class LeanDecoder:
         self._t1 = np.zeros((mm, c.num_heads + c.num_kv_heads, half), np.float32)
         self._t2 = np.zeros_like(self._t1)
         self._logits = z(c.vocab_size)
+        self._xsel = z(H)                                       # the rows whose logits are wanted
         self._scores = np.zeros((c.num_kv_heads, c.num_heads // c.num_kv_heads, self.n_ctx), np.float32)
         self._views = {}
         self._lm_launch = {}
         self._programs = {}
         self._ids = np.zeros(mm, np.int32)
-        self._state = np.zeros(4, np.int32)                     # [0] = position of the chunk's first token
+        self._rows = np.zeros((mm, 2), np.int32)                # per row: (slot, position)
+        self._sel = np.zeros(mm, np.int32)                      # rows of _xn that go through lm_head
         self._attn_scores = np.zeros(mm * c.num_heads * self.n_ctx, np.float32)
         self.pos = 0
-        self.scale = 1.0 / math.sqrt(c.head_dim)
+        self.scale = c.query_scale or 1.0 / math.sqrt(c.head_dim)
         self._busy = threading.Lock()        # one forward pass at a time (they share pos and buffers)
         if engine == "native":
             self._kern = _glue_kernels(c)
@@ -130,8 +127,7 @@ class LeanDecoder:
         for i, L in enumerate(self.layers):
             for k, lw in zip(FUSED, (L.qkv, L.o, L.gu, L.down)):
                 packed[f"{i}.{k}"] = lw.packed
-            n = layer_names(i)
-            tensors[n["ln1"]], tensors[n["ln2"]] = L.ln1, L.ln2
+            tensors.update(L.t)
         packed["lm_head"] = self.lm_head.packed
         tensors["model.embed_tokens.weight"], tensors["model.norm.weight"] = self.embed, self.norm
         return PackedModel(self.config_dict, tensors, packed, self.tokenizer_dir, self.meta)
@@ -141,7 +137,7 @@ class LeanDecoder:
 
     def set_threads(self, threads):
         """Change the native thread count: an int >= 1, or "auto" (re-chosen from measured steps)."""
-        self.auto = _AutoThreads() if threads == "auto" else None
+        self.auto = AutoThreads() if threads == "auto" else None
         self.threads = self.auto.current if self.auto else resolve_threads(threads)
 
     def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
@@ -152,8 +148,8 @@ class LeanDecoder:
             for s in range(0, len(ids), self.max_prefill):
                 chunk = ids[s:s + self.max_prefill]
                 out = self._forward(chunk, all_logits)
-                outs.append(out.copy() if all_logits else out)
-        return np.concatenate(outs, 0) if all_logits else outs[-1][-1].copy()
+                outs.append(out.copy() if all_logits else out[-1:])
+        return np.concatenate(outs, 0) if all_logits else outs[-1][0].copy()
 
     def decode(self, token: int) -> np.ndarray:
         """One token at the current position; returns its logits (V,), a view valid until the next call."""
@@ -163,6 +159,31 @@ class LeanDecoder:
         with self._exclusive():
             return self._forward(ids, False)[0]
 
+    def forward_batch(self, slots, positions, tokens, logit_rows) -> np.ndarray:
+        """One forward pass over rows of several sequences: row r is token tokens[r] of the sequence in
+        KV slot slots[r] at position positions[r] (rows of one slot in increasing, contiguous
+        positions; the slot's cache must hold its positions before). Returns the logits (len(logit_rows), V)
+        of the rows logit_rows, a view valid until the next call. Positions are the caller's to track."""
+        if self.engine != "native":
+            raise ValueError("forward_batch needs engine='native'")
+        ids = self._check_ids(tokens, check_ctx=False)
+        m = len(ids)
+        if m > self.max_prefill:
+            raise ValueError(f"batch of {m} rows exceeds max_prefill={self.max_prefill}")
+        slots = np.asarray(slots, np.int64)
+        positions = np.asarray(positions, np.int64)
+        sel = np.asarray(logit_rows, np.int64)
+        if slots.shape != (m,) or positions.shape != (m,):
+            raise ValueError(f"slots and positions: expected {m} each, got {slots.shape} and {positions.shape}")
+        if m and (slots.min() < 0 or slots.max() >= self.slots):
+            raise ValueError(f"slot outside 0..{self.slots - 1}")
+        if m and (positions.min() < 0 or positions.max() >= self.n_ctx):
+            raise ValueError(f"position outside the context 0..{self.n_ctx - 1}")
+        if sel.ndim != 1 or sel.size > m or (sel.size and (sel.min() < 0 or sel.max() >= m)):
+            raise ValueError(f"logit_rows: expected up to {m} row indices below {m}")
+        with self._exclusive():
+            return self._run(ids, slots, positions, sel, None)
+
     # ------------------------------------------------------------------ internals
     def _exclusive(self):
         """The decoder's lock, refused (not waited for) if another thread is in a forward pass."""
@@ -171,13 +192,13 @@ class LeanDecoder:
                                "one thread at a time (use one decoder per thread)")
         return _Release(self._busy)
 
-    def _check_ids(self, ids):
+    def _check_ids(self, ids, check_ctx=True):
         if any(isinstance(t, (bool, float)) or not isinstance(t, (int, np.integer)) for t in ids):
             raise ValueError(f"token ids must be ints, got {[type(t).__name__ for t in ids][:3]}")
         ids = [int(t) for t in ids]
         if not ids:
             raise ValueError("empty prompt: need at least one token")
-        if self.pos + len(ids) > self.n_ctx:
+        if check_ctx and self.pos + len(ids) > self.n_ctx:
             raise ValueError(f"prompt too long: {len(ids)} tokens at position {self.pos} exceed the "
                              f"context of {self.n_ctx} tokens")
         bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
@@ -194,50 +215,79 @@ class LeanDecoder:
     def _forward(self, ids, all_logits):
         if self.engine == "numpy":
             return self._forward_numpy(ids, all_logits)
-        m, auto = len(ids), self.auto
-        if auto is not None and m == 1:
+        m = len(ids)
+        sel = np.arange(m) if all_logits else np.array([m - 1])
+        out = self._run(ids, np.zeros(m, np.int64), self.pos + np.arange(m), sel, self.auto if m == 1 else None)
+        self.pos += m
+        return out
+
+    def _run(self, ids, slots, positions, sel, auto):
+        m, k = len(ids), len(sel)
+        if auto is not None:
             self.threads = auto.next()
-        key = (m, all_logits, self.threads)
+        elif self.auto is not None:
+            self.threads = self.auto.current
+        key = (m, k, self.threads)
         prog = self._programs.get(key)
         if prog is None:
-            prog = self._programs[key] = self._build_program(m, all_logits)
+            prog = self._programs[key] = self._build_program(m, k)
         self._ids[:m] = ids
-        self._state[0] = self.pos
-        if auto is not None and m == 1:
+        self._rows[:m, 0] = slots
+        self._rows[:m, 1] = positions
+        self._sel[:k] = sel
+        if auto is not None:
             t0 = time.perf_counter()
             prog.run()
             auto.record(time.perf_counter() - t0)
         else:
             prog.run()
-        self.pos += m
-        return self._logits[:m if all_logits else 1]
+        out = self._logits[:k]
+        cap = self.cfg.final_softcap
+        if cap:                                   # Gemma-2: logits = cap * tanh(logits / cap)
+            out /= np.float32(cap)
+            np.tanh(out, out=out)
+            out *= np.float32(cap)
+        return out
 
-    def _build_program(self, m, all_logits) -> LaunchProgram:
-        """Every launch of one forward pass over m tokens, with argument blocks bound to the buffers."""
+    def _build_program(self, m, k) -> LaunchProgram:
+        """Every launch of one forward pass over m rows (logits for k of them), bound to the buffers."""
         c, thr, V, kern = self.cfg, self.threads, self._view(m), self._kern
-        one = 1 if m == 1 else thr          # small steps of a single token do not pay a dispatch
+        one = 1 if m <= _SMALL_M else thr   # small steps of a decode batch do not pay a dispatch
         H, eps, nqkv = c.hidden_size, c.rms_norm_eps, c.q_size + 2 * c.kv_size
-        steps = [(kern["embed"].bind((m,), [self._ids, self.embed, self._h, H]), one)]
+        steps = [(kern["embed"].bind((m,), [self._ids, self._embed_run, self._h, H]), one)]
 
         def norm(w, add):
             return (kern["rms_add" if add else "rms"].bind((m,), [self._h, self._o, w, self._xn, H, eps]), one)
+
+        def norm_o(w):                      # Gemma: the attention / MLP output is normed before the residual
+            return (kern["rms"].bind((m,), [self._o, self._o, w, self._o, H, eps]), one)
         steps.append(norm(self.layers[0].ln1, False))
         for i, (L, (qkv, o, gu, down)) in enumerate(zip(self.layers, V.launches)):
             steps += [(qkv[0], one), (qkv[1], thr)]
+            if L.bias is not None:
+                steps.append((kern["bias_add"].bind((m, -(-nqkv // _SILU_BLOCK)), [self._qkv, L.bias, nqkv]), one))
+            cos, sin = (self.cos_local, self.sin_local) if L.local else (self.cos, self.sin)
             steps.append((kern["rope_kv"].bind((m, c.num_heads + c.num_kv_heads),
-                                               [self._qkv, self.cos, self.sin, L.k_cache, L.v_cache,
-                                                self._state, nqkv, self.n_ctx]), one))
+                                               [self._qkv, cos, sin, L.k_cache, L.v_cache, self._rows, nqkv,
+                                                self.n_ctx, L.qn, L.kn, eps]), one))
             steps.append((kern["attention"].bind((m, c.num_kv_heads),
                                                  [self._qkv, L.k_cache, L.v_cache, self._attn, self._attn_scores,
-                                                  self._state, nqkv, self.n_ctx, self.scale]), thr))
-            steps += [(o[0], one), (o[1], thr), norm(L.ln2, True), (gu[0], one), (gu[1], thr)]
+                                                  self._rows, nqkv, self.n_ctx, self.scale, L.window,
+                                                  c.attn_softcap or 1.0]), thr))
+            steps += [(o[0], one), (o[1], thr)]
+            if L.post_attn is not None:
+                steps.append(norm_o(L.post_attn))
+            steps += [norm(L.ln2, True), (gu[0], one), (gu[1], thr)]
             steps.append((kern["silu_mul"].bind((m, -(-c.intermediate_size // _SILU_BLOCK)),
                                                 [self._gu, self._act, c.intermediate_size]), one))
             steps += [(down[0], one), (down[1], thr)]
-            steps.append(norm(self.layers[i + 1].ln1 if i + 1 < len(self.layers) else self.norm, True))
-        rows = m if all_logits else 1
-        lm = self.lm_head.bind(self._xn[m - rows:], self._logits, rows)
-        steps += [(lm[0], one), (lm[1], thr)]
+            if L.post_mlp is not None:
+                steps.append(norm_o(L.post_mlp))
+            steps.append(norm(self.layers[i + 1].ln1 if i + 1 < len(self.layers) else self._norm_run, True))
+        if k:                                   # gather the rows whose logits are wanted, then lm_head
+            steps.append((kern["embed"].bind((k,), [self._sel, self._xn, self._xsel, H]), one))
+            lm = self.lm_head.bind(self._xsel, self._logits, k)
+            steps += [(lm[0], 1 if k <= _SMALL_M else thr), (lm[1], thr)]
         return LaunchProgram(steps)
 
     def _forward_numpy(self, ids, all_logits):
@@ -256,8 +306,8 @@ class LeanDecoder:
             V.qk_a -= V.t1
             V.qk_b *= cos
             V.qk_b += V.t2
-            L.k_cache[:, pos:L_end] = V.k.transpose(1, 0, 2)
-            L.v_cache[:, pos:L_end] = V.v.transpose(1, 0, 2)
+            L.k_cache[0, :, pos:L_end] = V.k.transpose(1, 0, 2)
+            L.v_cache[0, :, pos:L_end] = V.v.transpose(1, 0, 2)
             self._attention(L, V, pos, m)
             o[0](thr), o[1](thr)
             V.h += V.o
@@ -280,7 +330,7 @@ class LeanDecoder:
     def _attention(self, L, V, pos, m):
         c = self.cfg
         kv, rep, n = c.num_kv_heads, c.num_heads // c.num_kv_heads, pos + m
-        K, Vc = L.k_cache[:, :n], L.v_cache[:, :n]
+        K, Vc = L.k_cache[0, :, :n], L.v_cache[0, :, :n]
         if m == 1:
             q = V.q[0].reshape(kv, rep, c.head_dim)
             s = self._scores[:, :, :n]
@@ -303,6 +353,7 @@ class LeanDecoder:
 
 
 _SILU_BLOCK = 256
+_SMALL_M = 8           # up to this many rows, tables, norms, RoPE and the MLP gate run on the calling thread
 
 
 class _Release:
@@ -318,43 +369,15 @@ class _Release:
         self.lock.release()
 
 
-class _AutoThreads:
-    """threads="auto": decode steps alternate short trials of 1..ncores threads, then run the one
-    with the lowest median step time for a while, and re-measure (on a shared machine the best
-    count changes with the load: a preempted pool worker stalls every parallel launch)."""
-
-    TRIAL, RUN = 6, 250
-
-    def __init__(self):
-        self.options = list(range(default_threads(), 0, -1))
-        self.current, self.times, self.step = self.options[0], {}, 0
-
-    def next(self) -> int:
-        cycle = self.TRIAL * len(self.options) + self.RUN
-        i = self.step % cycle
-        self.step += 1
-        if i < self.TRIAL * len(self.options):
-            self.current = self.options[i % len(self.options)]
-            self.exploring = True
-        else:
-            if i == self.TRIAL * len(self.options):
-                self.current = min(self.times, key=lambda t: sorted(self.times[t])[len(self.times[t]) // 2])
-                self.times = {}
-            self.exploring = False
-        return self.current
-
-    def record(self, seconds):
-        if self.exploring:
-            self.times.setdefault(self.current, []).append(seconds)
-
-
 def _glue_kernels(c: DecoderConfig) -> dict:
     """Compile (or load from the disk cache) the non-GEMM kernels for this model's shapes."""
     heads = dict(NH=c.num_heads, NKV=c.num_kv_heads, HD=c.head_dim)
     return dict(embed=K.compiled("embed", BLOCK=64), rms=K.compiled("add_rmsnorm", BLOCK=64, ADD=False),
-                rms_add=K.compiled("add_rmsnorm", BLOCK=64, ADD=True), rope_kv=K.compiled("rope_kv", **heads),
-                attention=K.compiled("attention", BT=16, **heads),
-                silu_mul=K.compiled("silu_mul", BLOCK=_SILU_BLOCK))
+                rms_add=K.compiled("add_rmsnorm", BLOCK=64, ADD=True),
+                rope_kv=K.compiled("rope_kv", QKN=c.qk_norm, **heads),
+                attention=K.compiled("attention", BT=16, CAP=bool(c.attn_softcap), **heads),
+                silu_mul=K.compiled("silu_mul", BLOCK=_SILU_BLOCK, GELU=c.act == "gelu_tanh"),
+                bias_add=K.compiled("bias_add", BLOCK=_SILU_BLOCK))
 
 
 def _rmsnorm(x, w, eps, out):
@@ -375,47 +398,3 @@ def _silu_mul(g, u, out):
     out *= u
 
 
-def _check_model(qm, c: DecoderConfig):
-    missing = []
-    for i in range(c.num_layers):
-        n = layer_names(i)
-        missing += [n[k] for k in ("q", "k", "v", "o", "gate", "up", "down") if n[k] not in qm.linears]
-        missing += [n[k] for k in ("ln1", "ln2") if n[k] not in qm.tensors]
-    missing += [k for k in ("lm_head",) if k not in qm.linears]
-    missing += [k for k in ("model.embed_tokens.weight", "model.norm.weight") if k not in qm.tensors]
-    if missing:
-        raise UnsupportedModelError(f"checkpoint is missing {len(missing)} LLaMA tensor(s), e.g. {missing[:3]}")
-    emb = qm.tensors["model.embed_tokens.weight"]
-    if emb.shape != (c.vocab_size, c.hidden_size):
-        raise UnsupportedModelError(f"embed_tokens: expected shape {(c.vocab_size, c.hidden_size)}, got {emb.shape}")
-    expect = {"q": (c.q_size, c.hidden_size), "k": (c.kv_size, c.hidden_size), "v": (c.kv_size, c.hidden_size),
-              "o": (c.hidden_size, c.q_size), "gate": (c.intermediate_size, c.hidden_size),
-              "up": (c.intermediate_size, c.hidden_size), "down": (c.hidden_size, c.intermediate_size)}
-    for i in range(c.num_layers):
-        n = layer_names(i)
-        for k, shp in expect.items():
-            got = tuple(qm.linears[n[k]].shape)
-            if got != shp:
-                raise UnsupportedModelError(f"{n[k]}: expected shape {shp}, got {got}")
-
-
-def _check_packed(pm, c: DecoderConfig):
-    """A PackedModel (pack cache) has every matrix and tensor this config needs, of the right shapes."""
-    H, V, F = c.hidden_size, c.vocab_size, c.intermediate_size
-    fused = dict(qkv=(c.q_size + 2 * c.kv_size, H), o=(H, c.q_size), gate_up=(2 * F, H), down=(H, F))
-    want = {f"{i}.{k}": shp for i in range(c.num_layers) for k, shp in fused.items()}
-    want["lm_head"] = (V, H)
-    tensors = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
-    for i in range(c.num_layers):
-        n = layer_names(i)
-        tensors[n["ln1"]] = tensors[n["ln2"]] = (H,)
-    for key, shp in want.items():
-        p = pm.packed.get(key)
-        if p is None or (p.N, p.K) != shp:
-            raise UnsupportedModelError(f"packed model: {key} should be {shp}, got "
-                                        f"{None if p is None else (p.N, p.K)}")
-    for name, shp in tensors.items():
-        a = pm.tensors.get(name)
-        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shp:
-            raise UnsupportedModelError(f"packed model: {name} should be float32 {shp}, got "
-                                        f"{getattr(a, 'dtype', None)} {getattr(a, 'shape', None)}")

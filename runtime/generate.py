@@ -53,7 +53,7 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> list:
     return ids
 
 
-class _Detokenizer:
+class Detokenizer:
     """Incremental decoding that never emits half a UTF-8 character or the start of a stop string."""
 
     def __init__(self, tokenizer, stop):
@@ -95,7 +95,7 @@ def generate(decoder, tokenizer, prompt, params: SamplingParams = SamplingParams
     eos = set(decoder.cfg.eos_token_ids if eos_ids is None else eos_ids)
     if eos_ids is None and getattr(tokenizer, "eos_token_id", None) is not None:
         eos.add(int(tokenizer.eos_token_id))
-    sampler, detok = Sampler(params), _Detokenizer(tokenizer, params.stop)
+    sampler, detok = Sampler(params), Detokenizer(tokenizer, params.stop)
     decoder.reset()
     t0 = time.perf_counter()
     logits = decoder.prefill(ids)

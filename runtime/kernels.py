@@ -23,6 +23,12 @@ def _exp(x):
 
 
 @jit
+def _tanh(x):
+    """tanh for a float32 block via _exp: 1 - 2 / (e**2x + 1)."""
+    return 1.0 - 2.0 / (_exp(2.0 * x) + 1.0)
+
+
+@jit
 def embed(ids, table, h, H, BLOCK: tl.constexpr):
     """h[m] = table[ids[m]]; one program per row."""
     m = tl.program_id(0)
@@ -56,19 +62,30 @@ def add_rmsnorm(h, d, w, out, H, eps, BLOCK: tl.constexpr, ADD: tl.constexpr):
 
 
 @jit
-def rope_kv(qkv, cos, sin, kc, vc, state, NQKV, NCTX,
-            NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr):
-    """Rotate q head h (in place) or k head h - NH (into the K cache, with its v head into the V cache)."""
+def rope_kv(qkv, cos, sin, kc, vc, rows, NQKV, NCTX, qn, kn, eps,
+            NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, QKN: tl.constexpr):
+    """Rotate q head h of row m (in place) or k head h - NH (into the K cache, with its v head into
+    the V cache) at the row's own sequence slot and position: rows[m] = (slot, pos).
+    QKN: RMSNorm each head first, with weights qn (q heads) or kn (k heads) of HD each."""
     m = tl.program_id(0)
     h = tl.program_id(1)
     HALF: tl.constexpr = HD // 2
-    pos = tl.load(state) + m
+    slot = tl.load(rows + 2 * m).to(tl.int64)
+    pos = tl.load(rows + 2 * m + 1)
     i = tl.arange(0, HALF)
     c = tl.load(cos + pos * HALF + i)
     s = tl.load(sin + pos * HALF + i)
     base = qkv + m * NQKV + h * HD
     a = tl.load(base + i)
     b = tl.load(base + HALF + i)
+    if QKN:
+        inv = 1.0 / tl.sqrt((tl.sum(a * a) + tl.sum(b * b)) / HD + eps)
+        if h < NH:
+            a = a * inv * tl.load(qn + i)
+            b = b * inv * tl.load(qn + HALF + i)
+        else:
+            a = a * inv * tl.load(kn + i)
+            b = b * inv * tl.load(kn + HALF + i)
     ra = a * c - b * s
     rb = b * c + a * s
     if h < NH:
@@ -76,35 +93,50 @@ def rope_kv(qkv, cos, sin, kc, vc, state, NQKV, NCTX,
         tl.store(base + HALF + i, rb)
     else:
         kh = h - NH
-        dst = kc + (kh * NCTX + pos) * HD
-        tl.store(dst + i, ra)
-        tl.store(dst + HALF + i, rb)
+        off = ((slot * NKV + kh) * NCTX + pos) * HD
+        tl.store(kc + off + i, ra)
+        tl.store(kc + off + HALF + i, rb)
         d = tl.arange(0, HD)
-        tl.store(vc + (kh * NCTX + pos) * HD + d, tl.load(qkv + m * NQKV + (NH + NKV + kh) * HD + d))
+        tl.store(vc + off + d, tl.load(qkv + m * NQKV + (NH + NKV + kh) * HD + d))
 
 
 @jit
-def attention(qkv, kc, vc, out, scores, state, NQKV, NCTX, scale,
-              NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, BT: tl.constexpr):
-    """Causal GQA for row m and kv head g: the NH/NKV query heads of g over positions 0..pos+m."""
+def attention(qkv, kc, vc, out, scores, rows, NQKV, NCTX, scale, WIN, cap,
+              NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, BT: tl.constexpr, CAP: tl.constexpr):
+    """Causal GQA for row m and kv head g: the NH/NKV query heads of g over the positions of the row's
+    slot up to its own (rows[m] = (slot, pos)); WIN > 0 keeps only the last WIN positions (sliding window);
+    CAP: scores soft-capped to cap * tanh(score / cap) (Gemma-2)."""
     m = tl.program_id(0)
     g = tl.program_id(1)
     REP: tl.constexpr = NH // NKV
-    n = tl.load(state) + m + 1
+    slot = tl.load(rows + 2 * m).to(tl.int64)
+    n = tl.load(rows + 2 * m + 1) + 1
+    t_lo = 0
+    if WIN > 0:
+        t_lo = tl.maximum(n - WIN, 0)
     d = tl.arange(0, HD)
-    kbase = kc + g * NCTX * HD
-    vbase = vc + g * NCTX * HD
+    kbase = kc + (slot * NKV + g) * NCTX * HD
+    vbase = vc + (slot * NKV + g) * NCTX * HD
     for r in tl.static_range(REP):
         hq = g * REP + r
         q = tl.load(qkv + m * NQKV + hq * HD + d) * scale
         srow = scores + ((m * NKV + g) * REP + r) * NCTX
         mx = -3.0e38
-        for t in range(n):
+        for t in range(t_lo, n):
             s = tl.sum(q * tl.load(kbase + t * HD + d))
             tl.store(srow + t, s)
             mx = tl.maximum(mx, s)
+        if CAP:
+            mxv = tl.full((BT,), -3.0e38, tl.float32)
+            for t0 in range(t_lo, n, BT):
+                offs = t0 + tl.arange(0, BT)
+                msk = offs < n
+                sc = cap * _tanh(tl.load(srow + offs, mask=msk) / cap)
+                tl.store(srow + offs, sc, mask=msk)
+                mxv = tl.maximum(mxv, tl.where(msk, sc, -3.0e38))
+            mx = tl.max(mxv)
         tot = tl.zeros((BT,), tl.float32)
-        for t0 in range(0, n, BT):
+        for t0 in range(t_lo, n, BT):
             offs = t0 + tl.arange(0, BT)
             msk = offs < n
             e = tl.where(msk, _exp(tl.load(srow + offs, mask=msk) - mx), 0.0)
@@ -112,31 +144,46 @@ def attention(qkv, kc, vc, out, scores, state, NQKV, NCTX, scale,
             tot += e
         inv = 1.0 / tl.sum(tot)
         acc = tl.zeros((HD,), tl.float32)
-        for t in range(n):
+        for t in range(t_lo, n):
             acc += tl.load(srow + t) * tl.load(vbase + t * HD + d)
         tl.store(out + m * (NH * HD) + hq * HD + d, acc * inv)
 
 
 @jit
-def silu_mul(gu, act, F, BLOCK: tl.constexpr):
-    """act[m] = silu(gate[m]) * up[m], where gu[m] = [gate | up]; programs over (row, block)."""
+def silu_mul(gu, act, F, BLOCK: tl.constexpr, GELU: tl.constexpr):
+    """act[m] = silu(gate[m]) * up[m] (GELU: gelu_tanh(gate[m]) * up[m]), where gu[m] = [gate | up];
+    programs over (row, block)."""
     m = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     msk = offs < F
     g = tl.load(gu + m * 2 * F + offs, mask=msk)
     u = tl.load(gu + m * 2 * F + F + offs, mask=msk)
-    tl.store(act + m * F + offs, g / (1.0 + _exp(-g)) * u, mask=msk)
+    if GELU:
+        tl.store(act + m * F + offs, 0.5 * g * (1.0 + _tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * u,
+                 mask=msk)
+    else:
+        tl.store(act + m * F + offs, g / (1.0 + _exp(-g)) * u, mask=msk)
+
+
+@jit
+def bias_add(y, b, N, BLOCK: tl.constexpr):
+    """y[m, :N] += b; programs over (row, block)."""
+    m = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    msk = offs < N
+    tl.store(y + m * N + offs, tl.load(y + m * N + offs, mask=msk) + tl.load(b + offs, mask=msk), mask=msk)
 
 
 _F32P, _I32P, _I32, _F32 = "*f32", "*i32", "i32", "f32"
 SIGNATURES = {
     "embed": (embed, dict(ids=_I32P, table=_F32P, h=_F32P, H=_I32), 1),
     "add_rmsnorm": (add_rmsnorm, dict(h=_F32P, d=_F32P, w=_F32P, out=_F32P, H=_I32, eps=_F32), 1),
-    "rope_kv": (rope_kv, dict(qkv=_F32P, cos=_F32P, sin=_F32P, kc=_F32P, vc=_F32P, state=_I32P,
-                              NQKV=_I32, NCTX=_I32), 2),
-    "attention": (attention, dict(qkv=_F32P, kc=_F32P, vc=_F32P, out=_F32P, scores=_F32P, state=_I32P,
-                                  NQKV=_I32, NCTX=_I32, scale=_F32), 2),
+    "rope_kv": (rope_kv, dict(qkv=_F32P, cos=_F32P, sin=_F32P, kc=_F32P, vc=_F32P, rows=_I32P,
+                              NQKV=_I32, NCTX=_I32, qn=_F32P, kn=_F32P, eps=_F32), 2),
+    "attention": (attention, dict(qkv=_F32P, kc=_F32P, vc=_F32P, out=_F32P, scores=_F32P, rows=_I32P,
+                                  NQKV=_I32, NCTX=_I32, scale=_F32, WIN=_I32, cap=_F32), 2),
     "silu_mul": (silu_mul, dict(gu=_F32P, act=_F32P, F=_I32), 2),
+    "bias_add": (bias_add, dict(y=_F32P, b=_F32P, N=_I32), 2),
 }
 
 

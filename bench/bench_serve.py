@@ -1,0 +1,225 @@
+"""Serving throughput: aggregate and per-stream decode tok/s and time to first token at 1/2/4/8
+concurrent streams, through the continuous-batching scheduler (engine) and through `lutc serve`'s
+HTTP API (http, SmolLM2 only).
+
+Usage: python bench/bench_serve.py [--models smollm2,llama7b] [--threads 2] [--streams 1,2,4,8]
+                                   [--tokens 64] [--no-http] [--quick]
+Writes bench/results/serve.json. llama.cpp's server (llama-cpp-python[server]) is compared only when
+it is installed; this script never builds it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench.bench_e2e import LLAMA7B  # noqa: E402
+from bench.common import RESULTS, conditions, write_json  # noqa: E402
+
+
+def load(model, threads, slots, n_ctx):
+    from runtime import LeanDecoder
+    from runtime.models import load_decoder, load_tokenizer
+    if model == "smollm2":
+        return load_decoder("smollm2-135m", threads=threads, n_ctx=n_ctx, slots=slots, progress=False)
+    from runtime._testing import llama_config, random_qmodel
+    qm = random_qmodel(llama_config(**LLAMA7B), 4, 128, seed=4, lm_head_bits=4)
+    dec = LeanDecoder(qm, n_ctx=n_ctx, threads=threads, slots=slots)
+    return dec, load_tokenizer(dec, "smollm2-135m")          # SmolLM2's tokenizer: same vocabulary size
+
+
+def prompts(n, length, vocab, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return [[1] + rng.integers(100, min(vocab, 40000), length - 1).tolist() for _ in range(n)]
+
+
+def run_engine(sched, reqs_prompts, tokens):
+    """Submit all prompts at once, step until done; per-step times by (decode rows, prefill rows)."""
+    from runtime.sampling import SamplingParams
+    reqs = [sched.submit(p, SamplingParams(max_tokens=tokens)) for p in reqs_prompts]
+    steps = []
+    while not all(r.finish_reason for r in reqs):
+        dec_rows = sum(1 for r in sched.running if r.next_token is not None)
+        t = time.perf_counter()
+        rows = sched.step()
+        steps.append((dec_rows, rows - dec_rows, time.perf_counter() - t))
+    return reqs, steps
+
+
+def engine_streams(sched, dec, n, tokens):
+    ps = prompts(n, 16, dec.cfg.vocab_size, seed=n)
+    run_engine(sched, ps, 4)                                    # warm-up: builds the step programs
+    t0 = time.perf_counter()
+    reqs, steps = run_engine(sched, ps, tokens)
+    wall = time.perf_counter() - t0
+    full = [s for d, p, s in steps if d == n and p == 0]
+    step = statistics.median(full)
+    return dict(streams=n, aggregate_tps=n / step, step_ms=1e3 * step,
+                per_stream_tps=statistics.median((r.completion_tokens - 1) / (r.t_done - r.t_first) for r in reqs),
+                ttft_ms=1e3 * statistics.median(r.t_first - r.t_submit for r in reqs),
+                wall_tps=sum(r.completion_tokens for r in reqs) / wall)
+
+
+def step_ratio(dec, streams, rounds=15, ctx_pos=32):
+    """Decode steps of N rows (N sequences at position ctx_pos), interleaved across N so that load
+    changes hit every N alike; median wall and process CPU time per step. With 1 thread the CPU
+    time is the work of a step, the figure least disturbed by other processes."""
+    rows = {n: (list(range(n)), [ctx_pos] * n, [5] * n, list(range(n))) for n in streams}
+    for n in streams:                                            # warm-up (program build)
+        dec.forward_batch(*rows[n])
+    wall, cpu = {n: [] for n in streams}, {n: [] for n in streams}
+    for _ in range(rounds):
+        for n in streams:
+            t, c = time.perf_counter(), time.process_time()
+            dec.forward_batch(*rows[n])
+            wall[n].append(time.perf_counter() - t)
+            cpu[n].append(time.process_time() - c)
+    out = []
+    for n in streams:
+        w, c = statistics.median(wall[n]), statistics.median(cpu[n])
+        out.append(dict(streams=n, step_ms=1e3 * w, cpu_ms=1e3 * c, aggregate_tps=n / w, aggregate_tps_cpu=n / c))
+    w1, c1 = out[0]["step_ms"], out[0]["cpu_ms"]
+    for r in out:
+        r["x_single"] = w1 * r["streams"] / r["step_ms"]
+        r["x_single_cpu"] = c1 * r["streams"] / r["cpu_ms"]
+    return out
+
+
+def ttft_128(sched, dec, reps=3):
+    """TTFT of a 128-token prompt: idle, and with 3 other streams decoding."""
+    from runtime.sampling import SamplingParams
+    long_p = prompts(reps + 1, 128, dec.cfg.vocab_size, seed=99)
+    idle, loaded = [], []
+    for i in range(reps + 1):
+        r = sched.submit(long_p[i], SamplingParams(max_tokens=1))
+        while not r.finish_reason:
+            sched.step()
+        if i:
+            idle.append(r.t_first - r.t_submit)
+    for i in range(reps + 1):
+        others = [sched.submit(p, SamplingParams(max_tokens=10_000)) for p in prompts(3, 16, dec.cfg.vocab_size, i)]
+        while any(o.next_token is None for o in others):
+            sched.step()
+        for _ in range(3):
+            sched.step()
+        r = sched.submit(long_p[i], SamplingParams(max_tokens=1))
+        while not r.finish_reason:
+            sched.step()
+        if i:
+            loaded.append(r.t_first - r.t_submit)
+        for o in others:
+            sched.cancel(o)
+        sched.step()
+    return dict(idle_ms=1e3 * statistics.median(idle), loaded_ms=1e3 * statistics.median(loaded),
+                ratio=statistics.median(loaded) / statistics.median(idle))
+
+
+def start_http(sched, tok, port=18731):
+    """The FastAPI app on 127.0.0.1 (uvicorn in a thread); stopping it also stops the scheduler."""
+    import uvicorn
+
+    from runtime.server import create_app
+    server = uvicorn.Server(uvicorn.Config(create_app(sched, tok, "bench"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, th, port
+
+
+def http_streams(port, n, tokens):
+    """n concurrent streaming clients (httpx) against the server."""
+    import httpx
+    words = ["The history of", "A recipe for", "In the year 2050,", "My favourite animal is", "The best way to",
+             "Once upon a time", "Scientists discovered", "The weather today"]
+    out = [None] * n
+
+    def client(i):
+        t0 = time.perf_counter()
+        first, count = None, 0
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", timeout=300,
+                          json=dict(prompt=words[i], max_tokens=tokens, temperature=0, stream=True)) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {r.read()[:300]!r}")
+            for line in r.iter_lines():
+                if line.startswith("data: {") and '"text": ""' not in line:
+                    count += 1
+                    first = first or time.perf_counter()
+        out[i] = (first - t0, count, time.perf_counter() - first, time.perf_counter() - t0)
+    for rep in range(2):                                 # first round warms the programs up
+        ths = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+        t0 = time.perf_counter()
+        [t.start() for t in ths]
+        [t.join() for t in ths]
+        wall = time.perf_counter() - t0
+    return dict(streams=n, ttft_ms=1e3 * statistics.median(o[0] for o in out),
+                per_stream_tps=statistics.median((o[1] - 1) / o[2] for o in out),
+                aggregate_tps=sum(o[1] for o in out) / wall)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="smollm2,llama7b")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--streams", default="1,2,4,8")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ratio-only", action="store_true", help="only the interleaved step-time ratios")
+    args = ap.parse_args()
+    from runtime.scheduler import BatchScheduler
+    streams = [int(s) for s in args.streams.split(",")]
+    tokens = 16 if args.quick else args.tokens
+    res = dict(conditions=conditions(), threads=args.threads, tokens=tokens, engine={}, ttft={}, http={},
+               llama_cpp=("llama-cpp-python[server] is not installed here; llama.cpp's server was not run"
+                          if importlib.util.find_spec("llama_cpp") is None else "installed but not wired up"))
+    for model in args.models.split(","):
+        slots = max(streams + [4])                              # the TTFT test runs 3 + 1 sequences
+        dec, tok = load(model, args.threads, slots, 512)
+        sched = BatchScheduler(dec, tok, max_batch=slots, prefill_chunk=32, eos_ids=[])
+        res.setdefault("step_ratio", {})[model] = {}
+        for thr in sorted({1, args.threads}):
+            dec.set_threads(thr)
+            res["step_ratio"][model][thr] = rr = step_ratio(dec, streams, 5 if args.quick else 15)
+            for r in rr:
+                print(f"{model} {thr} thread(s), {r['streams']} rows/step: {r['step_ms']:.2f} ms wall "
+                      f"(x{r['x_single']:.2f} single-stream tok/s), {r['cpu_ms']:.2f} ms CPU "
+                      f"(x{r['x_single_cpu']:.2f})", flush=True)
+        dec.set_threads(args.threads)
+        if args.ratio_only:
+            continue
+        res["engine"][model] = []
+        for n in streams:
+            r = engine_streams(sched, dec, n, tokens)
+            res["engine"][model].append(r)
+            print(f"{model} engine {n} streams: aggregate {r['aggregate_tps']:.1f} tok/s (step {r['step_ms']:.2f} ms)"
+                  f", per stream {r['per_stream_tps']:.1f}, TTFT {r['ttft_ms']:.0f} ms", flush=True)
+        res["ttft"][model] = t = ttft_128(sched, dec, 1 if args.quick else 3)
+        print(f"{model} TTFT 128-token prompt: idle {t['idle_ms']:.0f} ms, 3 streams decoding "
+              f"{t['loaded_ms']:.0f} ms (x{t['ratio']:.2f})", flush=True)
+        if model == "smollm2" and not args.no_http:
+            sched.start()
+            server, th, port = start_http(sched, tok)
+            res["http"][model] = []
+            for n in streams:
+                r = http_streams(port, n, tokens)
+                res["http"][model].append(r)
+                print(f"{model} http {n} streams: aggregate {r['aggregate_tps']:.1f} tok/s, per stream "
+                      f"{r['per_stream_tps']:.1f}, TTFT {r['ttft_ms']:.0f} ms", flush=True)
+            server.should_exit = True
+            th.join()
+        del sched, dec
+    res["conditions_end"] = conditions()
+    write_json(RESULTS / ("serve_steps.json" if args.ratio_only else "serve.json"), res)
+    print(res["llama_cpp"])
+
+
+if __name__ == "__main__":
+    main()
