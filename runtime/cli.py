@@ -1,7 +1,6 @@
 """`lutc generate` and `lutc eval`: the runtime's CLI plugin (entry point "lutc.commands")."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -9,13 +8,15 @@ import time
 
 from lutc.errors import UsageError
 
+from .cli_args import check_threads, threads_arg
+
 
 def register(subparsers):
     p = subparsers.add_parser("generate", help="generate text from a quantized model with lutc kernels")
     p.add_argument("model", metavar="MODEL_OR_DIR", help="a quantized checkpoint folder, or smollm2-135m")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--threads", type=_threads_arg, default="auto",
+    p.add_argument("--threads", type=threads_arg, default="auto",
                    help="native threads, or 'auto' (default): measure 1..cores during decoding, use the fastest")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -47,15 +48,6 @@ def register(subparsers):
     register_serve(subparsers)
 
 
-def _threads_arg(v: str):
-    if v == "auto":
-        return v
-    try:
-        return int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'auto', got {v!r}") from None
-
-
 def _utf8(text: str, what: str) -> str:
     """argv text that decoded as UTF-8 (Python maps invalid bytes to lone surrogates)."""
     try:
@@ -69,8 +61,7 @@ def _utf8(text: str, what: str) -> str:
 def cmd_generate(args) -> int:
     from .config import UnsupportedModelError
     from .sampling import SamplingParams
-    if args.threads != "auto" and args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads)
     if args.ctx is not None and args.ctx < 1:
         raise UsageError(f"--ctx must be >= 1 (the context length in tokens), got {args.ctx}")
     _utf8(args.prompt, "--prompt")
@@ -121,8 +112,7 @@ def cmd_eval(args) -> int:
     else:
         runs = [(args.mode, args.lut_dtype)]
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        check_threads(args.threads)
         import torch
         torch.set_num_threads(args.threads)
     model = args.model

@@ -1,9 +1,11 @@
 """`lutc serve`: the command-line entry of the OpenAI-compatible server (registered by runtime.cli)."""
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import sys
+
+from lutc.errors import UsageError
+
+from .cli_args import check_threads, threads_arg
 
 
 def register(subparsers):
@@ -11,7 +13,7 @@ def register(subparsers):
     s.add_argument("model", metavar="MODEL_OR_DIR", help="a quantized checkpoint folder, or smollm2-135m")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--threads", type=_threads_arg, default=None, help="native threads (default: all cores)")
+    s.add_argument("--threads", type=threads_arg, default=None, help="native threads (default: all cores)")
     s.add_argument("--max-batch", type=int, default=4, help="sequences decoded together (KV slots)")
     s.add_argument("--ctx", type=int, default=None, help="context per sequence (default: min(model max, 2048))")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
@@ -25,31 +27,16 @@ def register(subparsers):
     s.set_defaults(fn=cmd_serve)
 
 
-def _threads_arg(v: str):
-    if v == "auto":
-        return v
-    try:
-        return int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'auto', got {v!r}") from None
-
-
-def _fail(msg) -> int:
-    print(f"lutc serve: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def cmd_serve(args) -> int:
     if args.max_batch < 1 or args.max_queue < 0 or args.prefill_chunk < 1:
-        return _fail("--max-batch and --prefill-chunk must be >= 1, --max-queue >= 0")
-    if isinstance(args.threads, int) and args.threads < 1:
-        return _fail(f"--threads must be >= 1, got {args.threads}")
+        raise UsageError("--max-batch and --prefill-chunk must be >= 1, --max-queue >= 0")
+    check_threads(args.threads)
     if args.ctx is not None and args.ctx < 2:
-        return _fail(f"--ctx must be >= 2, got {args.ctx}")
+        raise UsageError(f"--ctx must be >= 2, got {args.ctx}")
     if not 0 <= args.port <= 65535:
-        return _fail(f"--port must be in 0..65535, got {args.port}")
+        raise UsageError(f"--port must be in 0..65535, got {args.port}")
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
-        return _fail("lutc serve needs fastapi and uvicorn: pip install 'lutc[serve]'")
+        raise UsageError("lutc serve needs fastapi and uvicorn: pip install 'lutc[serve]'")
     from .config import UnsupportedModelError
     from .server import serve
     try:
@@ -58,4 +45,4 @@ def cmd_serve(args) -> int:
                      model_name=args.model_name, bits=args.bits, group_size=args.group_size, method=args.method,
                      lut_dtype=args.lut_dtype)
     except (ValueError, FileNotFoundError, OSError, UnsupportedModelError) as e:
-        return _fail(e)
+        raise UsageError(str(e)) from None
