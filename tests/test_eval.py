@@ -158,7 +158,7 @@ def test_smollm2_end_to_end(tmp_path):
     del rtn, hg
     # W2 g64 on the held-out text (calibration: the corpus' other part): HLQ-GPTQ under half of GPTQ
     src, _ = load_source_model("smollm2-135m")
-    w2 = {m: perplexity(quantize_model(src, 2, 64, m, tokenizer=tok, nsamples=8, seqlen=256, rounds=6,
+    w2 = {m: perplexity(quantize_model(src, 2, 64, m, tokenizer=tok, nsamples=4, seqlen=128, rounds=4,
                                        progress=False), **kw) for m in ("gptq", "hlq-gptq")}
     del src
     assert w2["hlq-gptq"] < 0.5 * w2["gptq"], w2
