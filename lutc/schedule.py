@@ -28,7 +28,10 @@ class Schedule:
     pass over a weight tile), interleave (packed order of bit-planes vs table chunks),
     lut_scale_block (int8 tables: activations sharing one table scale; rounded down to whole
     packed chunks of g * per_byte activations, at least one chunk; >= group_size means one
-    scale per weight group, the pre-issue-10 path; ignored by float tables) and threads
+    scale per weight group, the pre-issue-10 path; ignored by float tables), lut_centered (int8
+    tables store subset sums minus half the table's activation sum: the sign-symmetric form of
+    T-MAC's mirror consolidation, half the range for the same int8 step; exact correction
+    through the zero term; False with lut_scale_block >= group_size is the old path) and threads
     (None = all cores; it does not change generated code).
     """
 
@@ -41,6 +44,7 @@ class Schedule:
     mb: int = 1
     interleave: str = "chunk"
     lut_scale_block: int = DEFAULT_LUT_SCALE_BLOCK
+    lut_centered: bool = True
     threads: int | None = None
     kernel: str = "lut_gemm"
 
@@ -54,6 +58,8 @@ class Schedule:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")
+        if not isinstance(self.lut_centered, bool):
+            bad(f"lut_centered must be a bool, got {self.lut_centered!r}")
         if self.lut_scale_block < 1:
             bad(f"lut_scale_block must be >= 1, got {self.lut_scale_block}")
         if not 1 <= self.bits <= 4:
@@ -104,6 +110,11 @@ class Schedule:
         if self.lut_dtype != "int8" or self.lut_scale_block >= self.group_size:
             return cpg
         return max(1, min(cpg, self.lut_scale_block // (self.g * self.per_byte)))
+
+    @property
+    def centered(self) -> bool:
+        """int8 tables hold subset sums minus half the table's sum (float tables never do)."""
+        return self.lut_dtype == "int8" and self.lut_centered
 
     @property
     def scale_blocks(self) -> int:

@@ -52,7 +52,7 @@ class LeanDecoder:
     """
 
     def __init__(self, qm, n_ctx: int | None = None, threads: int | None = None, lut_dtype: str | None = None,
-                 max_prefill: int = 128, engine: str = "native"):
+                 max_prefill: int = 128, engine: str = "native", knobs: dict | None = None):
         if engine not in ("native", "numpy"):
             raise ValueError(f"engine: expected 'native' or 'numpy', got {engine!r}")
         self.engine = engine
@@ -76,22 +76,22 @@ class LeanDecoder:
         for i in range(c.num_layers):
             n, L = layer_names(i), _Layer()
             if prepacked is not None:
-                L.qkv, L.o, L.gu, L.down = (LinearWeights(prepacked[f"{i}.{k}"], mm, lut_dtype, f"{i}.{k}")
+                L.qkv, L.o, L.gu, L.down = (LinearWeights(prepacked[f"{i}.{k}"], mm, lut_dtype, f"{i}.{k}", knobs)
                                             for k in FUSED)
             else:
                 lin = qm.linears
                 L.qkv = LinearWeights(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype,
-                                    n["q"] + "kv")
-                L.o = LinearWeights(lin[n["o"]], mm, lut_dtype, n["o"])
-                L.gu = LinearWeights(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up")
-                L.down = LinearWeights(lin[n["down"]], mm, lut_dtype, n["down"])
+                                      n["q"] + "kv", knobs)
+                L.o = LinearWeights(lin[n["o"]], mm, lut_dtype, n["o"], knobs)
+                L.gu = LinearWeights(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up", knobs)
+                L.down = LinearWeights(lin[n["down"]], mm, lut_dtype, n["down"], knobs)
             L.ln1 = qm.tensors[n["ln1"]]
             L.ln2 = qm.tensors[n["ln2"]]
             L.k_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
             L.v_cache = np.zeros((c.num_kv_heads, self.n_ctx, c.head_dim), np.float32)
             self.layers.append(L)
         self.lm_head = LinearWeights(prepacked["lm_head"] if prepacked is not None else qm.linears["lm_head"],
-                                   mm, lut_dtype, "lm_head")
+                                   mm, lut_dtype, "lm_head", knobs)
         self.lut_dtype = lut_dtype
         self.embed = qm.tensors["model.embed_tokens.weight"]
         self.norm = qm.tensors["model.norm.weight"]

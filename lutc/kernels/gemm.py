@@ -14,9 +14,12 @@ from lutc.jitfunction import jit
 @jit
 def build_tables(x, luts, lut_scales, xsums, K, NG,
                  GS: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, TPG: tl.constexpr,
-                 TPGP: tl.constexpr, LUT_DTYPE: tl.constexpr, NB: tl.constexpr, TPB: tl.constexpr):
+                 TPGP: tl.constexpr, LUT_DTYPE: tl.constexpr, NB: tl.constexpr, TPB: tl.constexpr,
+                 CENTER: tl.constexpr):
     """One program per (activation row m, weight group): its TPGP tables, NB scales and sum.
-    Scale block blk covers tables [blk * TPB, min((blk + 1) * TPB, TPGP))."""
+    Scale block blk covers tables [blk * TPB, min((blk + 1) * TPB, TPGP)). CENTER: entries are
+    subset sums minus half the table's activation sum (sign-symmetric, half the range); lut_gemm
+    adds the half back exactly through the zero term."""
     m = tl.program_id(0)
     grp = tl.program_id(1)
     TS: tl.constexpr = 1 << G
@@ -33,8 +36,11 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
             kk = t * G + lane
             xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
             xsum += tl.sum(xs)
-            pos = tl.sum(tl.where(xs > 0.0, xs, 0.0))
-            amax = tl.maximum(amax, tl.maximum(pos, pos - tl.sum(xs)))  # max |subset sum|
+            if CENTER:
+                amax = tl.maximum(amax, 0.5 * tl.sum(tl.abs(xs)))       # max |subset sum - half sum|
+            else:
+                pos = tl.sum(tl.where(xs > 0.0, xs, 0.0))
+                amax = tl.maximum(amax, tl.maximum(pos, pos - tl.sum(xs)))  # max |subset sum|
         scale = 1.0
         inv = 1.0
         if LUT_DTYPE == tl.int8:
@@ -44,6 +50,8 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
             kk = t * G + lane
             xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
             table = tl.lut_build(xs[0:G])
+            if CENTER:
+                table = table - 0.5 * tl.sum(xs)
             if LUT_DTYPE == tl.int8:
                 q = tl.round(table * inv).to(tl.int8)
             else:
@@ -111,7 +119,7 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
           BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
           SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
-          CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr):
+          CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr):
     """MB activation rows (m0 ..) against one weight tile of BN rows."""
     TS: tl.constexpr = 1 << G
     TABLE_STRIDE = NG * TPGP * TS           # elements between consecutive m's tables
@@ -129,6 +137,9 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
             acc = _block(acc, scales, w_group, luts_group, lut_scales, NBF * CPB, NBF, row, NG,
                          TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NB, UNROLL, MB, PLANE_MAJOR, ACC)
         zero = tl.load(sz + BITS * BN + tl.arange(0, BN)).to(tl.float32)
+        if CENTER:                          # centered tables dropped xsum / 2 from every plane
+            for b in tl.static_range(BITS):
+                zero += 0.5 * scales[b]
         for mi in tl.static_range(MB):
             acc[mi] += zero * tl.load(xsums + row + mi * NG)
     for mi in tl.static_range(MB):
@@ -140,7 +151,7 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
              SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
              MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
-             CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr):
+             CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr):
     """One program per tile of BN weight rows: y[:, tile] for every activation row."""
     tile = tl.program_id(0)
     rows = tile * BN + tl.arange(0, BN)
@@ -149,8 +160,8 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
     MMAIN = M - M % MB
     for m0 in range(0, MMAIN, MB):
         _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC)
+              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER)
     if MB > 1:
         for m0 in range(MMAIN, M):
             _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC)
+                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER)

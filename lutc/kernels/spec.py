@@ -35,6 +35,7 @@ CONSTEXPR_LEGEND = {
     "TPB": "tables sharing one int8 table scale = CPB * PB",
     "CPB": "packed chunks sharing one table scale (s.scale_chunks; CPG for float tables)",
     "NBF": "scale blocks of a group with all CPB chunks = CPG // CPB",
+    "CENTER": "int8 tables centered (s.centered): entries minus half the table's activation sum",
     "TAILC": "chunks of the last, partial scale block = CPG % CPB (0: none)",
     "LUT_DTYPE": "table element type (s.lut_dtype)",
 }
@@ -57,11 +58,13 @@ def constexprs(s) -> tuple[dict, dict]:
     """(build_tables, lut_gemm) constexpr values for schedule s (see CONSTEXPR_LEGEND)."""
     ga = 1 << (s.g - 1).bit_length()
     tables = dict(GS=s.group_size, G=s.g, GA=ga, TPG=s.tables_per_group, TPGP=s.padded_tables,
-                  LUT_DTYPE=LUT_TYPES[s.lut_dtype], NB=s.scale_blocks, TPB=s.scale_chunks * s.per_byte)
+                  LUT_DTYPE=LUT_TYPES[s.lut_dtype], NB=s.scale_blocks, TPB=s.scale_chunks * s.per_byte,
+                  CENTER=s.centered)
     gemm = dict(BITS=s.bits, G=s.g, BN=s.bn, PB=s.per_byte, SB=s.slot_bits, CPG=s.chunks_per_group,
                 TPGP=s.padded_tables, UNROLL=s.unroll, MB=s.mb, PLANE_MAJOR=s.interleave == "plane",
                 ACC=ACC_TYPES[s.acc_dtype], NB=s.scale_blocks, CPB=s.scale_chunks,
-                NBF=s.chunks_per_group // s.scale_chunks, TAILC=s.chunks_per_group % s.scale_chunks)
+                NBF=s.chunks_per_group // s.scale_chunks, TAILC=s.chunks_per_group % s.scale_chunks,
+                CENTER=s.centered)
     return tables, gemm
 
 
