@@ -10,7 +10,7 @@ import quant
 from aarch64_harness import emulate
 from kernel_reference import error_bound, reference
 from lutc.backend.target import get_target, linux_twin
-from lutc.kernels import pack_weights
+from lutc.kernels import pack_weights, spec
 from lutc import Schedule
 from lutc.kernels.compiled import CompiledKernel
 from test_kernels import XKINDS, activations, problems
@@ -117,7 +117,8 @@ def test_harness_catches_wrong_results_and_overflows(workdir):
     plan = emulate.Plan(exe.parent)
     bx, bw, bsz = plan.input(x), plan.input(packed.w), plan.input(packed.sz)
     luts = plan.scratch(2 * 2 * sched.padded_tables * 16)
-    scales, sums, y = plan.scratch(16), plan.scratch(16), plan.scratch(2 * 40 * 4 - 4)  # one float short
+    nscales = spec.scratch_sizes(sched, 2, 2)["lut_scales"]     # M=2 rows, 2 groups, NB blocks each
+    scales, sums, y = plan.scratch(4 * nscales), plan.scratch(16), plan.scratch(2 * 40 * 4 - 4)  # one float short
     plan.launch(kernel.tables, (2, 2), [bx, luts, scales, sums, 128, 2])
     plan.launch(kernel.gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, 2, 40, 2])
     with pytest.raises(RuntimeError, match="out-of-bounds write around buffer 6"):
