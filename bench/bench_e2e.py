@@ -21,8 +21,8 @@ from bench.common import RESULTS, conditions, write_json  # noqa: E402
 
 LLAMA7B = dict(vocab=49152, hidden=4096, ffn=11008, layers=4, heads=32, kv_heads=32, theta=10000.0, tie=False,
                max_pos=4096)
-PAIRS = {4: "Q4_0", 2: "Q2_K"}
-OLD_TABLES = dict(lut_dtype="int8", lut_scale_block=1 << 30, lut_centered=False)   # >= any group: one scale per group          # lutc bits -> llama.cpp type compared against
+PAIRS = {4: "Q4_0", 2: "Q2_K"}          # lutc bits -> llama.cpp type compared against
+OLD_TABLES = dict(lut_dtype="int8", lut_scale_block=1 << 30, lut_centered=False)   # pre-issue-10: one scale per group
 WORK = pathlib.Path(os.environ.get("LUTC_BENCH_DIR", str(pathlib.Path.home() / ".cache" / "lutc" / "bench")))
 
 

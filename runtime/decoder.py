@@ -83,7 +83,8 @@ class LeanDecoder:
                 L.qkv = LinearWeights(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), mm, lut_dtype,
                                       n["q"] + "kv", knobs)
                 L.o = LinearWeights(lin[n["o"]], mm, lut_dtype, n["o"], knobs)
-                L.gu = LinearWeights(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype, n["gate"] + "+up", knobs)
+                L.gu = LinearWeights(concat_rows([lin[n["gate"]], lin[n["up"]]]), mm, lut_dtype,
+                                     n["gate"] + "+up", knobs)
                 L.down = LinearWeights(lin[n["down"]], mm, lut_dtype, n["down"], knobs)
             L.ln1 = qm.tensors[n["ln1"]]
             L.ln2 = qm.tensors[n["ln2"]]

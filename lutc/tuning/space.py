@@ -88,5 +88,6 @@ def describe(s: Schedule) -> str:
     t = "*" if s.threads is None else s.threads
     tab = s.lut_dtype
     if s.lut_dtype == "int8":
-        tab += f"/{s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size}{'c' if s.centered else ''}"
+        blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
+        tab += f"/{blk}{'c' if s.centered else ''}"
     return f"g{s.g} {tab} bn{s.bn} u{s.unroll} mb{s.mb} {s.interleave} t{t}"
