@@ -22,6 +22,7 @@ from bench.common import RESULTS, conditions, write_json  # noqa: E402
 LLAMA7B = dict(vocab=49152, hidden=4096, ffn=11008, layers=4, heads=32, kv_heads=32, theta=10000.0, tie=False,
                max_pos=4096)
 PAIRS = {4: "Q4_0", 2: "Q2_K"}          # lutc bits -> llama.cpp type compared against
+OLD_TABLES = dict(lut_dtype="int8", lut_scale_block=1 << 30, lut_centered=False)   # pre-issue-10: one scale per group
 WORK = pathlib.Path(os.environ.get("LUTC_BENCH_DIR", str(pathlib.Path.home() / ".cache" / "lutc" / "bench")))
 
 
@@ -248,6 +249,9 @@ def run(args):
                 out["python_overhead"] = python_overhead(qm)
                 print(f"python overhead per token: {out['python_overhead']}", flush=True)
             dec = LeanDecoder(qm, n_ctx=args.prompt + args.decode + args.prefill + 8, threads=threads[0])
+            old = None
+            if args.compare_old_tables:          # the pre-issue-10 int8 tables, same packed weights
+                old = LeanDecoder(dec.to_packed_model(), n_ctx=dec.n_ctx, threads=threads[0], knobs=OLD_TABLES)
             del qm
             bw_now = bandwidth(threads, 5)          # re-measured next to this model's timings
             bw = {t: max(bw[t], bw_now[t]) for t in threads}
@@ -258,11 +262,14 @@ def run(args):
                 gpath = llama_file(family, qtype)
                 llms = {t: Llama(model_path=str(gpath), n_threads=t, n_threads_batch=t, n_ctx=512, n_batch=512,
                                  verbose=False) for t in threads}
-            samples = {t: dict(lutc=[], llama=[]) for t in threads}
+            samples = {t: dict(lutc=[], llama=[], old=[]) for t in threads}
             for _ in range(args.rounds):                    # interleaved: drift hits both sides alike
                 for t in threads:
                     dec.set_threads(t)
                     samples[t]["lutc"].append(time_lutc(dec, prompt, args.decode, prefill_ids))
+                    if old is not None:
+                        old.set_threads(t)
+                        samples[t]["old"].append(time_lutc(old, prompt, args.decode, prefill_ids))
                     if has_llama:
                         samples[t]["llama"].append(time_llama(llms[t], prompt, args.decode, prefill_ids))
             for t in threads:
@@ -273,6 +280,11 @@ def run(args):
                 row["lutc_prefill_tps"] = args.prefill / float(np.median(lt[:, 1]))
                 row["lutc_roofline_tps"] = bw[t] * 1e9 / dec.weight_bytes
                 row["lutc_roofline_frac"] = row["lutc_decode_tps"] / row["lutc_roofline_tps"]
+                if old is not None:
+                    ot = np.array(samples[t]["old"])
+                    row["old_tables_decode_tps"] = 1.0 / float(np.median(ot[:, 0]))
+                    row["old_tables_prefill_tps"] = args.prefill / float(np.median(ot[:, 1]))
+                    row["decode_vs_old_tables"] = row["lutc_decode_tps"] / row["old_tables_decode_tps"]
                 if has_llama:
                     ll = np.array(samples[t]["llama"])
                     row["llama_decode_tps"] = 1.0 / float(np.median(ll[:, 0]))
@@ -282,7 +294,7 @@ def run(args):
                     row["prefill_ratio"] = row["lutc_prefill_tps"] / row["llama_prefill_tps"]
                 out["rows"].append(row)
                 _print_row(row)
-            del dec, llms
+            del dec, llms, old
     out["conditions"]["loadavg_end"] = list(os.getloadavg())
     return out
 
@@ -291,6 +303,9 @@ def _print_row(r):
     s = (f"{r['model']:8s} {r['lutc']:8s} vs {r['llama_type']:5s} t={r['threads']}: decode lutc "
          f"{r['lutc_decode_tps']:7.1f} tok/s ({100 * r['lutc_roofline_frac']:.0f}% of roofline "
          f"{r['lutc_roofline_tps']:.0f})  prefill {r['lutc_prefill_tps']:7.1f} tok/s")
+    if "old_tables_decode_tps" in r:
+        s += (f" | old int8 tables decode {r['old_tables_decode_tps']:7.1f} (new/old x{r['decode_vs_old_tables']:.3f})"
+              f" prefill {r['old_tables_prefill_tps']:7.1f}")
     if "llama_decode_tps" in r:
         s += (f" | llama.cpp decode {r['llama_decode_tps']:7.1f} prefill {r['llama_prefill_tps']:7.1f} | "
               f"ratio decode x{r['decode_ratio']:.2f} prefill x{r['prefill_ratio']:.2f}")
@@ -359,6 +374,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1 round of 16 decode steps")
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp even if it is installed")
+    p.add_argument("--compare-old-tables", action="store_true",
+                   help="also time the pre-issue-10 int8 tables (one scale per group, uncentered), interleaved")
     p.add_argument("--out", default=str(RESULTS / "e2e.json"))
     p.add_argument("--markdown", metavar="JSON", help="print an existing result file as markdown tables, "
                    "redraw its plot, and exit")

@@ -15,6 +15,8 @@ KNOB_CHOICES = {
     "mb": (1, 2, 4),
     "interleave": INTERLEAVES,
 }
+LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
+DEFAULT_LUT_SCALE_BLOCK = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,8 +25,14 @@ class Schedule:
 
     Knobs: g (activations per table; 2**g entries), lut_dtype (table precision), bn (weight
     rows per tile), unroll (table chunks per loop step), mb (activation rows sharing one
-    pass over a weight tile), interleave (packed order of bit-planes vs table chunks) and
-    threads (None = all cores; it does not change generated code).
+    pass over a weight tile), interleave (packed order of bit-planes vs table chunks),
+    lut_scale_block (int8 tables: activations sharing one table scale; rounded down to whole
+    packed chunks of g * per_byte activations, at least one chunk; >= group_size means one
+    scale per weight group, the pre-issue-10 path; ignored by float tables), lut_centered (int8
+    tables store subset sums minus half the table's activation sum: the sign-symmetric form of
+    T-MAC's mirror consolidation, half the range for the same int8 step; exact correction
+    through the zero term; False with lut_scale_block >= group_size is the old path) and threads
+    (None = all cores; it does not change generated code).
     """
 
     bits: int
@@ -35,6 +43,8 @@ class Schedule:
     unroll: int = 4
     mb: int = 1
     interleave: str = "chunk"
+    lut_scale_block: int = DEFAULT_LUT_SCALE_BLOCK
+    lut_centered: bool = True
     threads: int | None = None
     kernel: str = "lut_gemm"
 
@@ -44,10 +54,14 @@ class Schedule:
     def validate(self):
         def bad(msg):
             raise ValueError(f"invalid schedule: {msg}")
-        for name in ("bits", "group_size", "g", "bn", "unroll", "mb"):
+        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")
+        if not isinstance(self.lut_centered, bool):
+            bad(f"lut_centered must be a bool, got {self.lut_centered!r}")
+        if self.lut_scale_block < 1:
+            bad(f"lut_scale_block must be >= 1, got {self.lut_scale_block}")
         if not 1 <= self.bits <= 4:
             bad(f"bits must be 1-4, got {self.bits}")
         if self.group_size < 1:
@@ -89,11 +103,30 @@ class Schedule:
         return 1 << self.g
 
     @property
+    def scale_chunks(self) -> int:
+        """Packed chunks (per_byte tables each) sharing one table scale: all of a group's for
+        float tables or lut_scale_block >= group_size, else lut_scale_block // (g * per_byte) >= 1."""
+        cpg = self.chunks_per_group
+        if self.lut_dtype != "int8" or self.lut_scale_block >= self.group_size:
+            return cpg
+        return max(1, min(cpg, self.lut_scale_block // (self.g * self.per_byte)))
+
+    @property
+    def centered(self) -> bool:
+        """int8 tables hold subset sums minus half the table's sum (float tables never do)."""
+        return self.lut_dtype == "int8" and self.lut_centered
+
+    @property
+    def scale_blocks(self) -> int:
+        """Table scales per (activation row, group); the last block may hold fewer chunks."""
+        return -(-self.chunks_per_group // self.scale_chunks)
+
+    @property
     def acc_dtype(self) -> str:
-        """Accumulator of one group's lookups: int16 for int8 tables when it cannot overflow."""
+        """Accumulator of one scale block's lookups: int16 for int8 tables when it cannot overflow."""
         if self.lut_dtype != "int8":
             return "float32"
-        return "int16" if self.padded_tables * 127 <= 32767 else "int32"
+        return "int16" if self.scale_chunks * self.per_byte * 127 <= 32767 else "int32"
 
     @property
     def layout_key(self) -> tuple:

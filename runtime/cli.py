@@ -35,8 +35,12 @@ def register(subparsers):
     e.add_argument("model", help='a lutc checkpoint directory, "smollm2-135m", a .gguf file or an HF directory')
     e.add_argument("--text", default=None, help="UTF-8 text file (default: held-out part of the built-in corpus)")
     e.add_argument("--mode", choices=("fake", "lut", "all"), default="fake",
-                   help="fake: dequantized weights in torch; lut: lutc LUT kernels; all: fake, lut f32, lut int8")
+                   help="fake: dequantized weights in torch; lut: lutc LUT kernels; all (a checkpoint): one table, "
+                        "exact (fake-quant) vs each table precision and scale block through the native "
+                        "decoder: perplexity, top-1 agreement, decode cost")
     e.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default="int8")
+    e.add_argument("--blocks", default="64,32,16",
+                   help="--mode all: int8 table scale blocks to compare (besides one per group)")
     e.add_argument("--window", type=int, default=1024)
     e.add_argument("--stride", type=int, default=None, help="default: window / 2")
     e.add_argument("--max-tokens", type=int, default=8192, help="0: the whole text")
@@ -107,8 +111,10 @@ def cmd_eval(args) -> int:
     from quant.checkpoint import MANIFEST, load_checkpoint
     from quant.eval import evaluate
     is_ckpt = os.path.isfile(os.path.join(args.model, MANIFEST))
+    if args.mode == "all" and is_ckpt:
+        return _eval_all(args)
     if args.mode == "all":
-        runs = [("fake", None), ("lut", "float32"), ("lut", "int8")] if is_ckpt else [("fake", None)]
+        runs = [("fake", None)]
     else:
         runs = [(args.mode, args.lut_dtype)]
     if args.threads is not None:
@@ -136,10 +142,33 @@ def cmd_eval(args) -> int:
         if not args.json:
             print(f"{args.model}: {r['kind']}: perplexity {r['ppl']:.4f} over {r['tokens']} tokens of "
                   f"{r['source']} (window {r['window']}, stride {r['stride']}, {r['seconds']:.1f}s)")
-    if len(results) == 3 and not args.json:
-        fake, f32, i8 = (r["ppl"] for r in results)
-        print(f"lut float32 tables vs fake-quant: {100 * (f32 / fake - 1):+.3f}%; "
-              f"int8 tables vs float32 tables: {100 * (i8 / f32 - 1):+.3f}%")
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=1))
+    return 0
+
+
+def _eval_all(args) -> int:
+    from quant.calib import eval_ids
+    from quant.checkpoint import load_checkpoint
+    from .evaltable import format_table, run_all
+    try:
+        blocks = tuple(int(b) for b in args.blocks.split(",") if b.strip())
+        qm = load_checkpoint(args.model)
+        if qm.tokenizer_dir is None:
+            raise ValueError(f"{args.model}: the checkpoint has no tokenizer")
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(qm.tokenizer_dir)
+        ids, source = eval_ids(tok, args.text, args.max_tokens or None)
+        stride = args.stride or max(1, args.window // 2)
+        t0 = time.perf_counter()
+        rows = run_all(qm, ids.numpy(), args.window, stride, threads=args.threads, blocks=blocks,
+                       progress=not args.quiet)
+    except (ValueError, OSError) as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps({"source": source, "window": args.window, "stride": stride, "rows": rows}, indent=1))
+    else:
+        print(f"{args.model}: {rows[0]['tokens']} tokens of {source} (window {args.window}, stride {stride}, "
+              f"{time.perf_counter() - t0:.0f}s)")
+        print(format_table(rows))
     return 0

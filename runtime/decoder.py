@@ -54,7 +54,8 @@ class LeanDecoder:
     """
 
     def __init__(self, qm, n_ctx: int | None = None, threads: int | None = None, lut_dtype: str | None = None,
-                 max_prefill: int = 128, engine: str = "native", slots: int = 1):
+                 max_prefill: int = 128, engine: str = "native", slots: int = 1,
+                 knobs: dict | None = None):
         if engine not in ("native", "numpy"):
             raise ValueError(f"engine: expected 'native' or 'numpy', got {engine!r}")
         self.engine = engine
@@ -81,9 +82,9 @@ class LeanDecoder:
         else:
             check_packed(qm, c)
         mm = self.max_prefill
-        self.layers = load_layers(qm, c, prepacked, mm, lut_dtype, slots, self.n_ctx)
+        self.layers = load_layers(qm, c, prepacked, mm, lut_dtype, slots, self.n_ctx, knobs)
         self.lm_head = LinearWeights(prepacked["lm_head"] if prepacked is not None else qm.linears["lm_head"],
-                                   mm, lut_dtype, "lm_head")
+                                   mm, lut_dtype, "lm_head", knobs)
         self.lut_dtype = lut_dtype
         self.embed = qm.tensors["model.embed_tokens.weight"]
         self.norm = qm.tensors["model.norm.weight"]

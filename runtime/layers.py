@@ -23,25 +23,26 @@ def norm_weight(w: np.ndarray, c: DecoderConfig) -> np.ndarray:
     return (w.astype(np.float32) + np.float32(1.0)) if c.norm_plus_one else w
 
 
-def load_layers(qm, c: DecoderConfig, prepacked, max_m: int, lut_dtype, slots: int, n_ctx: int) -> list:
+def load_layers(qm, c: DecoderConfig, prepacked, max_m: int, lut_dtype, slots: int, n_ctx: int,
+                knobs: dict | None = None) -> list:
     layers = []
     for i in range(c.num_layers):
         n, L = layer_names(i, c.family), Layer()
         if prepacked is not None:
-            L.qkv, L.o, L.gu, L.down = (LinearWeights(prepacked[f"{i}.{k}"], max_m, lut_dtype, f"{i}.{k}")
+            L.qkv, L.o, L.gu, L.down = (LinearWeights(prepacked[f"{i}.{k}"], max_m, lut_dtype, f"{i}.{k}", knobs)
                                         for k in FUSED)
         else:
             lin = qm.linears
             if c.family == "phi3":
-                L.qkv = LinearWeights(lin[n["qkv"]], max_m, lut_dtype, n["qkv"])
-                L.gu = LinearWeights(lin[n["gate_up"]], max_m, lut_dtype, n["gate_up"])
+                L.qkv = LinearWeights(lin[n["qkv"]], max_m, lut_dtype, n["qkv"], knobs)
+                L.gu = LinearWeights(lin[n["gate_up"]], max_m, lut_dtype, n["gate_up"], knobs)
             else:
                 L.qkv = LinearWeights(concat_rows([lin[n["q"]], lin[n["k"]], lin[n["v"]]]), max_m, lut_dtype,
-                                      n["q"] + "kv")
+                                      n["q"] + "kv", knobs)
                 L.gu = LinearWeights(concat_rows([lin[n["gate"]], lin[n["up"]]]), max_m, lut_dtype,
-                                     n["gate"] + "+up")
-            L.o = LinearWeights(lin[n["o"]], max_m, lut_dtype, n["o"])
-            L.down = LinearWeights(lin[n["down"]], max_m, lut_dtype, n["down"])
+                                     n["gate"] + "+up", knobs)
+            L.o = LinearWeights(lin[n["o"]], max_m, lut_dtype, n["o"], knobs)
+            L.down = LinearWeights(lin[n["down"]], max_m, lut_dtype, n["down"], knobs)
         L.t = {n[r]: qm.tensors[n[r]] for r in roles(c)}          # as stored (what the pack cache saves)
         get = lambda r: L.t[n[r]]  # noqa: E731
         L.ln1, L.ln2 = norm_weight(get("ln1"), c), norm_weight(get("ln2"), c)

@@ -12,12 +12,14 @@ class StalePackError(ValueError):
     """Prepacked weights whose layout no longer matches the schedule lutc chooses now."""
 
 
-def schedules(bits, group_size, N, K, lut_dtype=None, m_prefill=128):
-    """(decode, prefill) Schedules for an N x K matrix; the prefill one keeps the decode layout."""
+def schedules(bits, group_size, N, K, lut_dtype=None, m_prefill=128, knobs=None):
+    """(decode, prefill) Schedules for an N x K matrix; the prefill one keeps the decode layout.
+    lut_dtype and `knobs` (e.g. {"lut_scale_block": 128}) override the chosen schedules' knobs."""
     dec = choose_schedule(bits, group_size, 1, N, K)
     pre = choose_schedule(bits, group_size, max(m_prefill, 1), N, K)
-    if lut_dtype is not None:
-        dec, pre = dec.replace(lut_dtype=lut_dtype), pre.replace(lut_dtype=lut_dtype)
+    knobs = dict(knobs or {}, **({"lut_dtype": lut_dtype} if lut_dtype is not None else {}))
+    if knobs:
+        dec, pre = dec.replace(**knobs), pre.replace(**knobs)
     return dec, pre.replace(g=dec.g, bn=dec.bn, interleave=dec.interleave)    # same layout: pack once
 
 
@@ -27,7 +29,7 @@ class LinearWeights:
     (table build, GEMM) for rows 0..m-1 of the buffers x and y: m == 1 runs the decode schedule,
     m > 1 the prefill one. One scratch of max_m rows serves every m."""
 
-    def __init__(self, weights, max_m=1, lut_dtype=None, name=""):
+    def __init__(self, weights, max_m=1, lut_dtype=None, name="", knobs=None):
         self.name, self.max_m = name, max(int(max_m), 1)
         if isinstance(weights, PackedWeights):
             self.bits, self.group_size = weights.layout_key[:2]
@@ -37,7 +39,7 @@ class LinearWeights:
             raise TypeError(f"{name}: expected a QuantizedTensor or PackedWeights, got {type(weights).__name__}")
         self.N, self.K = weights.N, weights.K
         self.sched_decode, self.sched_prefill = schedules(self.bits, self.group_size, self.N, self.K,
-                                                          lut_dtype, self.max_m)
+                                                          lut_dtype, self.max_m, knobs)
         self.k_decode, self.k_prefill = get_kernel(self.sched_decode), get_kernel(self.sched_prefill)
         if isinstance(weights, PackedWeights):
             if tuple(weights.layout_key) != self.sched_decode.layout_key:

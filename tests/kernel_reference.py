@@ -11,8 +11,8 @@ def reference(x, qw):
     return x64 @ w.T, np.abs(x64) @ np.abs(w).T
 
 
-def _table_amax(x, group_size, g):
-    """max |subset sum| per (m, group, table) as the kernel computes it: (M, G, T)."""
+def _subset_sums(x, group_size, g):
+    """Every table entry, by enumerating subsets: (M, G, T, 2**g) over the zero-padded groups."""
     M, K = x.shape
     ng = -(-K // group_size)
     tpg = -(-group_size // g)
@@ -21,9 +21,25 @@ def _table_amax(x, group_size, g):
     grp = np.zeros((M, ng, tpg * g))
     grp[:, :, :group_size] = xp.reshape(M, ng, group_size)
     runs = grp.reshape(M, ng, tpg, g)
-    pos = np.where(runs > 0, runs, 0).sum(-1)
-    neg = np.where(runs < 0, runs, 0).sum(-1)
-    return np.maximum(pos, -neg)
+    subsets = np.array([[(i >> j) & 1 for j in range(g)] for i in range(1 << g)], np.float64)   # (2**g, g)
+    return runs @ subsets.T, runs
+
+
+def int8_lookup_error(x, group_size, sched):
+    """(M, G): the most a group's int8 lookups can be off in total, one per table, each by half
+    its block's scale. A block is sched.scale_chunks * per_byte consecutive tables (the last may
+    be short); its scale is the largest |entry| of its tables / 127, entries centered by half the
+    table's sum when sched.centered."""
+    entries, runs = _subset_sums(x, group_size, sched.g)
+    if sched.centered:
+        entries = entries - 0.5 * runs.sum(-1, keepdims=True)
+    amax = np.abs(entries).max(-1)                          # (M, G, T)
+    tpb = sched.scale_chunks * sched.per_byte
+    out = np.zeros(amax.shape[:2])
+    for t0 in range(0, amax.shape[-1], tpb):
+        blk = amax[..., t0:t0 + tpb]
+        out += blk.shape[-1] * blk.max(-1) / 127.0 / 2
+    return out
 
 
 def error_bound(x, qw, sched):
@@ -32,13 +48,13 @@ def error_bound(x, qw, sched):
     float_slack = 1e-5 * mag + 1e-6
     if sched.lut_dtype == "float32":
         return float_slack * 4
-    amax = _table_amax(x, qw.group_size, sched.g)          # (M, G, T)
+    entries, _ = _subset_sums(x, qw.group_size, sched.g)
+    amax = np.abs(entries).max(-1)                          # (M, G, T)
     s_abs = np.abs(qw.scales.astype(np.float64)).sum(0)     # (N, G): sum over bit-planes of |s_b|
     if sched.lut_dtype == "float16":
         per_group = amax.sum(-1) * 2.0 ** -11               # each entry off by <= |entry| * 2^-11
     else:
-        scale = amax.max(-1) / 127.0                        # one scale per (m, group)
-        per_group = amax.shape[-1] * scale / 2              # each lookup off by <= scale / 2
+        per_group = int8_lookup_error(x, qw.group_size, sched)
         per_group = per_group + amax.sum(-1) * 2.0 ** -20   # table-entry float rounding
     bound = per_group @ s_abs.T                             # (M, N)
     return bound * 1.01 + float_slack * 4

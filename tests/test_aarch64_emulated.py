@@ -11,10 +11,10 @@ import quant
 from aarch64_harness import emulate
 from kernel_reference import error_bound, reference
 from lutc.backend.target import get_target, linux_twin
-from lutc.kernels import pack_weights
+from lutc.kernels import pack_weights, spec
 from lutc import Schedule
 from lutc.kernels.compiled import CompiledKernel
-from test_kernels import problems
+from test_kernels import XKINDS, activations, problems
 
 # (target, qemu cpu model): m2's exact cpu and features as ELF under the most capable emulated
 # CPU, and the generic armv8.2-a target on qemu's Cortex-A76 (the Raspberry Pi 5's core), which
@@ -84,12 +84,24 @@ def test_aarch64_linux_on_cortex_a76(workdir, bits, knobs):
 @given(problems())
 def test_property_cases_under_qemu(workdir, p):
     """The host property tests' problem space (test_kernels.problems), run as AArch64 code."""
-    bits, gs, knobs, N, K, M, seed, method = p
+    bits, gs, knobs, N, K, M, seed, method, xkind = p
     assume(bits * knobs["mb"] * knobs["unroll"] * knobs["bn"] <= _COST_CAP)
-    qw, x = _problem(bits, gs, N, K, M, seed, method)
+    qw, _ = _problem(bits, gs, N, K, M, seed, method)
+    x = activations(np.random.default_rng(seed + 1), M, K, xkind, gs)
     sched = Schedule.make(bits=bits, group_size=gs, **knobs)
     target_cpu = M2_ELF if seed % 2 else A76
     _check(_emulated(workdir, target_cpu, sched, x, qw), x, qw, sched, target_cpu[0].name)
+
+
+@pytest.mark.parametrize("xkind", XKINDS)
+def test_hard_activations_every_scale_block_under_qemu(workdir, xkind):
+    """Outlier channels (100x), exact zeros, same-sign groups: centered and raw int8 tables at
+    each scale block, as Cortex-A76 NEON code (tbl) under qemu."""
+    qw, _ = _problem(2, 64, 45, 200, 3, 3)
+    x = activations(np.random.default_rng(3), 3, 200, xkind, 64)
+    for blk, centered in ((16, True), (32, True), (64, False)):
+        sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2)
+        _check(_emulated(workdir, A76, sched, x, qw), x, qw, sched, f"aarch64-linux {xkind}")
 
 
 def test_harness_catches_wrong_results_and_overflows(workdir):
@@ -106,7 +118,8 @@ def test_harness_catches_wrong_results_and_overflows(workdir):
     plan = emulate.Plan(exe.parent)
     bx, bw, bsz = plan.input(x), plan.input(packed.w), plan.input(packed.sz)
     luts = plan.scratch(2 * 2 * sched.padded_tables * 16)
-    scales, sums, y = plan.scratch(16), plan.scratch(16), plan.scratch(2 * 40 * 4 - 4)  # one float short
+    nscales = spec.scratch_sizes(sched, 2, 2)["lut_scales"]     # M=2 rows, 2 groups, NB blocks each
+    scales, sums, y = plan.scratch(4 * nscales), plan.scratch(16), plan.scratch(2 * 40 * 4 - 4)  # one float short
     plan.launch(kernel.tables, (2, 2), [bx, luts, scales, sums, 128, 2])
     plan.launch(kernel.gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, 2, 40, 2])
     with pytest.raises(RuntimeError, match="out-of-bounds write around buffer 6"):

@@ -113,8 +113,15 @@ def test_cli_quantize_then_eval(tmp_path, capsys):
     rc = main(["eval", str(out), "--text", str(calib), "--window", "128", "--stride", "64", "--max-tokens", "400",
                "--mode", "all"])
     text = capsys.readouterr().out
-    assert rc == 0 and "fake-quant: perplexity" in text and "lut (float32 tables): perplexity" in text
-    assert "int8 tables vs float32 tables" in text
+    assert rc == 0 and "exact (fake-quant)" in text and "int8 old (group, raw)" in text and "top-1 agree" in text
+    rc = main(["eval", str(out), "--text", str(calib), "--window", "128", "--stride", "64", "--max-tokens", "400",
+               "--mode", "all", "--blocks", "16", "--json", "--quiet"])
+    import json
+    rows = {r["label"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rc == 0 and rows["exact (fake-quant)"]["agree"] == 1.0 and rows["exact (fake-quant)"]["tokens"] == 399
+    f32 = rows["float32"]                  # exact tables through the native decoder = fake-quant
+    assert abs(f32["vs_exact"]) < 1e-4 and f32["agree"] > 0.99 and f32["rel_cost"] > 0
+    assert {"default", "float16", "int8 old (group, raw)", "int8 centered, block 16"} <= set(rows)
     rc = main(["eval", str(tmp_path / "hf"), "--text", str(calib), "--window", "128", "--max-tokens", "200"])
     assert rc == 0 and "float32: perplexity" in capsys.readouterr().out
 

@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 import lutc
 import quant
 from lutc import Schedule
-from lutc.schedule import KNOB_CHOICES
-from kernel_reference import error_bound, reference
+from lutc.schedule import KNOB_CHOICES, LUT_SCALE_BLOCKS
+from kernel_reference import error_bound, int8_lookup_error, reference
+
+XKINDS = ("normal", "outliers", "zeros", "same_sign")
 
 
 @st.composite
@@ -16,25 +18,44 @@ def problems(draw):
     bits = draw(st.integers(1, 4))
     gs = draw(st.sampled_from([32, 64, 128]))
     knobs = {k: draw(st.sampled_from(v)) for k, v in KNOB_CHOICES.items()}
+    knobs["lut_scale_block"] = draw(st.sampled_from(LUT_SCALE_BLOCKS + (8, 24, 1000)))
+    knobs["lut_centered"] = draw(st.booleans())
     N = draw(st.integers(1, 150))
     K = draw(st.one_of(st.integers(1, 300), st.sampled_from([gs, 2 * gs, 3 * gs + 1])))
     M = draw(st.sampled_from([1, 2, 7, 33]))
     seed = draw(st.integers(0, 2**16))
     method = draw(st.sampled_from(["rtn", "hlq"]))
-    return bits, gs, knobs, N, K, M, seed, method
+    xkind = draw(st.sampled_from(XKINDS))
+    return bits, gs, knobs, N, K, M, seed, method, xkind
 
 
-def _case(bits, gs, knobs, N, K, M, seed, method):
+def activations(rng, M, K, kind="normal", gs=64):
+    """normal; outliers (a few channels 100x); zeros (exact zeros: scattered, whole channels and a
+    whole group); same_sign (every group all positive or all negative)."""
+    x = rng.standard_normal((M, K))
+    if kind == "outliers":
+        x[:, rng.choice(K, max(1, K // 100), replace=False)] *= 100.0
+    elif kind == "zeros":
+        x[rng.random((M, K)) < 0.3] = 0.0
+        x[:, rng.choice(K, max(1, K // 10), replace=False)] = 0.0
+        x[:, :min(K, gs)] = 0.0
+    elif kind == "same_sign":
+        x = np.abs(x)
+        for g0 in range(0, K, gs):
+            x[:, g0:g0 + gs] *= rng.choice([-1.0, 1.0], size=(M, 1))
+    return x.astype(np.float32)
+
+
+def _case(bits, gs, knobs, N, K, M, seed, method, xkind="normal"):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((N, K)).astype(np.float32)
     qw = quant.quantize(w, bits, gs, method=method, rounds=3)
-    x = rng.standard_normal((M, K)).astype(np.float32)
-    return qw, x
+    return qw, activations(rng, M, K, xkind, gs)
 
 
 @given(problems())
 def test_lut_gemm_matches_reference(p):
-    bits, gs, knobs, N, K, M, seed, method = p
+    bits, gs, knobs, N, K, M, seed, method, xkind = p
     qw, x = _case(*p)
     sched = Schedule.make(bits=bits, group_size=gs, **knobs)
     kernel = lutc.compile(sched)
@@ -146,3 +167,41 @@ def test_named_x86_targets_compute_correctly(target, lut_dtype):
     y = lutc.compile(sched, target=target)(x, qw, threads=2)
     ref, _ = reference(x, qw)
     assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
+
+
+def test_int8_bound_is_tight_and_independent():
+    """The reference bound (subset enumeration) reproduces the int8 error model: the per-group
+    lookup error shrinks with the scale block and with centering, and the kernel's worst error
+    reaches a fair fraction of it (a loose bound would hide an imprecise kernel)."""
+    rng = np.random.default_rng(5)
+    qw, _ = _case(4, 128, {}, 64, 512, 4, 5, "hlq")
+    x = activations(rng, 4, 512, "outliers", 128)
+    errs = {}
+    for blk, c in ((128, False), (128, True), (32, True), (16, True)):
+        sched = Schedule.make(bits=4, group_size=128, lut_scale_block=blk, lut_centered=c)
+        errs[blk, c] = int8_lookup_error(x, 128, sched).sum()
+        y = lutc.compile(sched)(x, qw)
+        ref, _ = reference(x, qw)
+        err, bound = np.abs(y - ref), error_bound(x, qw, sched)
+        assert (err <= bound).all() and err.max() > 0.02 * bound.max(), (sched, err.max(), bound.max())
+    assert errs[128, True] < errs[128, False] and errs[16, True] < errs[32, True] < errs[128, True]
+
+
+@pytest.mark.parametrize("xkind", XKINDS)
+@pytest.mark.parametrize("target", ["host", "x86-avx2"])
+def test_hard_activations_every_scale_block(xkind, target):
+    """Outlier channels (100x), exact zeros and same-sign groups, for each scale block and both
+    table forms, on the host and (where the host can run it) the named AVX2 target."""
+    from lutc.backend.target import get_target
+    from lutc.backend.toolchain import runs_here
+    if target != "host" and not runs_here(get_target(target)):
+        pytest.skip(f"this CPU lacks features of {target}")
+    rng = np.random.default_rng(3)
+    qw, _ = _case(2, 64, {}, 45, 200, 3, 3, "hlq")
+    x = activations(rng, 3, 200, xkind, 64)
+    ref, _ = reference(x, qw)
+    for blk in (16, 32, 64):
+        for centered in (True, False):
+            sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2)
+            y = lutc.compile(sched, target=target)(x, qw, threads=2)
+            assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (xkind, sched)

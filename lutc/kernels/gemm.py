@@ -1,8 +1,9 @@
 """The LUT-GEMM kernels, written in the lutc DSL: table construction and table-lookup GEMM.
 
-y[m, n] = sum_groups( sum_b s_b[n, grp] * P_b[m, n, grp] * lut_scale[m, grp] + z[n, grp] * xsum[m, grp] )
-where P_b sums, over the tables of a group, table[idx_b(n, t)] and idx_b(n, t) is formed
-by bit-plane b of the g weights of row n that table t covers.
+y[m, n] = sum_groups( sum_blocks sum_b s_b[n, grp] * P_b[m, n, grp, blk] * lut_scale[m, grp, blk]
+                      + z[n, grp] * xsum[m, grp] )
+where P_b sums, over the tables of one scale block of a group, table[idx_b(n, t)] and
+idx_b(n, t) is formed by bit-plane b of the g weights of row n that table t covers.
 """
 from __future__ import annotations
 
@@ -13,38 +14,50 @@ from lutc.jitfunction import jit
 @jit
 def build_tables(x, luts, lut_scales, xsums, K, NG,
                  GS: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, TPG: tl.constexpr,
-                 TPGP: tl.constexpr, LUT_DTYPE: tl.constexpr):
-    """One program per (activation row m, weight group): its TPGP tables, scale and sum."""
+                 TPGP: tl.constexpr, LUT_DTYPE: tl.constexpr, NB: tl.constexpr, TPB: tl.constexpr,
+                 CENTER: tl.constexpr):
+    """One program per (activation row m, weight group): its TPGP tables, NB scales and sum.
+    Scale block blk covers tables [blk * TPB, min((blk + 1) * TPB, TPGP)). CENTER: entries are
+    subset sums minus half the table's activation sum (sign-symmetric, half the range); lut_gemm
+    adds the half back exactly through the zero term."""
     m = tl.program_id(0)
     grp = tl.program_id(1)
     TS: tl.constexpr = 1 << G
     lane = tl.arange(0, GA)
     xrow = x + m * K + grp * GS
     kleft = K - grp * GS          # activations left in this row from the group's start
-    xsum = 0.0
-    amax = 0.0
-    for t in range(TPG):
-        kk = t * G + lane
-        xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft))
-        xsum += tl.sum(xs)
-        pos = tl.sum(tl.where(xs > 0.0, xs, 0.0))
-        amax = tl.maximum(amax, tl.maximum(pos, pos - tl.sum(xs)))  # max |subset sum|
-    scale = 1.0
-    inv = 1.0
-    if LUT_DTYPE == tl.int8:
-        scale = amax / 127.0
-        inv = tl.where(amax > 0.0, 127.0 / amax, 0.0)
     dst = luts + ((m * NG + grp) * TPGP) * TS
-    for t in range(TPGP):
-        kk = t * G + lane
-        xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
-        table = tl.lut_build(xs[0:G])
+    xsum = 0.0
+    for blk in range(NB):
+        t0 = blk * TPB
+        t1 = tl.minimum(t0 + TPB, TPGP)
+        amax = 0.0
+        for t in range(t0, t1):
+            kk = t * G + lane
+            xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
+            xsum += tl.sum(xs)
+            if CENTER:
+                amax = tl.maximum(amax, 0.5 * tl.sum(tl.abs(xs)))       # max |subset sum - half sum|
+            else:
+                pos = tl.sum(tl.where(xs > 0.0, xs, 0.0))
+                amax = tl.maximum(amax, tl.maximum(pos, pos - tl.sum(xs)))  # max |subset sum|
+        scale = 1.0
+        inv = 1.0
         if LUT_DTYPE == tl.int8:
-            q = tl.round(table * inv).to(tl.int8)
-        else:
-            q = table.to(LUT_DTYPE)
-        tl.store(dst + t * TS + tl.arange(0, TS), q)
-    tl.store(lut_scales + m * NG + grp, scale)
+            scale = amax / 127.0
+            inv = tl.where(amax > 0.0, 127.0 / amax, 0.0)
+        for t in range(t0, t1):
+            kk = t * G + lane
+            xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
+            table = tl.lut_build(xs[0:G])
+            if CENTER:
+                table = table - 0.5 * tl.sum(xs)
+            if LUT_DTYPE == tl.int8:
+                q = tl.round(table * inv).to(tl.int8)
+            else:
+                q = table.to(LUT_DTYPE)
+            tl.store(dst + t * TS + tl.arange(0, TS), q)
+        tl.store(lut_scales + (m * NG + grp) * NB + blk, scale)
     tl.store(xsums + m * NG + grp, xsum)
 
 
@@ -78,35 +91,57 @@ def _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
 
 
 @jit
+def _block(acc, scales, w_group, luts_group, lut_scales, c0, blk, row, NG, TABLE_STRIDE,
+           NCH: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
+           SB: tl.constexpr, CPG: tl.constexpr, NB: tl.constexpr, UNROLL: tl.constexpr,
+           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr):
+    """Scale block blk (NCH chunks from c0): integer lookups, then
+    acc[mi] += (sum_b part_b * s_b) * lut_scales[(row + mi * NG) * NB + blk]."""
+    part = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
+    MAIN: tl.constexpr = NCH - NCH % UNROLL
+    for cu in range(0, MAIN, UNROLL):
+        for u in tl.static_range(UNROLL):
+            part = _chunk(part, w_group, luts_group, c0 + cu + u, TABLE_STRIDE,
+                          BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
+    for c in tl.static_range(MAIN, NCH):
+        part = _chunk(part, w_group, luts_group, c0 + c, TABLE_STRIDE,
+                      BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
+    for mi in tl.static_range(MB):
+        dot = part[mi * BITS].to(tl.float32) * scales[0]
+        for b in tl.static_range(1, BITS):
+            dot += part[mi * BITS + b].to(tl.float32) * scales[b]
+        acc[mi] += dot * tl.load(lut_scales + (row + mi * NG) * NB + blk)
+    return acc
+
+
+@jit
 def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
           BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
           SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
-          MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr):
+          MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
+          CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr):
     """MB activation rows (m0 ..) against one weight tile of BN rows."""
     TS: tl.constexpr = 1 << G
     TABLE_STRIDE = NG * TPGP * TS           # elements between consecutive m's tables
-    MAIN: tl.constexpr = CPG - CPG % UNROLL
     acc = [tl.zeros((BN,), tl.float32) for _ in tl.static_range(MB)]
     for grp in range(NG):
         w_group = w_tile + grp * (CPG * BITS * BN)
         luts_group = luts + (m0 * NG + grp) * (TPGP * TS)
-        part = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
-        for c0 in range(0, MAIN, UNROLL):
-            for u in tl.static_range(UNROLL):
-                part = _chunk(part, w_group, luts_group, c0 + u, TABLE_STRIDE,
-                              BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
-        for c in tl.static_range(MAIN, CPG):
-            part = _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
-                          BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
         sz = sz_tile + grp * ((BITS + 1) * BN)
-        zero = tl.load(sz + BITS * BN + tl.arange(0, BN)).to(tl.float32)
         scales = [tl.load(sz + b * BN + tl.arange(0, BN)).to(tl.float32) for b in tl.static_range(BITS)]
+        row = m0 * NG + grp                 # (row + mi * NG) indexes lut_scales / NB and xsums
+        for blk in range(NBF):
+            acc = _block(acc, scales, w_group, luts_group, lut_scales, blk * CPB, blk, row, NG,
+                         TABLE_STRIDE, CPB, BITS, G, BN, PB, SB, CPG, NB, UNROLL, MB, PLANE_MAJOR, ACC)
+        if TAILC > 0:
+            acc = _block(acc, scales, w_group, luts_group, lut_scales, NBF * CPB, NBF, row, NG,
+                         TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NB, UNROLL, MB, PLANE_MAJOR, ACC)
+        zero = tl.load(sz + BITS * BN + tl.arange(0, BN)).to(tl.float32)
+        if CENTER:                          # centered tables dropped xsum / 2 from every plane
+            for b in tl.static_range(BITS):
+                zero += 0.5 * scales[b]
         for mi in tl.static_range(MB):
-            dot = part[mi * BITS].to(tl.float32) * scales[0]
-            for b in tl.static_range(1, BITS):
-                dot += part[mi * BITS + b].to(tl.float32) * scales[b]
-            row = (m0 + mi) * NG + grp
-            acc[mi] += dot * tl.load(lut_scales + row) + zero * tl.load(xsums + row)
+            acc[mi] += zero * tl.load(xsums + row + mi * NG)
     for mi in tl.static_range(MB):
         tl.store(y + (m0 + mi) * N + rows, acc[mi], mask=rows < N)
 
@@ -115,7 +150,8 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
 def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
              SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
-             MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr):
+             MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
+             CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr):
     """One program per tile of BN weight rows: y[:, tile] for every activation row."""
     tile = tl.program_id(0)
     rows = tile * BN + tl.arange(0, BN)
@@ -124,8 +160,8 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
     MMAIN = M - M % MB
     for m0 in range(0, MMAIN, MB):
         _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC)
+              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER)
     if MB > 1:
         for m0 in range(MMAIN, M):
             _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC)
+                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER)

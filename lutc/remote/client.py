@@ -134,14 +134,15 @@ class RemoteRunner:
         return self._problems[key][0]
 
     def problem_data(self, bits, group_size, M, N, K, seed=0):
-        """The same random problem the local tuner worker measures: rtn weights, normal x."""
+        """The same random problem the local tuner worker measures: rtn weights, probe x."""
         key = (bits, group_size, M, N, K, seed)
         if key not in self._data:
             import quant
+            from ..tuning.accuracy import probe_activations
             rng = np.random.default_rng(seed)
             w = rng.standard_normal((N, K), dtype=np.float32)
             qw = quant.quantize(w, bits, group_size, method="rtn")
-            self._data = {key: (qw, rng.standard_normal((M, K), dtype=np.float32))}
+            self._data = {key: (qw, probe_activations(rng, M, K))}
         return self._data[key]
 
     def measure(self, schedule, shape=None, *, qw=None, x=None, target=None, threads=None,

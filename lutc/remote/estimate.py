@@ -86,7 +86,8 @@ def estimate(schedule, shape, target="host", device: DeviceModel | None = None) 
         shuf = s.bits * s.per_byte * mb * shuffles + mb * s.per_byte * split
         live = mb * s.bits * vec(s.bn * acc) + mb * s.per_byte * planes * vec(16) + 4
         spill = 1.0 + max(0.0, live / dev.registers - 1.0)      # spills grow with excess pressure
-        epilogue = mb * (s.bits + 3) * vec(s.bn * 4) + (s.bits + 1) * vec(s.bn * 2)
+        per_block = mb * (2 * s.bits + 1) * vec(s.bn * 4)                # int->float, FMA per plane, scale
+        epilogue = s.scale_blocks * per_block + mb * 2 * vec(s.bn * 4) + (s.bits + 1) * vec(s.bn * 2)
         return ng * (s.chunks_per_group * ops * spill + epilogue), ng * s.chunks_per_group * shuf * spill
 
     blocks, rest = M // s.mb, M % s.mb                    # leftover rows run with mb = 1

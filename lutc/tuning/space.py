@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..schedule import KNOB_CHOICES, Schedule
+from ..schedule import KNOB_CHOICES, LUT_SCALE_BLOCKS, Schedule
 
-PARAMS = ("g", "lut_dtype", "bn", "unroll", "mb", "interleave", "threads")
+PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "bn", "unroll", "mb", "interleave", "threads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,15 +40,21 @@ def space_for(p: Problem, cores: int) -> dict:
     space["mb"] = tuple(v for v in KNOB_CHOICES["mb"] if v <= max(1, p.M))
     smallest = min(KNOB_CHOICES["bn"])
     space["bn"] = tuple(v for v in KNOB_CHOICES["bn"] if v <= max(smallest, p.N))
+    space["lut_scale_block"] = tuple(b for b in LUT_SCALE_BLOCKS if b < p.group_size) + (p.group_size,)
+    space["lut_centered"] = (True, False)
     space["threads"] = thread_choices(cores)
     return space
 
 
 def invalid_reason(s: Schedule, p: Problem) -> str | None:
-    """Why a combination of knobs is pointless for this problem (pruned before compiling), or None."""
-    if s.unroll > s.chunks_per_group:
-        return (f"unroll={s.unroll} exceeds the {s.chunks_per_group} table chunks of a group "
-                f"(g={s.g}, group_size={s.group_size}): the unrolled loop would never run")
+    """Why a combination of knobs is pointless for this problem (pruned before compiling), or None.
+    (A schedule whose tables are too imprecise is not pruned here: the accuracy gate fails it.)"""
+    if s.unroll > s.scale_chunks:
+        return (f"unroll={s.unroll} exceeds the {s.scale_chunks} table chunks of a scale block "
+                f"(g={s.g}, group_size={s.group_size}, lut_scale_block={s.lut_scale_block}): the "
+                f"unrolled loop would never run")
+    if s.lut_dtype != "int8" and (s.lut_scale_block < s.group_size or not s.lut_centered):
+        return f"lut_scale_block and lut_centered only change int8 tables ({s.lut_dtype} tables: a duplicate)"
     tiles = -(-p.N // s.bn)
     if s.threads is not None and s.threads > tiles:
         return f"threads={s.threads} exceeds the {tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
@@ -77,6 +83,11 @@ def suggest(trial, space: dict) -> dict:
 
 
 def describe(s: Schedule) -> str:
-    """A compact one-line knob summary: 'g4 int8 bn64 u4 mb1 chunk t2'."""
+    """A compact one-line knob summary: 'g4 int8/32c bn64 u4 mb1 chunk t2' (int8: activations per
+    table scale, c = centered)."""
     t = "*" if s.threads is None else s.threads
-    return f"g{s.g} {s.lut_dtype} bn{s.bn} u{s.unroll} mb{s.mb} {s.interleave} t{t}"
+    tab = s.lut_dtype
+    if s.lut_dtype == "int8":
+        blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
+        tab += f"/{blk}{'c' if s.centered else ''}"
+    return f"g{s.g} {tab} bn{s.bn} u{s.unroll} mb{s.mb} {s.interleave} t{t}"

@@ -34,7 +34,7 @@ class _Bench:
 
     def __init__(self, problem: dict):
         import quant
-        from .accuracy import ErrorBound
+        from .accuracy import ErrorBound, probe_activations
         try:
             self.cpus = sorted(os.sched_getaffinity(0))
         except AttributeError:
@@ -44,7 +44,7 @@ class _Bench:
         w = rng.standard_normal((p["N"], p["K"]), dtype=np.float32)
         self.qt = quant.quantize(w, p["bits"], p["group_size"], method="rtn")
         del w
-        self.x = rng.standard_normal((p["M"], p["K"]), dtype=np.float32)
+        self.x = probe_activations(rng, p["M"], p["K"])
         self.y = np.empty((p["M"], p["N"]), np.float32)
         self.bound = ErrorBound(self.qt, self.x)
         self.cache = p.get("cache", "cold")

@@ -134,8 +134,10 @@ def lut_gemm_emulated(kernel, exe: Path, x: np.ndarray, packed, workdir: Path, c
     ng = packed.num_groups
     plan = Plan(workdir)
     bx, bw, bsz = plan.input(x.astype(np.float32)), plan.input(packed.w), plan.input(packed.sz)
-    luts = plan.scratch(M * ng * s.padded_tables * s.table_size * np.dtype(kernel.lut_np).itemsize)
-    scales, sums = plan.scratch(M * ng * 4), plan.scratch(M * ng * 4)
+    from lutc.kernels import spec
+    sizes = spec.scratch_sizes(s, M, ng)                # the ABI's own sizes (lut_scales: M * ng * NB)
+    luts = plan.scratch(sizes["luts"] * np.dtype(kernel.lut_np).itemsize)
+    scales, sums = plan.scratch(sizes["lut_scales"] * 4), plan.scratch(sizes["xsums"] * 4)
     y = plan.scratch(M * packed.N * 4)
     plan.launch(kernel.tables, (M, ng), [bx, luts, scales, sums, K, ng])
     plan.launch(kernel.gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, M, packed.N, ng])

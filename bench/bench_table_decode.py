@@ -1,0 +1,47 @@
+"""Interleaved decode tok/s of table configurations on the same packed weights (LeanDecoder).
+
+Usage: python bench/bench_table_decode.py MODELS ROUNDS STEPS [W4_CKPT W2_CKPT]
+MODELS: smollm2 and/or llama7b (random 7B-shaped model). SmolLM2 checkpoints default to the cached
+smollm2-135m-w4g128-hlq and /tmp/i10_w2b (W2 g64 hlq-gptq), as measured for issue 10.
+Prints same-run ratios (tok/s of each configuration / tok/s of the old int8 tables)."""
+import sys, time, json, numpy as np
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+from runtime import LeanDecoder
+import quant
+from bench.bench_e2e import lutc_model
+CFG = [("old group raw", dict(lut_scale_block=1 << 30, lut_centered=False)),
+       ("centered group", dict(lut_scale_block=1 << 30, lut_centered=True)),
+       ("c64", dict(lut_scale_block=64)), ("c32 (default)", dict(lut_scale_block=32)),
+       ("c16 u2", dict(lut_scale_block=16, unroll=2)), ("fp16", dict(lut_dtype="float16"))]
+models = sys.argv[1].split(",")
+rounds, steps = int(sys.argv[2]), int(sys.argv[3])
+HOME_W4 = str(__import__("pathlib").Path.home() / ".cache/lutc/models/smollm2-135m-w4g128-hlq")
+CKPT = {4: sys.argv[4] if len(sys.argv) > 4 else HOME_W4, 2: sys.argv[5] if len(sys.argv) > 5 else "/tmp/i10_w2b"}
+out = {}
+for fam in models:
+    for bits in (4, 2):
+        if fam == "smollm2":
+            qm = quant.load_checkpoint(CKPT[bits])
+        else:
+            qm = lutc_model("llama7b", bits)
+        base = LeanDecoder(qm, n_ctx=256, threads=1)
+        pm = base.to_packed_model(); del qm
+        decs = [LeanDecoder(pm, n_ctx=256, threads=1, knobs=k) for _, k in CFG]
+        for thr in (1, 2):
+            for d in decs: d.set_threads(thr)
+            ts = [[] for _ in decs]
+            for r in range(rounds):
+                for i, d in enumerate(decs):
+                    d.reset(); d.prefill([5, 6, 7, 8])
+                    st = []
+                    for _ in range(steps):
+                        t0 = time.perf_counter(); d.decode(9); st.append(time.perf_counter() - t0)
+                    ts[i].append(np.median(st))
+            med = [float(np.median(t)) for t in ts]
+            key = f"{fam} W{bits} t{thr}"
+            out[key] = {lab: med[0] / m for (lab, _), m in zip(CFG, med)}
+            out[key]["old_tok_s"] = 1 / med[0]
+            ratios = "  ".join(f"{lab}={med[0] / m:.3f}x" for (lab, _), m in zip(CFG, med))
+            print(key, f"old {1 / med[0]:.1f} tok/s;", ratios, flush=True)
+        del decs, base, pm
+print(json.dumps(out, indent=1))
