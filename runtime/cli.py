@@ -110,6 +110,7 @@ def _run(args, params) -> int:
 def cmd_eval(args) -> int:
     from quant.checkpoint import MANIFEST, load_checkpoint
     from quant.eval import evaluate
+    check_threads(args.threads)
     is_ckpt = os.path.isfile(os.path.join(args.model, MANIFEST))
     if args.mode == "all" and is_ckpt:
         return _eval_all(args)
@@ -118,7 +119,6 @@ def cmd_eval(args) -> int:
     else:
         runs = [(args.mode, args.lut_dtype)]
     if args.threads is not None:
-        check_threads(args.threads)
         import torch
         torch.set_num_threads(args.threads)
     model = args.model
@@ -164,7 +164,7 @@ def _eval_all(args) -> int:
         rows = run_all(qm, ids.numpy(), args.window, stride, threads=args.threads, blocks=blocks,
                        progress=not args.quiet)
     except (ValueError, OSError) as e:
-        return _fail(e)
+        raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps({"source": source, "window": args.window, "stride": stride, "rows": rows}, indent=1))
     else:
