@@ -102,14 +102,19 @@ def dequantized_hf(model, qm):
 
 
 def hf_greedy(model, ids, n):
-    """Greedy continuation of `ids` by n tokens with transformers (the reference)."""
+    """Greedy continuation of `ids` by n tokens with transformers (the reference): a plain argmax
+    loop over the model's own KV cache (no generate() logits processors: min_new_tokens would mask
+    EOS, which the runtime does not)."""
     import torch
-    seq, out = list(ids), []
-    with torch.no_grad():            # plain argmax over full forward passes: no generate() logits processors
-        for _ in range(n):           # (min_new_tokens would mask EOS, which the runtime does not)
-            t = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+    out, past = [], None
+    step = torch.tensor([list(ids)])
+    with torch.no_grad():
+        for _ in range(n):
+            res = model(step, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            t = int(res.logits[0, -1].argmax())
             out.append(t)
-            seq.append(t)
+            step = torch.tensor([[t]])
     return out
 
 
