@@ -15,7 +15,7 @@ from lutc.tuning.search import open_storage, study_name, tune_problem
 from lutc.tuning.space import Problem
 
 P = Problem(bits=2, group_size=128, M=1, N=64, K=256)
-TRIALS = 6
+TRIALS = 10
 OPTS = dict(repeats=1, retries=0, final_rounds=1, finalists_k=2, cache="hot", prefix="i")
 POINTS = ("start", "ask", "asked", "suggested", "measured", "recorded", "tell", "told")
 
@@ -123,9 +123,20 @@ def test_interrupt_at_every_point_then_rerun(tune, point, n):
         assert not interrupted                                # before asking or already told: kept
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, TRIALS + 2])
-def test_interrupt_mid_measurement_then_rerun(tune, n):
-    """SIGINT while the worker measures the n-th schedule (late n: in the final A/B)."""
+def _measures_of_a_clean_run(tmp_path) -> int:
+    """How many measurements an uninterrupted run makes (trials the space does not prune, then the
+    final A/B), so the last one is surely in the A/B whatever the search space prunes."""
+    FakeWorker.calls, FakeWorker.interrupt_at = 0, None
+    tune_problem(P, storage=optuna.storages.InMemoryStorage(), trials=TRIALS, seed=5, db_path=tmp_path / "c",
+                 make_worker=FakeWorker, **OPTS)
+    return FakeWorker.calls
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, "last"])
+def test_interrupt_mid_measurement_then_rerun(tune, n, tmp_path):
+    """SIGINT while the worker measures the n-th schedule ("last": in the final A/B)."""
+    if n == "last":
+        n = _measures_of_a_clean_run(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         tune(interrupt_measure=n)
     in_trials = len(_finished(tune.trials())) < TRIALS
