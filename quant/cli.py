@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     q.add_argument("--ft-epochs", type=int, default=2, help="hlq-ft: epochs over the calibration samples per block")
     q.add_argument("--ft-lr", type=float, default=1e-3, help="hlq-ft: Adam learning rate (relative to the scales)")
     q.add_argument("--ft-batch", type=int, default=4, help="hlq-ft: calibration samples per step")
-    q.add_argument("--ft-samples", type=int, default=None,
-                   help="hlq-ft: calibration samples to fine-tune on (default: all --nsamples)")
+    q.add_argument("--ft-samples", type=int, default=16,
+                   help="hlq-ft: calibration samples (of --nsamples) to fine-tune on")
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(fn=cmd_quantize)

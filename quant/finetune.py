@@ -27,7 +27,7 @@ __all__ = ["FTConfig", "FTLinear", "finetune_block"]
 class FTConfig:
     """Knobs of the block-wise fine-tuning (defaults measured on SmolLM2-135M, docs/quantization.md)."""
 
-    def __init__(self, epochs: int = 2, lr: float = 1e-3, batch: int = 4, samples: int | None = None,
+    def __init__(self, epochs: int = 2, lr: float = 1e-3, batch: int = 4, samples: int | None = 16,
                  seed: int = 0):
         for name, v, lo in (("epochs", epochs, 0), ("batch", batch, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:

@@ -20,7 +20,7 @@ from .model import QuantizedModel
 from .source import open_source, tokenizer_dir_for
 from .tensor import QuantizedTensor, _is_int
 
-__all__ = ["quantize_model", "MODEL_METHODS", "split_rows"]
+__all__ = ["quantize_model", "MODEL_METHODS", "split_rows", "offload_codes"]
 
 MODEL_METHODS = ("rtn", "hlq", "gptq", "hlq-gptq", "hlq-ft")
 _CALIBRATED = {"gptq": "rtn", "hlq-gptq": "hlq", "hlq-ft": "hlq"}  # method -> group fit inside GPTQ
@@ -45,6 +45,43 @@ def split_rows(qt: QuantizedTensor, sizes) -> list:
                                    zeros=np.ascontiguousarray(qt.zeros[r0:r1]), method=qt.method))
         r0 = r1
     return out
+
+
+def offload_codes(qt: QuantizedTensor, folder, name: str) -> QuantizedTensor:
+    """qt with its codes written to folder/name.codes.npy and memory-mapped back read-only, with
+    no page resident: the codes cost disk, not RAM, until something reads them."""
+    import mmap
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(os.fspath(folder), name + ".codes.npy")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=qt.codes.shape)
+    out[...] = qt.codes
+    out.flush()
+    del out
+    codes = np.load(path, mmap_mode="r")
+    new = dataclasses.replace(qt, codes=codes)  # validation reads the codes once...
+    if hasattr(mmap, "MADV_DONTNEED"):
+        codes._mmap.madvise(mmap.MADV_DONTNEED)  # ...and these pages leave this process again
+    return new
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc malloc_trim). Streaming frees a block's weights
+    and temporaries every block; glibc's adaptive mmap threshold otherwise keeps them in the heap,
+    and the resident size grows with the number of blocks."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _input_groups(mods: dict, run) -> tuple[list, list]:
@@ -144,7 +181,8 @@ def _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsam
 def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str = "hlq-gptq", calib=None,
                    lm_head_bits: int = 4, lm_head_group_size: int = 128, nsamples: int = 32, seqlen: int = 512,
                    progress: bool = True, *, tokenizer=None, act_order: bool = False, damp: float = 0.01,
-                   rounds: int = 15, seed: int = 0, ft: FTConfig | dict | None = None) -> QuantizedModel:
+                   rounds: int = 15, seed: int = 0, ft: FTConfig | dict | None = None,
+                   offload_dir=None) -> QuantizedModel:
     """Quantize every linear layer (and lm_head) of a LLaMA-family model; returns a QuantizedModel.
 
     model_or_path: an HF model object, an HF safetensors directory (read lazily, one block
@@ -157,6 +195,9 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     calib: None (built-in corpus), a text file path, or token ids (nsamples, seqlen).
     "hlq-ft" is hlq-gptq followed, per block, by fine-tuning the block's scales and zeros
     against the float block's outputs (quant.finetune; knobs in `ft`: an FTConfig or its kwargs).
+    offload_dir: a directory; each finished block's codes go there as .npy files and come back
+    memory-mapped (not resident), so a model larger than RAM streams from a safetensors directory
+    with about one float block, the calibration activations and the fp16 scales in memory.
     """
     _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
     from transformers import AutoModelForCausalLM
@@ -170,7 +211,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             raise ValueError(f"source model {src.description}: no tensor {need!r}; "
                              "expected a LLaMA-family causal LM")
     with torch.device("meta"):
-        skel = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        skel = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     linears, tensors, info = {}, {}, {}
     embed = src.get("model.embed_tokens.weight")
     tensors["model.embed_tokens.weight"] = embed.detach().numpy()
@@ -233,6 +274,10 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                 if k not in quantized:
                     tensors[prefix + k] = src.get(prefix + k).detach().numpy().copy()
             layer.to_empty(device="meta")  # frees this block's float32 weights
+            if offload_dir is not None:
+                for n in mods:
+                    linears[prefix + n] = offload_codes(linears[prefix + n], offload_dir, prefix + n)
+                _trim_heap()
             loss = sum(v["loss"] for k, v in info.items() if k.startswith(prefix) and "loss" in v)
             fti = info.get(prefix + "ft")
             prog(f"layer {i + 1}/{n_layers}" + (f", GPTQ loss {loss:.4g}" if fit is not None else "")
@@ -254,6 +299,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             linears["lm_head"] = quantize(w_head.detach().numpy(), lm_head_bits, lm_head_group_size, method, rounds)
         if ft is not None:  # lm_head is hlq-gptq (not fine-tuned); the model's method names it
             linears["lm_head"] = dataclasses.replace(linears["lm_head"], method="hlq-ft")
+        if offload_dir is not None:
+            linears["lm_head"] = offload_codes(linears["lm_head"], offload_dir, "lm_head")
         prog("lm_head")
     tok_dir = src.tokenizer_dir or (tokenizer_dir_for(src.tokenizer) if src.tokenizer is not None else None)
     meta = {"method": method, "bits": int(bits), "group_size": int(group_size),
