@@ -100,3 +100,22 @@ def test_checkpoint_round_trip(ft_model, model, ids, tmp_path):
 def test_bad_knobs(model, ids, bad):
     with pytest.raises(ValueError, match="ft "):
         quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=bad)
+
+
+def test_cli_quantize_hlq_ft(tmp_path, capsys):
+    from _quant_fixtures import SAMPLE_TEXT, save_hf_dir
+    from lutc.cli import main
+    save_hf_dir(tmp_path / "hf", seed=3)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    out = tmp_path / "q"
+    rc = main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--group-size", "32", "--method", "hlq-ft",
+               "--out", str(out), "--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--quiet",
+               "--ft-epochs", "1", "--ft-samples", "4", "--ft-lr", "2e-3", "--ft-batch", "2"])
+    assert rc == 0 and "wrote" in capsys.readouterr().out
+    back = quant.load_checkpoint(out)
+    assert back.meta["method"] == "hlq-ft"
+    assert back.meta["ft"]["epochs"] == 1 and back.meta["ft"]["lr"] == 2e-3 and back.meta["ft"]["samples"] == 4
+    assert main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--method", "hlq-ft", "--out", str(tmp_path / "x"),
+                 "--calib", str(calib), "--ft-lr", "-1", "--quiet"]) == 2
+    assert "ft lr" in capsys.readouterr().err
