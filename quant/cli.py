@@ -17,7 +17,9 @@ def cmd_quantize(args) -> int:
     qm = quantize_model(args.model, args.bits, args.group_size, args.method, calib=args.calib,
                         lm_head_bits=args.lm_head_bits, lm_head_group_size=args.lm_head_group_size,
                         nsamples=args.nsamples, seqlen=args.seqlen, progress=not args.quiet,
-                        act_order=args.act_order, damp=args.damp)
+                        act_order=args.act_order, damp=args.damp, seed=args.seed,
+                        ft={"epochs": args.ft_epochs, "lr": args.ft_lr, "batch": args.ft_batch,
+                            "samples": args.ft_samples} if args.method == "hlq-ft" else None)
     out = save_checkpoint(qm, args.out)
     print(f"wrote {out}: {qm.meta['method']} W{qm.meta['bits']} g{qm.meta['group_size']} "
           f"(lm_head W{qm.meta['lm_head_bits']} g{qm.meta['lm_head_group_size']}), "
@@ -40,5 +42,11 @@ def register(subparsers) -> None:
     q.add_argument("--seqlen", type=int, default=512)
     q.add_argument("--act-order", action="store_true", help="GPTQ act-order (static groups)")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean(diag H)")
+    q.add_argument("--seed", type=int, default=0, help="calibration windows and fine-tuning order")
+    q.add_argument("--ft-epochs", type=int, default=2, help="hlq-ft: epochs over the calibration samples per block")
+    q.add_argument("--ft-lr", type=float, default=1e-3, help="hlq-ft: Adam learning rate (relative to the scales)")
+    q.add_argument("--ft-batch", type=int, default=4, help="hlq-ft: calibration samples per step")
+    q.add_argument("--ft-samples", type=int, default=16,
+                   help="hlq-ft: calibration samples (of --nsamples) to fine-tune on")
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(fn=cmd_quantize)

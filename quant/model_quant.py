@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import inspect
 import json
@@ -14,15 +15,16 @@ import torch
 
 from .api import quantize
 from .calib import calibration_ids
+from .finetune import FTConfig, finetune_block
 from .gptq import HessianAccumulator, gptq_quantize
 from .model import QuantizedModel
 from .source import open_source, tokenizer_dir_for
 from .tensor import QuantizedTensor, _is_int
 
-__all__ = ["quantize_model", "MODEL_METHODS", "split_rows"]
+__all__ = ["quantize_model", "MODEL_METHODS", "split_rows", "offload_codes"]
 
-MODEL_METHODS = ("rtn", "hlq", "gptq", "hlq-gptq")
-_CALIBRATED = {"gptq": "rtn", "hlq-gptq": "hlq"}  # method -> group fit inside GPTQ
+MODEL_METHODS = ("rtn", "hlq", "gptq", "hlq-gptq", "hlq-ft")
+_CALIBRATED = {"gptq": "rtn", "hlq-gptq": "hlq", "hlq-ft": "hlq"}  # method -> group fit inside GPTQ
 
 
 def _lutc_version() -> str:
@@ -44,6 +46,43 @@ def split_rows(qt: QuantizedTensor, sizes) -> list:
                                    zeros=np.ascontiguousarray(qt.zeros[r0:r1]), method=qt.method))
         r0 = r1
     return out
+
+
+def offload_codes(qt: QuantizedTensor, folder, name: str) -> QuantizedTensor:
+    """qt with its codes written to folder/name.codes.npy and memory-mapped back read-only, with
+    no page resident: the codes cost disk, not RAM, until something reads them."""
+    import mmap
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(os.fspath(folder), name + ".codes.npy")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=qt.codes.shape)
+    out[...] = qt.codes
+    out.flush()
+    del out
+    codes = np.load(path, mmap_mode="r")
+    new = dataclasses.replace(qt, codes=codes)  # validation reads the codes once...
+    if hasattr(mmap, "MADV_DONTNEED"):
+        codes._mmap.madvise(mmap.MADV_DONTNEED)  # ...and these pages leave this process again
+    return new
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc malloc_trim). Streaming frees a block's weights
+    and temporaries every block; glibc's adaptive mmap threshold otherwise keeps them in the heap,
+    and the resident size grows with the number of blocks."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _input_groups(mods: dict, run) -> tuple[list, list]:
@@ -95,6 +134,19 @@ class _SequentialGPTQ:
             h.remove()
 
 
+def _finetune(layer, mods, linears, prefix, h_in, h_out, target, pos, pe, ft, index, info, progress):
+    """hlq-ft for one block: train its scales/zeros (quant.finetune), write the result into
+    `linears` and the block's fake-quant weights; returns the block's output on h_in.
+    h_out: the block's output with the hlq-gptq weights (from the true-sequential GPTQ pass)."""
+    qts = {n: linears[prefix + n] for n in mods if prefix + n in linears}
+    new, info[prefix + "ft"], y = finetune_block(layer, qts, h_in, target, lambda m, x: _run_layer(m, x, pos, pe),
+                                                 ft, index, progress, y_before=h_out)
+    for n, qt in new.items():
+        linears[prefix + n] = dataclasses.replace(qt, method="hlq-ft")
+        mods[n].weight.copy_(torch.from_numpy(qt.dequantize()))
+    return y
+
+
 def _run_layer(layer, h, pos, pe):
     y = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)
     return y[0] if isinstance(y, tuple) else y
@@ -130,7 +182,8 @@ def _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsam
 def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str = "hlq-gptq", calib=None,
                    lm_head_bits: int = 4, lm_head_group_size: int = 128, nsamples: int = 32, seqlen: int = 512,
                    progress: bool = True, *, tokenizer=None, act_order: bool = False, damp: float = 0.01,
-                   rounds: int = 15, seed: int = 0) -> QuantizedModel:
+                   rounds: int = 15, seed: int = 0, ft: FTConfig | dict | None = None,
+                   offload_dir=None) -> QuantizedModel:
     """Quantize every linear layer (and lm_head) of a LLaMA-family model; returns a QuantizedModel.
 
     model_or_path: an HF model object, an HF safetensors directory (read lazily, one block
@@ -141,6 +194,11 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     one forward pass per block over all nsamples x seqlen tokens at once.
     lm_head (also when tied to the embeddings) uses lm_head_bits / lm_head_group_size.
     calib: None (built-in corpus), a text file path, or token ids (nsamples, seqlen).
+    "hlq-ft" is hlq-gptq followed, per block, by fine-tuning the block's scales and zeros
+    against the float block's outputs (quant.finetune; knobs in `ft`: an FTConfig or its kwargs).
+    offload_dir: a directory; each finished block's codes go there as .npy files and come back
+    memory-mapped (not resident), so a model larger than RAM streams from a safetensors directory
+    with about one float block, the calibration activations and the fp16 scales in memory.
     """
     _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
     from transformers import AutoModelForCausalLM
@@ -156,15 +214,19 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                              "expected a LLaMA-family causal LM")
     with torch.device("meta"):
         try:
-            skel = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            skel = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
         except ValueError:                                     # e.g. Gemma-2 (soft-capping): eager only
-            skel = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+            skel = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
     linears, tensors, info = {}, {}, {}
     embed = src.get("model.embed_tokens.weight")
     tensors["model.embed_tokens.weight"] = embed.detach().numpy()
     fit = _CALIBRATED.get(method)
+    if method == "hlq-ft":
+        ft = ft if isinstance(ft, FTConfig) else FTConfig(**{"seed": seed, **(ft or {})})
+    else:
+        ft = None
     calib_meta = None
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: hlq-ft trains inside, on these tensors
         if fit is not None:
             if (calib is None or isinstance(calib, (str, os.PathLike))) and src.tokenizer is None:
                 raise ValueError("calibration text needs a tokenizer: pass tokenizer=... or calib=token ids")
@@ -179,6 +241,9 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             else:
                 pes = None
                 pe = rot(h[:1], pos)
+            if ft is not None:
+                calib_meta["ft"] = ft.as_dict()
+                h_fp = h  # the float model's activations: the fine-tuning targets
             prog(f"calibration: {ids.shape[0]} x {ids.shape[1]} tokens from {calib_src}")
         for i in range(n_layers):
             prefix = f"model.layers.{i}."
@@ -201,11 +266,17 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
 
                 probe = (h[:1, :2], pos[:, :2], tuple(t[:, :2] for t in pe))
                 groups, unused = _input_groups(mods, lambda: _run_layer(layer, *probe))
+                if ft is not None:
+                    h_fp = _run_layer(layer, h_fp, pos, pe)  # float block on float inputs, before GPTQ
+                h_in = h
                 seq = _SequentialGPTQ(mods, groups, quantize_group)
                 try:
                     h = _run_layer(layer, h, pos, pe)
                 finally:
                     seq.remove()
+                if ft is not None:
+                    h = _finetune(layer, mods, linears, prefix, h_in, h, h_fp, pos, pe, ft, i, info, prog.enabled)
+                del h_in
             else:
                 unused = list(mods)
             for n in unused:  # no calibration (plain method), or a linear the forward never calls
@@ -216,8 +287,15 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                 if k not in quantized:
                     tensors[prefix + k] = src.get(prefix + k).detach().numpy().copy()
             layer.to_empty(device="meta")  # frees this block's float32 weights
-            loss = sum(v["loss"] for k, v in info.items() if k.startswith(prefix))
-            prog(f"layer {i + 1}/{n_layers}" + (f", GPTQ loss {loss:.4g}" if fit is not None else ""))
+            if offload_dir is not None:
+                for n in mods:
+                    linears[prefix + n] = offload_codes(linears[prefix + n], offload_dir, prefix + n)
+                _trim_heap()
+            loss = sum(v["loss"] for k, v in info.items() if k.startswith(prefix) and "loss" in v)
+            fti = info.get(prefix + "ft")
+            prog(f"layer {i + 1}/{n_layers}" + (f", GPTQ loss {loss:.4g}" if fit is not None else "")
+                 + (f", FT block MSE {fti['loss_before']:.4g} -> {fti['loss_after']:.4g}"
+                    f"{'' if fti['kept'] else ' (kept hlq-gptq)'}" if fti else ""))
         tensors["model.norm.weight"] = src.get("model.norm.weight").detach().numpy().copy()
         w_head = src.get("lm_head.weight")
         if fit is not None:
@@ -232,13 +310,22 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                 rounds=rounds)
         else:
             linears["lm_head"] = quantize(w_head.detach().numpy(), lm_head_bits, lm_head_group_size, method, rounds)
+        if ft is not None:  # lm_head is hlq-gptq (not fine-tuned); the model's method names it
+            linears["lm_head"] = dataclasses.replace(linears["lm_head"], method="hlq-ft")
+        if offload_dir is not None:
+            linears["lm_head"] = offload_codes(linears["lm_head"], offload_dir, "lm_head")
         prog("lm_head")
     tok_dir = src.tokenizer_dir or (tokenizer_dir_for(src.tokenizer) if src.tokenizer is not None else None)
     meta = {"method": method, "bits": int(bits), "group_size": int(group_size),
             "lm_head_bits": int(lm_head_bits), "lm_head_group_size": int(lm_head_group_size),
             "source": src.description, "lutc_version": _lutc_version(), "calibration": calib_meta,
             "rounds": int(rounds), "seconds": round(prog.elapsed(), 2), "cpu_seconds": round(prog.cpu(), 2),
-            "gptq_loss_total": round(sum(v["loss"] for v in info.values()), 6) if info else None}
+            "gptq_loss_total": round(sum(v["loss"] for v in info.values() if "loss" in v), 6) if info else None}
+    if ft is not None:
+        fts = [v for k, v in info.items() if k.endswith(".ft")]
+        meta["ft"] = {**ft.as_dict(), "blocks_kept": sum(v["kept"] for v in fts),
+                      "mse_before": [round(v["loss_before"], 8) for v in fts],
+                      "mse_after": [round(v["loss_after"], 8) for v in fts]}
     cfg = json.loads(config.to_json_string(use_diff=False))  # JSON-normal form: what a checkpoint stores
     if not cfg.get("architectures"):
         cfg["architectures"] = [type(skel).__name__]

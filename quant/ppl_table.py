@@ -1,4 +1,7 @@
-"""Perplexity table of a source model under rtn / gptq / hlq / hlq-gptq at W2-W4, g64/g128 (python -m quant.ppl_table)."""
+"""Perplexity table of a source model under rtn / gptq / hlq / hlq-gptq / hlq-ft at W2-W4, g64/g128 (python -m quant.ppl_table).
+
+Calibration: the built-in corpus minus its held-out 15% (quant.calib). Evaluation: that held-out 15%
+and, with --text FILE (repeatable), other held-out texts, each with the ratio to the float model."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from .eval import evaluate
 from .model_quant import quantize_model
 from .source import load_source_model
 
-METHODS = ("rtn", "gptq", "hlq", "hlq-gptq")
+METHODS = ("rtn", "gptq", "hlq", "hlq-gptq", "hlq-ft")
+MAIN = "held-out 15%"  # label of the built-in corpus' held-out part
 CELLS_FIRST = [("gptq", 2, 64), ("hlq-gptq", 2, 64), ("gptq", 3, 128), ("hlq-gptq", 3, 128)]  # the targets
 
 
@@ -27,6 +31,32 @@ def _save(path, results):
     with open(tmp, "w") as f:
         json.dump(results, f, indent=1)
     os.replace(tmp, path)
+
+
+def ratio_markdown(results: dict, label: str = MAIN) -> str:
+    """Perplexity on one held-out text and its ratio to float32, for the cells present in results."""
+    cols = sorted({(int(k.split("-W")[1].split("-g")[0]), int(k.rsplit("-g", 1)[1]))
+                   for k in results if "-W" in k})
+    base = _ppl(results.get("float32"), label)
+    lines = ["| method | " + " | ".join(f"W{b} g{g}" for b, g in cols) + " |", "|---|" + "---|" * len(cols)]
+    if base:
+        lines.append("| float32 | " + " | ".join(f"{base:.2f}" for _ in cols) + " |")
+    for m in METHODS:
+        cells = []
+        for b, g in cols:
+            p = _ppl(results.get(f"{m}-W{b}-g{g}"), label)
+            cells.append("-" if p is None else f"{p:,.2f} ({p / base:.2f}x)" if base else f"{p:,.2f}")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ppl(r, label):
+    if not r:
+        return None
+    if label == MAIN:
+        return r.get("ppl")
+    return r.get("texts", {}).get(label, {}).get("ppl")
 
 
 def markdown(results: dict) -> str:
@@ -59,6 +89,11 @@ def main(argv=None) -> int:
     p.add_argument("--cells", default=None, help="comma list like hlq-gptq:2:64 (default: all 24)")
     p.add_argument("--lut", default="", help="cells (method:bits:group) also evaluated with LUT kernels")
     p.add_argument("--lut-tokens", type=int, default=1024)
+    p.add_argument("--ft-epochs", type=int, default=None, help="hlq-ft cells: epochs per block")
+    p.add_argument("--ft-samples", type=int, default=None, help="hlq-ft cells: samples fine-tuned on")
+    p.add_argument("--ft-lr", type=float, default=None, help="hlq-ft cells: learning rate")
+    p.add_argument("--text", action="append", default=[],
+                   help="another held-out text file to evaluate every cell on (repeatable)")
     args = p.parse_args(argv)
     results = {}
     if os.path.exists(args.out):
@@ -68,9 +103,13 @@ def main(argv=None) -> int:
     ids, source = eval_ids(tok, None, args.max_tokens)
     ev = dict(window=args.window, stride=args.stride)
     results["settings"] = {"model": args.model, "eval_tokens": int(ids.numel()), "eval_source": source, **ev}
+    others = {os.path.basename(t): eval_ids(tok, t, args.max_tokens)[0] for t in args.text}
+    results["settings"]["texts"] = {os.path.basename(t): {"path": t, "tokens": int(others[os.path.basename(t)].numel())}
+                                    for t in args.text}
     if "float32" not in results:
         results["float32"] = evaluate(src, tokens=ids, **ev)
         _save(args.out, results)
+    _add_texts(results["float32"], src, others, ev, args.out, results)
     print(f"float32: {results['float32']['ppl']:.3f}", file=sys.stderr, flush=True)
     cells = _cells() if not args.cells else [(m, int(b), int(g)) for m, b, g in
                                               (c.split(":") for c in args.cells.split(","))]
@@ -80,11 +119,17 @@ def main(argv=None) -> int:
         key = f"{m}-W{b}-g{g}"
         want_lut = (m, str(b), str(g)) in lut and "lut_float32" not in results.get(key, {})
         if key in results and not want_lut:
-            continue
+            if others and not all(t in results[key].get("texts", {}) for t in others):
+                print(f"{key}: re-quantizing to evaluate on {list(others)}", file=sys.stderr, flush=True)
+            else:
+                continue
         t0 = time.perf_counter()
-        qm = quantize_model(src, b, g, m, tokenizer=tok, **qkw)
+        ft = {k: v for k, v in (("epochs", args.ft_epochs), ("samples", args.ft_samples), ("lr", args.ft_lr))
+              if v is not None}
+        qm = quantize_model(src, b, g, m, tokenizer=tok, **qkw, **({"ft": ft} if m == "hlq-ft" else {}))
         qsec = time.perf_counter() - t0
         r = results.get(key) or {"quant_seconds": round(qsec, 1), "quant_cpu_seconds": qm.meta["cpu_seconds"],
+                                 "ft": qm.meta.get("ft"),
                                  "load_avg_1min": round(os.getloadavg()[0], 2), **evaluate(qm, tokens=ids, **ev)}
         if want_lut:
             short = ids[:args.lut_tokens]
@@ -95,10 +140,21 @@ def main(argv=None) -> int:
             r["lut_int8"] = evaluate(qm, mode="lut", lut_dtype="int8", **lkw)["ppl"]
         results[key] = r
         _save(args.out, results)
+        _add_texts(r, qm, others, ev, args.out, results)
         print(f"{key}: ppl {r['ppl']:.3f}, quantization {r['quant_seconds']:.0f}s", file=sys.stderr, flush=True)
         del qm
     print(markdown(results))
+    for label in [MAIN] + list(others):
+        print(f"\n{label}:\n" + ratio_markdown(results, label))
     return 0
+
+
+def _add_texts(r, model, others, ev, out, results):
+    """Evaluate `model` on the other held-out texts missing from r["texts"]; save after each."""
+    for label, tokens in others.items():
+        if label not in r.setdefault("texts", {}):
+            r["texts"][label] = evaluate(model, tokens=tokens, **ev)
+            _save(out, results)
 
 
 if __name__ == "__main__":

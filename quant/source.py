@@ -12,7 +12,7 @@ import tempfile
 
 import torch
 
-__all__ = ["SMOLLM2", "smollm2_gguf_path", "load_source_model", "WeightSource", "open_source",
+__all__ = ["SMOLLM2", "smollm2_gguf_path", "load_source_model", "WeightSource", "SafetensorsFile", "open_source",
            "clean_config", "tokenizer_dir_for"]
 
 SMOLLM2 = "smollm2-135m"
@@ -108,14 +108,13 @@ class WeightSource:
 
     @classmethod
     def from_dir(cls, path: str):
-        from safetensors import safe_open
         from transformers import AutoConfig, AutoTokenizer
         files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
         if not files:
             raise ValueError(f"model directory {path!r}: no *.safetensors files")
         where, handles = {}, {}
         for f in files:
-            h = safe_open(f, framework="pt")
+            h = SafetensorsFile(f)
             handles[f] = h
             for key in h.keys():
                 where[key] = f
@@ -125,6 +124,55 @@ class WeightSource:
             tok = None
         return cls(AutoConfig.from_pretrained(path), lambda n: handles[where[n]].get_tensor(n), where.keys(),
                    tok, path, tokenizer_dir=path if tok is not None else None)
+
+
+_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "I8": torch.int8, "BOOL": torch.bool}
+
+
+class SafetensorsFile:
+    """One .safetensors file read tensor by tensor with positioned reads (no memory map): a
+    tensor costs exactly its own bytes, and nothing of the file stays resident in this process,
+    so models whose weights exceed RAM stream one block at a time."""
+
+    def __init__(self, path: str):
+        import json
+        self.path = path
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError(f"safetensors file {path!r}: truncated header")
+            n = int.from_bytes(head, "little")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as e:
+                raise ValueError(f"safetensors file {path!r}: bad header ({e})") from None
+        header.pop("__metadata__", None)
+        self._base, self._entries = 8 + n, header
+
+    def keys(self):
+        return self._entries.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        e = self._entries[name]
+        dtype = _ST_DTYPES.get(e["dtype"])
+        if dtype is None:
+            raise ValueError(f"safetensors file {self.path!r}: tensor {name!r} has unsupported dtype {e['dtype']}")
+        begin, end = e["data_offsets"]
+        out = torch.empty(e["shape"], dtype=dtype)
+        if end - begin != out.numel() * out.element_size():
+            raise ValueError(f"safetensors file {self.path!r}: tensor {name!r} size does not match its shape")
+        buf = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
+        if buf is not None:
+            with open(self.path, "rb", buffering=0) as f:
+                f.seek(self._base + begin)
+                got = f.readinto(memoryview(buf))
+                while got < buf.nbytes:  # readinto may return short counts on large reads
+                    more = f.readinto(memoryview(buf)[got:])
+                    if not more:
+                        raise ValueError(f"safetensors file {self.path!r}: truncated data of {name!r}")
+                    got += more
+        return out
 
 
 def open_source(model_or_path, tokenizer=None) -> WeightSource:

@@ -1,0 +1,171 @@
+"""HLQ-FT: block-wise fine-tuning of HLQ scales and zeros (ELUTQ's efficient fine-tuning, EfficientQAT Block-AP).
+
+Per decoder block, after hlq-gptq has chosen the codes, the per-bit-plane scales and the
+per-group zeros of every quantized linear of the block are trained (Adam, fp32) to minimize
+the mean squared error between the block's output on the quantized model's calibration
+activations and the float block's output on the float model's activations. Codes stay
+fixed, so the result is an ordinary QuantizedTensor: the parameters are rounded to fp16 at
+the end and the loss is measured again after rounding; a block whose rounded loss is not
+lower than before keeps its hlq-gptq parameters.
+
+Parametrization (so one learning rate fits every layer): s_i = s0_i * (1 + a_i) and
+z = z0 + r * c, with r = sum_i |s0_i| the group's code range; a and c start at 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .tensor import QuantizedTensor, bitplanes
+
+__all__ = ["FTConfig", "FTLinear", "finetune_block"]
+
+
+class FTConfig:
+    """Knobs of the block-wise fine-tuning (defaults measured on SmolLM2-135M, docs/quantization.md)."""
+
+    def __init__(self, epochs: int = 2, lr: float = 1e-3, batch: int = 4, samples: int | None = 16,
+                 seed: int = 0):
+        for name, v, lo in (("epochs", epochs, 0), ("batch", batch, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"ft {name}: expected an int >= {lo}, got {v!r}")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"ft samples: expected an int >= 1 or None, got {samples!r}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"ft lr: expected a finite float > 0, got {lr!r}")
+        self.epochs, self.lr, self.batch, self.samples, self.seed = epochs, float(lr), batch, samples, seed
+
+    def as_dict(self) -> dict:
+        return {"epochs": self.epochs, "lr": self.lr, "batch": self.batch, "samples": self.samples,
+                "seed": self.seed}
+
+
+class FTLinear(torch.nn.Module):
+    """A linear layer whose weight is sum_i s_i * bit_i(codes) + z with trainable fp32 s, z (codes fixed)."""
+
+    def __init__(self, qt: QuantizedTensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.qt = qt
+        self.register_buffer("planes", torch.from_numpy(bitplanes(qt.codes, qt.bits)).to(torch.float32),
+                             persistent=False)  # (bits, N, K)
+        s0 = torch.from_numpy(qt.scales.astype(np.float32))  # (bits, N, G)
+        z0 = torch.from_numpy(qt.zeros.astype(np.float32))  # (N, G)
+        self.register_buffer("s0", s0, persistent=False)
+        self.register_buffer("z0", z0, persistent=False)
+        self.register_buffer("r", s0.abs().sum(0).clamp_min(1e-8), persistent=False)
+        self.a = torch.nn.Parameter(torch.zeros_like(s0))
+        self.c = torch.nn.Parameter(torch.zeros_like(z0))
+        self.bias = bias
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current fp32 (scales (bits, N, G), zeros (N, G))."""
+        return self.s0 * (1 + self.a), self.z0 + self.r * self.c
+
+    def weight(self) -> torch.Tensor:
+        s, z = self.params()
+        gs, k = self.qt.group_size, self.qt.K
+        s = s.repeat_interleave(gs, dim=-1)[..., :k]
+        z = z.repeat_interleave(gs, dim=-1)[..., :k]
+        return (s * self.planes).sum(0) + z
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight(), self.bias)
+
+    def rounded(self) -> QuantizedTensor:
+        """The QuantizedTensor with the trained parameters rounded to fp16 (non-finite -> original)."""
+        with torch.no_grad():
+            s, z = self.params()
+        s16, z16 = s.numpy().astype(np.float16), z.numpy().astype(np.float16)
+        ok = np.isfinite(s16).all(0) & np.isfinite(z16)
+        s16 = np.where(ok[None], s16, self.qt.scales)
+        z16 = np.where(ok, z16, self.qt.zeros)
+        return QuantizedTensor(bits=self.qt.bits, group_size=self.qt.group_size, shape=self.qt.shape,
+                               codes=self.qt.codes, scales=np.ascontiguousarray(s16),
+                               zeros=np.ascontiguousarray(z16), method=self.qt.method)
+
+
+def _set_module(root, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _outputs(run, x, batch) -> torch.Tensor:
+    """run(x) over all samples without grad, in mini-batches of 2 * batch."""
+    with torch.no_grad():
+        return torch.cat([run(x[i:i + 2 * batch]) for i in range(0, x.shape[0], 2 * batch)])
+
+
+def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run, cfg: FTConfig,
+                   block_index: int = 0, progress: bool = False, y_before: torch.Tensor | None = None):
+    """Fine-tune the HLQ scales/zeros of `layer`'s quantized linears; returns (new QuantizedTensors, info, y).
+
+    layer: the decoder block (its float linears are swapped for FTLinears during training and
+    restored after). qts: module name in `layer` -> QuantizedTensor (hlq-gptq result).
+    x: (n, seq, hidden) inputs from the quantized model; target: the float block's outputs.
+    run(layer, x) -> block output. y_before: the block's output on x with `qts` if the caller
+    has it (saves a pass). info: MSE over all of x before and after (fp16-rounded), steps, kept.
+    y: the block's output on x with the returned tensors (the next block's input).
+    """
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + block_index)
+    n = x.shape[0] if cfg.samples is None else min(cfg.samples, x.shape[0])
+    pick = torch.randperm(x.shape[0], generator=gen)[:n].sort().values if n < x.shape[0] else None
+    xs, ts = (x, target) if pick is None else (x[pick], target[pick])
+    originals = {name: layer.get_submodule(name) for name in qts}
+    frozen = [(p, p.requires_grad) for p in layer.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    ft = {name: FTLinear(qt, originals[name].bias) for name, qt in qts.items()}
+    for name, m in ft.items():
+        _set_module(layer, name, m)
+    info = {"steps": 0}
+    try:
+        if y_before is None:
+            y_before = _outputs(lambda b: run(layer, b), x, cfg.batch)
+        info["loss_before"] = float(torch.nn.functional.mse_loss(y_before, target))
+        params = [p for m in ft.values() for p in (m.a, m.c)]
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        steps = cfg.epochs * math.ceil(n / cfg.batch)
+        bar = _bar(steps, f"block {block_index}", progress)
+        with torch.enable_grad():
+            for _ in range(cfg.epochs):
+                order = torch.randperm(n, generator=gen)
+                for i in range(0, n, cfg.batch):
+                    idx = order[i:i + cfg.batch]
+                    loss = torch.nn.functional.mse_loss(run(layer, xs[idx]), ts[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    info["steps"] += 1
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        new = {name: m.rounded() for name, m in ft.items()}
+        # measure after rounding, with exactly the fp16 parameters the checkpoint will hold
+        for name, qt in new.items():
+            _set_module(layer, name, FTLinear(qt, originals[name].bias))
+        y_after = _outputs(lambda b: run(layer, b), x, cfg.batch)
+        info["loss_after"] = float(torch.nn.functional.mse_loss(y_after, target))
+    finally:
+        for name, m in originals.items():
+            _set_module(layer, name, m)
+        for p, req in frozen:
+            p.requires_grad_(req)
+    info["kept"] = bool(info["loss_after"] < info["loss_before"])
+    if not info["kept"]:
+        new, y_after = dict(qts), y_before
+    return new, info, y_after
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

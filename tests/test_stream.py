@@ -1,0 +1,71 @@
+"""Streaming quantization: a model whose float weights exceed the memory it is given (quant.synthetic,
+SafetensorsFile, quantize_model(offload_dir=...)), measured in a child process under an RssAnon limit."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from _quant_fixtures import token_ids
+
+from quant.model_quant import quantize_model
+from quant.source import SafetensorsFile
+from quant.synthetic import write_synthetic_llama
+
+_BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "bench_stream.py")
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_stream", _BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_streams_under_a_proportional_limit(tmp_path):
+    """LLaMA-2-7B is 13.5 GB of F16 under an 8 GB limit; here 97 MB of F16 (194 MB as float32)
+    gets 8/13.5 of its F16 size above the interpreter's baseline (after importing torch/transformers)."""
+    d = tmp_path / "model"
+    size = write_synthetic_llama(d, hidden=512, inter=1376, layers=16, heads=8, kv_heads=8, vocab=512)
+    limit_delta = int(size * 8 / 13.5)
+    bench = _bench()
+    r = bench.run_limited(d, "rtn", 2, 64, limit_delta=limit_delta, offload=tmp_path / "codes")
+    assert r["returncode"] == 0, r
+    assert r["linears"] == 16 * 7 + 1
+    assert r["peak_rss_anon"] - r["baseline_rss_anon"] < limit_delta
+    # and the limit bites: 1/20 of the weights is not enough
+    low = bench.run_limited(d, "rtn", 2, 64, limit_delta=size // 20, offload=tmp_path / "codes2")
+    assert low["returncode"] == bench.LIMIT_EXIT, low
+
+
+def test_safetensors_streaming_matches_in_memory(tmp_path):
+    from transformers import AutoModelForCausalLM
+    d = tmp_path / "model"
+    write_synthetic_llama(d, hidden=64, inter=96, layers=2, heads=4, kv_heads=2, vocab=256, std=0.05)
+    ids = token_ids(4, 32)
+    streamed = quantize_model(str(d), 2, 32, "hlq-gptq", calib=ids, progress=False, offload_dir=tmp_path / "c")
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    ref = quantize_model(model, 2, 32, "hlq-gptq", calib=ids, progress=False)
+    assert set(streamed.linears) == set(ref.linears)
+    for name, qt in streamed.linears.items():
+        assert isinstance(qt.codes, np.memmap)
+        np.testing.assert_array_equal(np.asarray(qt.codes), ref.linears[name].codes)
+        np.testing.assert_array_equal(qt.scales, ref.linears[name].scales)
+
+
+def test_safetensors_file_reads_every_dtype(tmp_path):
+    from safetensors.torch import save_file
+    tensors = {"a": torch.randn(3, 5).half(), "b": torch.randn(7).bfloat16(), "c": torch.arange(6).reshape(2, 3),
+               "d": torch.randn(2, 2), "e": torch.zeros(0, 4)}
+    save_file(tensors, tmp_path / "x.safetensors", metadata={"k": "v"})
+    f = SafetensorsFile(str(tmp_path / "x.safetensors"))
+    assert set(f.keys()) == set(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(f.get_tensor(k), v), k
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05")
+    with pytest.raises(ValueError, match="truncated header"):
+        SafetensorsFile(str(tmp_path / "bad.safetensors"))
