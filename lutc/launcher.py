@@ -133,6 +133,15 @@ class BoundLaunch:
         self.ctx[GRID_SLOTS + i] = self.fn._packers[i](name, value)
         self._owners[name] = value
 
+    def slot(self, name: str) -> int:
+        """The argument-block slot of a parameter, for `put`."""
+        return GRID_SLOTS + self.fn.param_index(name)
+
+    def put(self, slot: int, array) -> None:
+        """Unchecked `set` for hot paths: `array` must already be validated for that parameter."""
+        self.ctx[slot] = array.ctypes.data
+        self._owners[slot] = array
+
     def __call__(self, threads: int):
         """Unchecked thread count (callers resolve it once); runs the grid."""
         if self.ntasks:

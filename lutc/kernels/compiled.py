@@ -34,6 +34,8 @@ class CompiledKernel:
         self.tables = build_tables.compile(self._sigs[0], self._cexprs[0], spec.TABLES_GRID_RANK, target)
         self.gemm = lut_gemm.compile(self._sigs[1], self._cexprs[1], spec.GEMM_GRID_RANK, target)
         self.lut_np = np.dtype(T.numpy_name(spec.LUT_TYPES[s.lut_dtype]))
+        self._plan_key = (s.codegen_key, str(target))     # computed once: __call__ is a hot path
+        self._steps = {}                                  # (N, K, NG) -> rows per launch
 
     def __repr__(self) -> str:
         return f"CompiledKernel({self.schedule})"
@@ -92,7 +94,7 @@ class CompiledKernel:
     def plan(self, packed: PackedWeights, M: int) -> "Prepared":
         """The cached Prepared for (packed, M) that `__call__` uses (a few M per weight object)."""
         plans = packed.plans
-        key = (self.schedule.codegen_key, str(self.target), M)
+        key = (self._plan_key, M)
         plan = plans.get(key)
         if plan is None:
             while len(plans) >= _MAX_PLANS_PER_WEIGHT:     # bound scratch memory for varying M
@@ -110,10 +112,16 @@ class CompiledKernel:
         M = xa.shape[0]
         y = _check_out(out, M, packed.N, is_torch)
         threads = resolve_threads(threads if threads is not None else self.schedule.threads)
-        step = min(_MAX_ROWS_PER_CALL, spec.max_rows(self.schedule, packed.N, packed.K, packed.num_groups))
-        for m0 in range(0, M, step):           # calls whose offsets fit in 32 bits and scratch stays small
-            m1 = min(M, m0 + step)
-            self.plan(packed, m1 - m0)(xa[m0:m1], y[m0:m1], threads)
+        shape = (packed.N, packed.K, packed.num_groups)
+        step = self._steps.get(shape)
+        if step is None:
+            step = self._steps[shape] = min(_MAX_ROWS_PER_CALL, spec.max_rows(self.schedule, *shape))
+        if M <= step:
+            self.plan(packed, M).run_unchecked(xa, y, threads)
+        else:
+            for m0 in range(0, M, step):       # calls whose offsets fit in 32 bits and scratch stays small
+                m1 = min(M, m0 + step)
+                self.plan(packed, m1 - m0).run_unchecked(xa[m0:m1], y[m0:m1], threads)
         if is_torch:
             import torch
             y = out if out is not None else torch.from_numpy(y)
@@ -156,6 +164,7 @@ class Prepared:
         self.gemm = kernel.gemm.bind((packed.num_tiles,), dict(common, w=packed.w, sz=packed.sz, y=ya, M=M,
                                                                N=packed.N), "gemm")
         self.bound = x is not None and y is not None
+        self._x_slot, self._y_slot = self.tables.slot("x"), self.gemm.slot("y")
         self._lock = threading.Lock()
 
     def launches(self):
@@ -176,10 +185,13 @@ class Prepared:
         """x (>= M, K) and y (>= M, N) float32 C-contiguous arrays; checked, then run."""
         _check_rows("x", x, self.M, self.K)
         _check_rows("y", y, self.M, self.N)
-        threads = resolve_threads(threads)
+        self.run_unchecked(x, y, resolve_threads(threads))
+
+    def run_unchecked(self, x: np.ndarray, y: np.ndarray, threads: int):
+        """`__call__` for callers that validated x, y and threads already (CompiledKernel.__call__)."""
         with self._lock:
-            self.tables.set("x", x)
-            self.gemm.set("y", y)
+            self.tables.put(self._x_slot, x)
+            self.gemm.put(self._y_slot, y)
             self.tables(threads)
             self.gemm(threads)
 
