@@ -116,7 +116,7 @@ class CompiledKernel:
         step = self._steps.get(shape)
         if step is None:
             step = self._steps[shape] = min(_MAX_ROWS_PER_CALL, spec.max_rows(self.schedule, *shape))
-        if M <= step:
+        if 0 < M <= step:
             self.plan(packed, M).run_unchecked(xa, y, threads)
         else:
             for m0 in range(0, M, step):       # calls whose offsets fit in 32 bits and scratch stays small
