@@ -17,6 +17,14 @@ from .errors import LaunchError
 from .ir import types as T
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (the upper bound of the `threads` knob)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
 def default_threads() -> int:
     """LUTC_NUM_THREADS, else the CPUs this process may run on."""
     env = os.environ.get("LUTC_NUM_THREADS")
@@ -25,10 +33,7 @@ def default_threads() -> int:
             return max(1, int(env))
         except ValueError:
             raise LaunchError(f"LUTC_NUM_THREADS: expected an int >= 1, got {env!r}") from None
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def resolve_threads(threads) -> int:
@@ -125,13 +130,13 @@ class BoundLaunch:
         self._entry = fn.entry
         self.ctx, self.ntasks = fn.make_ctx(grid, values)
         self.addr = ctypes.addressof(self.ctx)
-        self._owners = {p.name: v for p, v in zip(fn.params, values) if not isinstance(v, (int, float))}
+        self._owners = {GRID_SLOTS + i: v for i, v in enumerate(values) if not isinstance(v, (int, float))}
 
     def set(self, name: str, value):
         """Re-point one argument (checked as at bind time; the new array is kept alive)."""
         i = self.fn.param_index(name)
         self.ctx[GRID_SLOTS + i] = self.fn._packers[i](name, value)
-        self._owners[name] = value
+        self._owners[GRID_SLOTS + i] = value
 
     def slot(self, name: str) -> int:
         """The argument-block slot of a parameter, for `put`."""

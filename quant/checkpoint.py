@@ -73,7 +73,8 @@ def unpack_codes(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
 
 
 # ----- saving -------------------------------------------------------------------------------
-def _sha256(path: str) -> str:
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -242,7 +243,7 @@ def _write_contents(qm, tmp, shard_bytes, save_file) -> dict:
     for rel in listed:
         full = os.path.join(tmp, rel)
         _fsync_file(full)
-        file_info[rel] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+        file_info[rel] = {"bytes": os.path.getsize(full), "sha256": sha256_file(full)}
     from . import model_quant
     meta = dict(qm.meta)
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "lutc_version": model_quant._lutc_version(),
@@ -389,7 +390,7 @@ def _check_files(root: str, manifest: dict, verify_hashes: bool) -> None:
         if size != info["bytes"]:
             kind = "truncated" if size < info["bytes"] else "wrong size"
             raise CheckpointError(f"{full}: {kind}: expected {info['bytes']} bytes, found {size}")
-        if verify_hashes and _sha256(full) != info["sha256"]:
+        if verify_hashes and sha256_file(full) != info["sha256"]:
             raise CheckpointError(f"{full}: corrupt: sha256 does not match the manifest")
 
 

@@ -15,7 +15,7 @@ import lutc
 import numpy as np
 from lutc.kernels import PackedWeights
 from lutc.schedule import Schedule
-from quant.checkpoint import MANIFEST
+from quant.checkpoint import MANIFEST, sha256_file
 
 from .paths import models_dir
 
@@ -117,14 +117,6 @@ def load(path, verify: bool = True) -> PackedModel:
         raise PackCacheError(f"{path}: malformed pack cache: {type(e).__name__}: {e}") from None
 
 
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load(path, meta, verify):
     def need(cond, what):
         if not cond:
@@ -138,7 +130,7 @@ def _load(path, meta, verify):
     blob = np.memmap(path / "weights.bin", dtype=np.uint8, mode="r")
     need(blob.size == meta["nbytes"], f"weights.bin has {blob.size} bytes, expected {meta['nbytes']}")
     if verify:
-        need(_sha256_file(path / "weights.bin") == meta["sha256"], "weights.bin checksum mismatch")
+        need(sha256_file(path / "weights.bin") == meta["sha256"], "weights.bin checksum mismatch")
 
     def arr(name):
         e = meta["arrays"][name]

@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from runtime import LeanDecoder, SamplingParams, Sampler, UnsupportedModelError, generate  # noqa: E402
-from runtime._testing import (dequantized_hf, hf_greedy, quantize_hf, random_qmodel, llama_config,  # noqa: E402
+from runtime._testing import (CharTokenizer, dequantized_hf, hf_greedy, quantize_hf, random_qmodel, llama_config,  # noqa: E402
                               runtime_greedy, tiny_llama)
 
 PROMPTS = [[1, 5, 7, 9, 33, 100], [1, 200], [1, 17, 17, 17, 42, 250, 3, 99, 128, 64, 12]]
@@ -160,16 +160,6 @@ def test_sampling_params_validate(kw):
 
 
 # ---------------------------------------------------------------------------------- generation
-class CharTokenizer:
-    """Token id = byte value + 3; 2 is EOS."""
-    eos_token_id = 2
-    chat_template = None
-
-    def encode(self, text):
-        return [b + 3 for b in text.encode()]
-
-    def decode(self, ids, skip_special_tokens=True):
-        return bytes(i - 3 for i in ids if i >= 3).decode(errors="replace")
 
 
 def test_generate_stops(setup):

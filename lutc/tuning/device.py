@@ -5,6 +5,8 @@ import functools
 import os
 import re
 
+from ..launcher import usable_cores  # noqa: F401  (re-exported: the tuner's cores follow the launcher's rule)
+
 
 def _cpu_model() -> str:
     """The OS's marketing name of the CPU ('AMD EPYC'), or '' when unknown."""
@@ -74,9 +76,3 @@ def host_device_id() -> str:
     return host_fingerprint()["id"]
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (the upper bound of the `threads` knob)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return os.cpu_count() or 1
