@@ -17,12 +17,17 @@ from .errors import LaunchError
 from .ir import types as T
 
 
+def usable_cpus() -> list:
+    """The CPU ids this process may run on, sorted (all of them where affinity is unknown)."""
+    try:
+        return sorted(os.sched_getaffinity(0)) or [0]
+    except AttributeError:
+        return list(range(max(1, os.cpu_count() or 1)))
+
+
 def usable_cores() -> int:
     """Cores this process may run on (the upper bound of the `threads` knob)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    return len(usable_cpus())
 
 
 def default_threads() -> int:

@@ -330,7 +330,7 @@ def test_sessions_beyond_the_limit_wait_then_get_a_clean_refusal():
         with _client(r) as first:
             assert first.info
             t0 = time.monotonic()
-            with pytest.raises(RunnerError):
+            with pytest.raises(RunnerError, match="runner busy: 1 sessions busy"):
                 _client(r).connect()
             assert time.monotonic() - t0 < 5
         with _client(r) as again:        # the slot is free again

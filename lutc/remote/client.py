@@ -76,6 +76,10 @@ class RemoteRunner:
         except (ProtocolError, ConnectionError, OSError, ValueError) as e:
             sock.close()
             raise RunnerError(f"handshake with {self.host}:{self.port} failed: {e}") from None
+        if not reply.get("ok") or not isinstance(reply.get("runner"), dict):
+            sock.close()
+            raise RunnerError(f"the runner at {self.host}:{self.port} refused the session: "
+                              f"{reply.get('error', 'no runner info in its reply')}")
         self._ch, self.info = ch, reply["runner"]
         theirs = self.info.get("software", {})
         if theirs != software():

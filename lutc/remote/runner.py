@@ -106,10 +106,8 @@ class Session:
     """One authenticated client: its problems and kernels. Runs only code it compiled itself."""
 
     def __init__(self, limits: Limits | None = None):
-        try:
-            self.cpus = sorted(os.sched_getaffinity(0))
-        except AttributeError:
-            self.cpus = list(range(os.cpu_count() or 1))
+        from ..launcher import usable_cpus
+        self.cpus = usable_cpus()
         self.limits = limits or Limits()
         self.problems, self.kernels, self._ids = {}, {}, itertools.count(1)
         self.copies = WeightCopyCache(keep=1)     # weight copies kept for one layout only
@@ -448,9 +446,12 @@ class Runner:
                 return
             session_slot = self._sessions.acquire(timeout=self.limits.queue_timeout)
             if not session_slot:
-                # closed without a reply: this lutc's client reads any reply to its hello as the
-                # runner's info, so it reports a closed connection more clearly than an error frame
-                _log(f"{peer}: {self.limits.max_sessions} sessions busy for {self.limits.queue_timeout:g} s; closing")
+                msg = f"{self.limits.max_sessions} sessions busy for {self.limits.queue_timeout:g} s; try again later"
+                _log(f"{peer}: {msg}; closing")
+                try:
+                    ch.send({"ok": False, "error": f"runner busy: {msg}"})
+                except OSError:
+                    pass
                 conn.close()
                 return
             if self.isolate:

@@ -35,10 +35,8 @@ class _Bench:
     def __init__(self, problem: dict):
         import quant
         from .accuracy import ErrorBound, probe_activations
-        try:
-            self.cpus = sorted(os.sched_getaffinity(0))
-        except AttributeError:
-            self.cpus = list(range(os.cpu_count() or 1))
+        from ..launcher import usable_cpus
+        self.cpus = usable_cpus()
         p = problem
         rng = np.random.default_rng(p["seed"])
         w = rng.standard_normal((p["N"], p["K"]), dtype=np.float32)
