@@ -452,6 +452,10 @@ def load_checkpoint(path, verify_hashes: bool = True) -> QuantizedModel:
         tensors[name] = reader.get(e["file"], name, np.float32, tuple(e["shape"]))
     _check_complete(root, config, linears, tensors)
     tok = os.path.join(root, "tokenizer")
+    if os.path.isdir(tok):      # the tokenizer is loaded from the directory: only verified files may be in it
+        extra = sorted(n for n in os.listdir(tok) if f"tokenizer/{n}" not in manifest["files"])
+        if extra:
+            raise CheckpointError(f"{tok}: files not listed in the manifest (so not verified): {extra}")
     return QuantizedModel(config=config, linears=linears, tensors=tensors,
                           tokenizer_dir=tok if os.path.isdir(tok) else None, meta=dict(manifest.get("meta") or {}))
 

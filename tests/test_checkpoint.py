@@ -75,6 +75,11 @@ def test_round_trip_is_bit_identical(qm, ckpt):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(back.tokenizer_dir)
     assert tok("hi", add_special_tokens=False)["input_ids"] == byte_tokenizer()("hi", add_special_tokens=False)["input_ids"]
+    # the tokenizer is loaded from its folder, so a file the manifest does not list (and hash) is refused
+    with open(os.path.join(ckpt, "tokenizer", "added_tokens.json"), "w") as f:
+        f.write("{}")
+    with pytest.raises(CheckpointError, match=r"not listed in the manifest.*added_tokens.json"):
+        load_checkpoint(ckpt)
 
 
 def test_sharded_round_trip(qm, tmp_path):
