@@ -184,10 +184,29 @@ def http_streams(port, n, tokens, rounds=2):
                 aggregate_tps=sum(o[1] for o in out) / wall, tokens=sum(o[1] for o in out))
 
 
+# llama-cpp-python's server with llama_model_params.use_extra_bufts off: this build's AMX buffer type
+# faults at its first tile instruction (`ldtilecfg` in ggml_backend_amx_mul_mat) on this VM; off, the
+# weights run through the plain CPU Q4_0 kernels (no AMX, no repacking).
+_LLAMA_SERVER = """
+import runpy, sys
+import llama_cpp.llama_cpp as C
+_default = C.llama_model_default_params
+def _params():
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+C.llama_model_default_params = _params
+sys.argv = ["llama_cpp.server"] + sys.argv[1:]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+LLAMA_ENV = {"OMP_WAIT_POLICY": "passive"}   # spinning OpenMP workers collapse on a loaded 2-core host
+
+
 def llama_cpp_server(threads, port=18732, n_ctx=2048):
-    """llama-cpp-python's server (python -m llama_cpp.server) on SmolLM2 Q4_0 (bench_e2e's GGUF),
-    as a subprocess; requests queue (interrupt_requests off) instead of cancelling each other.
+    """llama-cpp-python's server (llama_cpp.server) on SmolLM2 Q4_0 (bench_e2e's GGUF) as a
+    subprocess; requests queue (interrupt_requests off) instead of cancelling each other.
     Returns the Popen, or a reason string when it cannot run here."""
+    import os
     import subprocess
     import urllib.request
     try:
@@ -196,11 +215,11 @@ def llama_cpp_server(threads, port=18732, n_ctx=2048):
         return f"llama-cpp-python[server] is not importable here ({e})"
     from bench.bench_e2e import llama_file
     gguf = llama_file("smollm2", "Q4_0")
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_threads", str(threads),
+    cmd = [sys.executable, "-c", _LLAMA_SERVER, "--model", str(gguf), "--n_threads", str(threads),
            "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx), "--host", "127.0.0.1", "--port", str(port),
            "--interrupt_requests", "False", "--verbose", "False"]
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ, **LLAMA_ENV))
     t0 = time.time()
     while time.time() - t0 < 120:
         if proc.poll() is not None:
@@ -264,7 +283,8 @@ def main():
             else:
                 import llama_cpp
                 res["llama_cpp"] = (f"llama-cpp-python {llama_cpp.__version__} server, SmolLM2 Q4_0 GGUF, "
-                                    f"n_threads={args.threads}, requests queued (interrupt_requests=False)")
+                                    f"n_threads={args.threads}, requests queued (interrupt_requests=False), "
+                                    f"use_extra_bufts=False (AMX faults here), {LLAMA_ENV}")
             res["http"][model], res["llama_cpp_http"] = [], []
             for n in streams:                   # interleaved: lutc, then llama.cpp, at each n
                 r = http_streams(port, n, tokens)

@@ -2,7 +2,7 @@
 one by one, grouped (table builds, LUT GEMMs, attention, norms/RoPE/glue, lm_head), next to the
 whole program's time and the Python overhead of `forward_batch` and of a scheduler step.
 
-Usage: python bench/profile_step.py [--models smollm2,llama7b] [--rows 1,2,4,8] [--threads 2] [--reps 20]
+Usage: python bench/profile_step.py [--models smollm2,llama7b] [--rows 1,2,4,8] [--threads 1,2] [--reps 15]
 Writes bench/results/profile_step.json. Rows are decode rows of distinct sequences at position 32.
 """
 from __future__ import annotations
@@ -95,21 +95,25 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="smollm2,llama7b")
     ap.add_argument("--rows", default="1,2,4,8")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=15)
     args = ap.parse_args()
     from bench.bench_serve import load
     rows = [int(r) for r in args.rows.split(",")]
-    res = dict(conditions=conditions(), threads=args.threads, models={})
+    threads = [int(t) for t in args.threads.split(",")]
+    res = dict(conditions=conditions(), models={})
     for model in args.models.split(","):
-        dec, tok = load(model, args.threads, max(rows), 512)
-        res["models"][model] = per = {}
-        for m in rows:
-            p = profile(dec, m, args.reps)
-            p["scheduler_python"] = scheduler_overhead(dec, tok, m)
-            per[m] = p
-            print(model, m, " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in p.items()), flush=True)
+        dec, tok = load(model, threads[0], max(rows), 512)
+        res["models"][model] = {}
+        for thr in threads:
+            dec.set_threads(thr)
+            res["models"][model][thr] = per = {}
+            for m in rows:
+                p = profile(dec, m, args.reps)
+                p["scheduler_python"] = scheduler_overhead(dec, tok, m)
+                per[m] = p
+                print(model, f"{thr}T", f"M={m}", " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                                           for k, v in p.items()), flush=True)
         del dec
     res["conditions_end"] = conditions()
     write_json(RESULTS / "profile_step.json", res)
