@@ -1,19 +1,21 @@
 """Serving throughput: aggregate and per-stream decode tok/s and time to first token at 1/2/4/8
 concurrent streams, through the continuous-batching scheduler (engine) and through `lutc serve`'s
-HTTP API (http, SmolLM2 only).
+HTTP API (http, SmolLM2 only), next to llama-cpp-python's server on the same machine in the same run
+(SmolLM2 Q4_0; the same clients, interleaved per stream count). Models: SmolLM2 W4 (the bundled
+checkpoint), llama7b = LLaMA-2-7B shapes W2 (4 layers, random weights, 4-bit lm_head), llama7b-w4.
 
 Usage: python bench/bench_serve.py [--models smollm2,llama7b] [--threads 2] [--streams 1,2,4,8]
-                                   [--tokens 64] [--no-http] [--quick]
-Writes bench/results/serve.json. llama.cpp's server (llama-cpp-python[server]) is compared only when
-it is installed; this script never builds it.
+                                   [--tokens 64] [--no-http] [--no-llama] [--quick] [--ratio-only]
+Writes bench/results/serve.json (serve_steps.json with --ratio-only). llama.cpp's server runs when
+`import llama_cpp.server` works; this script never builds it.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import statistics
 import sys
+import tempfile
 import threading
 import time
 
@@ -22,13 +24,19 @@ from bench.bench_e2e import LLAMA7B  # noqa: E402
 from bench.common import RESULTS, conditions, write_json  # noqa: E402
 
 
+MODELS = ("smollm2", "llama7b", "llama7b-w4")   # SmolLM2 W4 (bundled checkpoint); 7B shapes W2 / W4
+
+
 def load(model, threads, slots, n_ctx):
     from runtime import LeanDecoder
     from runtime.models import load_decoder, load_tokenizer
     if model == "smollm2":
         return load_decoder("smollm2-135m", threads=threads, n_ctx=n_ctx, slots=slots, progress=False)
+    if model not in MODELS:
+        raise SystemExit(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
     from runtime._testing import llama_config, random_qmodel
-    qm = random_qmodel(llama_config(**LLAMA7B), 4, 128, seed=4, lm_head_bits=4)
+    bits = 4 if model == "llama7b-w4" else 2
+    qm = random_qmodel(llama_config(**LLAMA7B), bits, 128, seed=bits, lm_head_bits=4)
     dec = LeanDecoder(qm, n_ctx=n_ctx, threads=threads, slots=slots)
     return dec, load_tokenizer(dec, "smollm2-135m")          # SmolLM2's tokenizer: same vocabulary size
 
@@ -134,26 +142,38 @@ def start_http(sched, tok, port=18731):
     return server, th, port
 
 
-def http_streams(port, n, tokens):
-    """n concurrent streaming clients (httpx) against the server."""
+WORDS = ["The history of", "A recipe for", "In the year 2050,", "My favourite animal is", "The best way to",
+         "Once upon a time", "Scientists discovered", "The weather today"]
+
+
+def http_streams(port, n, tokens, rounds=2):
+    """n concurrent streaming clients (httpx) against an OpenAI-compatible server on loopback.
+    Tokens are counted from the usage chunk when the server sends one, else one per text chunk;
+    the last of `rounds` rounds is reported (the first warms the step programs up)."""
+    import json
+
     import httpx
-    words = ["The history of", "A recipe for", "In the year 2050,", "My favourite animal is", "The best way to",
-             "Once upon a time", "Scientists discovered", "The weather today"]
     out = [None] * n
 
     def client(i):
         t0 = time.perf_counter()
-        first, count = None, 0
-        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", timeout=300,
-                          json=dict(prompt=words[i], max_tokens=tokens, temperature=0, stream=True)) as r:
+        first, chunks, usage = None, 0, None
+        body = dict(prompt=WORDS[i % len(WORDS)], max_tokens=tokens, temperature=0, stream=True,
+                    stream_options={"include_usage": True})
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", timeout=600, json=body) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"HTTP {r.status_code}: {r.read()[:300]!r}")
             for line in r.iter_lines():
-                if line.startswith("data: {") and '"text": ""' not in line:
-                    count += 1
+                if not line.startswith("data: {"):
+                    continue
+                d = json.loads(line[6:])
+                usage = d.get("usage") or usage
+                if d.get("choices") and d["choices"][0].get("text"):
+                    chunks += 1
                     first = first or time.perf_counter()
+        count = usage["completion_tokens"] if usage else chunks
         out[i] = (first - t0, count, time.perf_counter() - first, time.perf_counter() - t0)
-    for rep in range(2):                                 # first round warms the programs up
+    for _ in range(rounds):
         ths = [threading.Thread(target=client, args=(i,)) for i in range(n)]
         t0 = time.perf_counter()
         [t.start() for t in ths]
@@ -161,16 +181,67 @@ def http_streams(port, n, tokens):
         wall = time.perf_counter() - t0
     return dict(streams=n, ttft_ms=1e3 * statistics.median(o[0] for o in out),
                 per_stream_tps=statistics.median((o[1] - 1) / o[2] for o in out),
-                aggregate_tps=sum(o[1] for o in out) / wall)
+                aggregate_tps=sum(o[1] for o in out) / wall, tokens=sum(o[1] for o in out))
+
+
+# llama-cpp-python's server with llama_model_params.use_extra_bufts off: this build's AMX buffer type
+# faults at its first tile instruction (`ldtilecfg` in ggml_backend_amx_mul_mat) on this VM; off, the
+# weights run through the plain CPU Q4_0 kernels (no AMX, no repacking).
+_LLAMA_SERVER = """
+import runpy, sys
+import llama_cpp.llama_cpp as C
+_default = C.llama_model_default_params
+def _params():
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+C.llama_model_default_params = _params
+sys.argv = ["llama_cpp.server"] + sys.argv[1:]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+LLAMA_ENV = {"OMP_WAIT_POLICY": "passive"}   # spinning OpenMP workers collapse on a loaded 2-core host
+
+
+def llama_cpp_server(threads, port=18732, n_ctx=2048):
+    """llama-cpp-python's server (llama_cpp.server) on SmolLM2 Q4_0 (bench_e2e's GGUF) as a
+    subprocess; requests queue (interrupt_requests off) instead of cancelling each other.
+    Returns the Popen, or a reason string when it cannot run here."""
+    import os
+    import subprocess
+    import urllib.request
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError as e:
+        return f"llama-cpp-python[server] is not importable here ({e})"
+    from bench.bench_e2e import llama_file
+    gguf = llama_file("smollm2", "Q4_0")
+    cmd = [sys.executable, "-c", _LLAMA_SERVER, "--model", str(gguf), "--n_threads", str(threads),
+           "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx), "--host", "127.0.0.1", "--port", str(port),
+           "--interrupt_requests", "False", "--verbose", "False"]
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ, **LLAMA_ENV))
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if proc.poll() is not None:
+            log.seek(0)
+            return f"llama_cpp.server exited: {log.read()[-500:].decode(errors='replace')}"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    return "llama_cpp.server did not answer within 120 s"
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="smollm2,llama7b")
+    ap.add_argument("--models", default="smollm2,llama7b", help=f"of {', '.join(MODELS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--streams", default="1,2,4,8")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--no-llama", action="store_true", help="skip llama-cpp-python's server")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ratio-only", action="store_true", help="only the interleaved step-time ratios")
     args = ap.parse_args()
@@ -178,8 +249,7 @@ def main():
     streams = [int(s) for s in args.streams.split(",")]
     tokens = 16 if args.quick else args.tokens
     res = dict(conditions=conditions(), threads=args.threads, tokens=tokens, engine={}, ttft={}, http={},
-               llama_cpp=("llama-cpp-python[server] is not installed here; llama.cpp's server was not run"
-                          if importlib.util.find_spec("llama_cpp") is None else "installed but not wired up"))
+               llama_cpp="not run (no HTTP phase)")
     for model in args.models.split(","):
         slots = max(streams + [4])                              # the TTFT test runs 3 + 1 sequences
         dec, tok = load(model, args.threads, slots, 512)
@@ -207,12 +277,28 @@ def main():
         if model == "smollm2" and not args.no_http:
             sched.start()
             server, th, port = start_http(sched, tok)
-            res["http"][model] = []
-            for n in streams:
+            lc = "not run (--no-llama)" if args.no_llama else llama_cpp_server(args.threads)
+            if isinstance(lc, str):
+                res["llama_cpp"] = lc
+            else:
+                import llama_cpp
+                res["llama_cpp"] = (f"llama-cpp-python {llama_cpp.__version__} server, SmolLM2 Q4_0 GGUF, "
+                                    f"n_threads={args.threads}, requests queued (interrupt_requests=False), "
+                                    f"use_extra_bufts=False (AMX faults here), {LLAMA_ENV}")
+            res["http"][model], res["llama_cpp_http"] = [], []
+            for n in streams:                   # interleaved: lutc, then llama.cpp, at each n
                 r = http_streams(port, n, tokens)
                 res["http"][model].append(r)
                 print(f"{model} http {n} streams: aggregate {r['aggregate_tps']:.1f} tok/s, per stream "
                       f"{r['per_stream_tps']:.1f}, TTFT {r['ttft_ms']:.0f} ms", flush=True)
+                if not isinstance(lc, str):
+                    r = http_streams(18732, n, tokens)
+                    res["llama_cpp_http"].append(r)
+                    print(f"{model} llama.cpp server {n} streams: aggregate {r['aggregate_tps']:.1f} tok/s, "
+                          f"per stream {r['per_stream_tps']:.1f}, TTFT {r['ttft_ms']:.0f} ms", flush=True)
+            if not isinstance(lc, str):
+                lc.terminate()
+                lc.wait(30)
             server.should_exit = True
             th.join()
         del sched, dec

@@ -12,9 +12,21 @@ _KERNELS: dict = {}
 _LOCK = threading.Lock()
 
 
+BATCH_M = 8   # up to this many rows are a decode batch (one row per sequence), more a prefill
+
+
+def default_mb(M: int) -> int:
+    """Activation rows per weight-tile pass: 4 for decode batches of 4-8 rows (the weight tile and
+    its unpacked indices are shared by 4 rows' lookups), 2 for 2-3 rows and for prefill (measured:
+    docs/serving.md), 1 for one row."""
+    if M < 2:
+        return 1
+    return 4 if 4 <= M <= BATCH_M else 2
+
+
 def default_schedule(bits: int, group_size: int, M: int = 1) -> Schedule:
-    """The untuned default: int8 tables of g=4, 32-row tiles; M-blocking for prefill."""
-    return Schedule(bits=bits, group_size=group_size, mb=1 if M < 4 else 2)
+    """The untuned default: int8 tables of g=4, 32-row tiles; M-blocking per default_mb(M)."""
+    return Schedule(bits=bits, group_size=group_size, mb=default_mb(M))
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:

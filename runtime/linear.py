@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import quant
 from lutc.kernels import PackedWeights
-from lutc.ops import choose_schedule, get_kernel
+from lutc.ops import BATCH_M, choose_schedule, get_kernel
 
 
 class StalePackError(ValueError):
@@ -15,19 +15,27 @@ class StalePackError(ValueError):
 def schedules(bits, group_size, N, K, lut_dtype=None, m_prefill=128, knobs=None):
     """(decode, prefill) Schedules for an N x K matrix; the prefill one keeps the decode layout.
     lut_dtype and `knobs` (e.g. {"lut_scale_block": 128}) override the chosen schedules' knobs."""
-    dec = choose_schedule(bits, group_size, 1, N, K)
-    pre = choose_schedule(bits, group_size, max(m_prefill, 1), N, K)
+    dec = _with_knobs(choose_schedule(bits, group_size, 1, N, K), lut_dtype, knobs)
+    return dec, batch_schedule(dec, bits, group_size, max(m_prefill, 1), N, K, lut_dtype, knobs)
+
+
+def batch_schedule(dec, bits, group_size, m, N, K, lut_dtype=None, knobs=None):
+    """The schedule for m rows (a decode batch or a prefill chunk) in `dec`'s packed layout."""
+    s = _with_knobs(choose_schedule(bits, group_size, m, N, K), lut_dtype, knobs)
+    return s.replace(g=dec.g, bn=dec.bn, interleave=dec.interleave)        # same layout: pack once
+
+
+def _with_knobs(s, lut_dtype, knobs):
     knobs = dict(knobs or {}, **({"lut_dtype": lut_dtype} if lut_dtype is not None else {}))
-    if knobs:
-        dec, pre = dec.replace(**knobs), pre.replace(**knobs)
-    return dec, pre.replace(g=dec.g, bn=dec.bn, interleave=dec.interleave)    # same layout: pack once
+    return s.replace(**knobs) if knobs else s
 
 
 class LinearWeights:
     """y = x @ W_hat^T for a QuantizedTensor (packed here; codes are not kept) or for weights
     already packed (PackedWeights from the pack cache). `bind(x, y, m)` gives the two launches
     (table build, GEMM) for rows 0..m-1 of the buffers x and y: m == 1 runs the decode schedule,
-    m > 1 the prefill one. One scratch of max_m rows serves every m."""
+    2..BATCH_M rows (a decode batch) a schedule chosen for that m (its own `mb`), more rows the
+    prefill one. All share one packed layout; one scratch of max_m rows serves every m."""
 
     def __init__(self, weights, max_m=1, lut_dtype=None, name="", knobs=None):
         self.name, self.max_m = name, max(int(max_m), 1)
@@ -41,6 +49,8 @@ class LinearWeights:
         self.sched_decode, self.sched_prefill = schedules(self.bits, self.group_size, self.N, self.K,
                                                           lut_dtype, self.max_m, knobs)
         self.k_decode, self.k_prefill = get_kernel(self.sched_decode), get_kernel(self.sched_prefill)
+        self._knobs = (lut_dtype, knobs)
+        self._k_batch = {}
         if isinstance(weights, PackedWeights):
             if tuple(weights.layout_key) != self.sched_decode.layout_key:
                 raise StalePackError(f"{name}: packed for {weights.layout_key}, schedule wants "
@@ -58,8 +68,19 @@ class LinearWeights:
         """(tables, gemm) BoundLaunches reading x[:m] and writing y[:m]; they keep x and y alive."""
         if not 1 <= m <= self.max_m:
             raise ValueError(f"{self.name}: m={m} outside 1..{self.max_m}")
-        kern = self.k_decode if m == 1 else self.k_prefill
-        return kern.prepare(self.packed, m, x=x, y=y, scratch=self.scratch).launches()
+        return self.kernel_for(m).prepare(self.packed, m, x=x, y=y, scratch=self.scratch).launches()
+
+    def kernel_for(self, m: int):
+        """The CompiledKernel that runs m rows."""
+        if m == 1:
+            return self.k_decode
+        if m > BATCH_M:
+            return self.k_prefill
+        k = self._k_batch.get(m)
+        if k is None:
+            s = batch_schedule(self.sched_decode, self.bits, self.group_size, m, self.N, self.K, *self._knobs)
+            k = self._k_batch[m] = get_kernel(s)        # prepare() checks that the scratch fits it
+        return k
 
 
 def concat_rows(qts):
