@@ -266,6 +266,13 @@ def hammer():                       # daemon thread still dispatching while the 
     while True:
         pool.run(fns["counter"], a.ctypes.data, 16, 3)
 threading.Thread(target=hammer, daemon=True).start()
+engines, entries = T._build_program_kernels(pool)
+c = np.zeros(16, np.int64)
+records = np.array([(entries["counter"], c.ctypes.data, 16, 3)] * 4, np.int64)
+def hammer_programs():              # and one running programs (one publish each) meanwhile
+    while True:
+        pool.run_program(records, 3)
+threading.Thread(target=hammer_programs, daemon=True).start()
 print("ok", flush=True)
 """
 
@@ -513,3 +520,39 @@ def test_program_in_forked_child(prog_env):
             pytest.fail(f"forked child hung ({load_note()})")
         time.sleep(0.01)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_launch_program_of_dsl_kernels():
+    """lutc.launcher.LaunchProgram over DSL kernels: the program entry (run) and one job per launch
+    (run_per_launch) give numpy's chain of row sums, for 1-thread and 2-thread launches mixed."""
+    import lutc
+    import lutc.language as tl
+    from lutc.launcher import LaunchProgram
+
+    @lutc.jit
+    def tpp_rowsum(src, dst, BLOCK: tl.constexpr):
+        s = tl.sum(tl.load(src + tl.arange(0, BLOCK)))
+        tl.store(dst + tl.program_id(0), s + tl.program_id(0).to(tl.float32) * 0.5)
+
+    rows = [np.linspace(-1, 1, 64, dtype=np.float32)] + [np.zeros(64, np.float32) for _ in range(12)]
+    steps = []
+    for j in range(12):
+        launch = _dsl_launch(tpp_rowsum, rows[j], rows[j + 1])
+        steps.append((launch, 1 if j % 3 == 1 else 2))
+    prog = LaunchProgram(steps)
+    want = [rows[0]]
+    for _ in range(12):
+        want.append(np.float32(want[-1].astype(np.float64).sum()) + np.arange(64, dtype=np.float32) * 0.5)
+    for run in (prog.run, prog.run_per_launch, prog.run):
+        for r in rows[1:]:
+            r[:] = np.nan
+        run()
+        for got, exp in zip(rows, want):
+            np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-4)
+    assert prog.nthreads == 2 and len(prog) == 12
+
+
+def _dsl_launch(jitfn, src, dst):
+    from lutc.ir import types as T
+    ptr = T.PointerType(T.float32)
+    return jitfn.compile({"src": ptr, "dst": ptr}, {"BLOCK": 64}).bind((64,), [src, dst])
