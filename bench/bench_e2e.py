@@ -141,33 +141,38 @@ def gguf_bytes_per_token(path) -> int:
 
 # ------------------------------------------------------------------------------ timing
 def time_lutc(dec, prompt, n_decode, prefill_ids):
+    """(median decode step, prefill, median decode step CPU time of the calling thread, prefill's) in s."""
     dec.reset()
     dec.prefill(prompt)
-    tok, ts = 5, []
+    tok, ts, cs = 5, [], []
     for _ in range(n_decode):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         logits = dec.decode(tok)
         ts.append(time.perf_counter() - t)
+        cs.append(time.thread_time() - c)
         tok = int(np.argmax(logits))
     dec.reset()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.thread_time()
     dec.prefill(prefill_ids)
-    return float(np.median(ts)), time.perf_counter() - t
+    return float(np.median(ts)), time.perf_counter() - t, float(np.median(cs)), time.thread_time() - c
 
 
 def time_llama(llm, prompt, n_decode, prefill_ids):
+    """As time_lutc. (The thread CPU times mean the same as lutc's at 1 thread, where both compute
+    on the calling thread.)"""
     llm.reset()
     llm.eval(prompt)
-    tok, ts = 5, []
+    tok, ts, cs = 5, [], []
     for _ in range(n_decode):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         llm.eval([tok])
         ts.append(time.perf_counter() - t)
+        cs.append(time.thread_time() - c)
         tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
     llm.reset()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.thread_time()
     llm.eval(prefill_ids)
-    return float(np.median(ts)), time.perf_counter() - t
+    return float(np.median(ts)), time.perf_counter() - t, float(np.median(cs)), time.thread_time() - c
 
 
 def python_overhead(qm, reps=200):
@@ -226,21 +231,25 @@ def _stream_kernel():
     return stream_sum
 
 
-def bandwidth(threads_list, reps, mb=512):
+def bandwidth(threads_list, reps, mb=512, cpu_out=None):
     """Streaming-read GB/s per thread count (best of `reps`: the roofline is an upper bound), measured
-    with lutc's own thread pool on `mb` MB."""
+    with lutc's own thread pool on `mb` MB. With cpu_out (a dict), cpu_out[1] gets the 1-thread
+    figure per second of thread CPU time (robust to preemption on a loaded machine)."""
     ch = 1 << 16
     x = np.ones((mb << 20) // 4, np.float32)
     out = np.zeros(x.size // ch, np.float32)
     kern = _stream_kernel()
     res = {}
     for t in threads_list:
-        samples = []
+        samples, cpu = [], []
         for _ in range(reps + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             kern[(out.size,)](x, out, CH=ch, threads=t)
             samples.append(x.nbytes / (time.perf_counter() - t0) / 1e9)
+            cpu.append(x.nbytes / max(time.thread_time() - c0, 1e-9) / 1e9)
         res[t] = float(np.max(samples[1:]))
+        if t == 1 and cpu_out is not None:          # per CPU second of the one thread: preemption excluded
+            cpu_out[1] = max(cpu_out.get(1, 0.0), float(np.max(cpu[1:])))
     return res
 
 
@@ -256,7 +265,8 @@ def run(args):
         import llama_cpp
         out["llama_cpp"] = llama_cpp.__version__
     print(f"measuring bandwidth ({threads} threads)...", flush=True)
-    out["bandwidth_GBs"] = bw = bandwidth(threads, 5)
+    bw_cpu = out["bandwidth_cpu_GBs"] = {}
+    out["bandwidth_GBs"] = bw = bandwidth(threads, 5, cpu_out=bw_cpu)
     if args.target != "host":
         out["target"] = use_target(args.target)
     for family in args.models.split(","):
@@ -275,7 +285,7 @@ def run(args):
             old = None
             if args.compare_old_tables:          # the pre-issue-10 int8 tables, same packed weights
                 old = LeanDecoder(dec.to_packed_model(), n_ctx=dec.n_ctx, threads=threads[0], knobs=OLD_TABLES)
-            bw_now = bandwidth(threads, 5)          # re-measured next to this model's timings
+            bw_now = bandwidth(threads, 5, cpu_out=bw_cpu)          # re-measured next to this model's timings
             bw = {t: max(bw[t], bw_now[t]) for t in threads}
             out["bandwidth_GBs"] = bw
             llms, gpath = {}, None
@@ -303,6 +313,9 @@ def run(args):
                 row["lutc_prefill_tps"] = args.prefill / float(np.median(lt[:, 1]))
                 row["lutc_roofline_tps"] = bw[t] * 1e9 / dec.weight_bytes
                 row["lutc_roofline_frac"] = row["lutc_decode_tps"] / row["lutc_roofline_tps"]
+                row["lutc_decode_cpu_tps"] = 1.0 / float(np.median(lt[:, 2]))      # meaningful at 1 thread
+                if t == 1 and 1 in bw_cpu:
+                    row["lutc_roofline_frac_cpu"] = row["lutc_decode_cpu_tps"] * dec.weight_bytes / (bw_cpu[1] * 1e9)
                 if old is not None:
                     ot = np.array(samples[t]["old"])
                     row["old_tables_decode_tps"] = 1.0 / float(np.median(ot[:, 0]))
@@ -315,6 +328,9 @@ def run(args):
                     row["llama_bytes_per_token"] = gguf_bytes_per_token(gpath)
                     row["decode_ratio"] = row["lutc_decode_tps"] / row["llama_decode_tps"]
                     row["prefill_ratio"] = row["lutc_prefill_tps"] / row["llama_prefill_tps"]
+                    row["llama_decode_cpu_tps"] = 1.0 / float(np.median(ll[:, 2]))
+                    row["decode_cpu_ratio"] = row["lutc_decode_cpu_tps"] / row["llama_decode_cpu_tps"]
+                    row["prefill_cpu_ratio"] = float(np.median(ll[:, 3])) / float(np.median(lt[:, 3]))
                 out["rows"].append(row)
                 _print_row(row)
             del dec, llms, old
@@ -349,6 +365,8 @@ def _print_row(r):
     if "llama_decode_tps" in r:
         s += (f" | llama.cpp decode {r['llama_decode_tps']:7.1f} prefill {r['llama_prefill_tps']:7.1f} | "
               f"ratio decode x{r['decode_ratio']:.2f} prefill x{r['prefill_ratio']:.2f}")
+        if r["threads"] == 1:
+            s += f" | CPU-time ratio decode x{r['decode_cpu_ratio']:.2f} prefill x{r['prefill_cpu_ratio']:.2f}"
     print(s, flush=True)
 
 
@@ -361,7 +379,7 @@ def markdown(out) -> str:
              ", ".join(f"{t} thread(s) {v:.1f} GB/s" for t, v in out["bandwidth_GBs"].items()) + ".", "",
              "| model | lutc vs llama.cpp | threads | decode lutc | decode llama.cpp | decode ratio | "
              "prefill lutc | prefill llama.cpp | prefill ratio | lutc MB/token | llama.cpp MB/token | "
-             "lutc % of roofline |", "|" + "---|" * 12]
+             "lutc % of roofline | CPU time (1 thread): decode ratio, % of roofline | load |", "|" + "---|" * 14]
     for r in rows:
         g = lambda k, f="{:.1f}": f.format(r[k]) if k in r else "-"  # noqa: E731
         lines.append(f"| {r['model']} | {r['lutc']} vs {r['llama_type']} | {r['threads']} | "
@@ -369,7 +387,20 @@ def markdown(out) -> str:
                      f"{g('lutc_prefill_tps')} | {g('llama_prefill_tps')} | {g('prefill_ratio', 'x{:.2f}')} | "
                      f"{r['lutc_bytes_per_token'] / 1e6:.1f} | "
                      f"{r['llama_bytes_per_token'] / 1e6 if 'llama_bytes_per_token' in r else float('nan'):.1f} | "
-                     f"{100 * r['lutc_roofline_frac']:.0f}% |")
+                     f"{100 * r['lutc_roofline_frac']:.0f}% | "
+                     f"{g('decode_cpu_ratio', 'x{:.2f}') if r['threads'] == 1 else '-'}, "
+                     f"{g('lutc_roofline_frac_cpu', '{:.0%}') if r['threads'] == 1 else '-'} | "
+                     f"{r['loadavg'][0] if 'loadavg' in r else float('nan'):.1f} |")
+    if out.get("target"):
+        lines.append(f"\nEvery lutc kernel compiled for the named target {out['target']['name']} "
+                     f"({out['target']['cpu']}), run natively here.")
+    for w, lt in out.get("load_times", {}).items():
+        med = lambda k, f: float(np.median([x[f] for x in lt[k]]))  # noqa: E731
+        lines.append(f"\nlutc start-up, {w} (fresh process, load_decoder to a ready decoder): first "
+                     f"{lt['first']['load_s']:.1f} s, cold {med('cold', 'load_s'):.1f} s (page cache "
+                     f"{'dropped' if lt['dropped'] else 'NOT dropped'}), warm {med('warm', 'load_s'):.1f} s; "
+                     f"first token after load {med('warm', 'first_token_s'):.2f} s; peak RSS "
+                     f"{med('warm', 'peak_rss_gb'):.1f} GB.")
     return "\n".join(lines)
 
 
