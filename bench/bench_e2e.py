@@ -264,6 +264,8 @@ def run(args):
     if has_llama:
         import llama_cpp
         out["llama_cpp"] = llama_cpp.__version__
+        if getattr(args, "llama_amx", ""):
+            out["llama_cpp_note"] = "AMX backend off (bench/llama_noamx.py): it faults on this host"
     print(f"measuring bandwidth ({threads} threads)...", flush=True)
     bw_cpu = out["bandwidth_cpu_GBs"] = {}
     out["bandwidth_GBs"] = bw = bandwidth(threads, 5, cpu_out=bw_cpu)
@@ -458,6 +460,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.decode = 1, 16
+    if not args.no_llama and not args.markdown and importlib.util.find_spec("llama_cpp") is not None:
+        from bench.llama_noamx import reexec_without_amx
+        args.llama_amx = reexec_without_amx(WORK)          # returns only once the shim is loaded
     if args.markdown:
         import json
         out = json.loads(pathlib.Path(args.markdown).read_text())
