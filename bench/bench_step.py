@@ -10,6 +10,7 @@ Per model and thread count, the medians (ms) of:
   dispatch        the same launches (grids, thread counts) with a no-op task: publish, claims, barriers
   dispatch_per_launch   that, each parallel launch its own pool job
 The roofline: packed weight bytes over the stream probe's bandwidth (bench_e2e.bandwidth), same run.
+At 1 thread also in thread CPU time (step and probe), which a loaded machine's preemption does not inflate.
 Writes bench/results/step.json.
 """
 from __future__ import annotations
@@ -66,19 +67,24 @@ def variants(dec, threads, context=32):
 
 
 def measure(runs, rounds, reps):
-    """Medians (ms) over `rounds` interleaved rounds of the median of `reps` calls each."""
+    """Medians (ms) over `rounds` interleaved rounds of the median of `reps` calls each: wall time,
+    and the calling thread's CPU time (the whole step at 1 thread; robust to preemption)."""
     samples = {k: [] for k in runs}
+    cpu = {k: [] for k in runs}
     for fn in runs.values():
         fn()
     for _ in range(rounds):
         for k, fn in runs.items():
-            ts = []
+            ts, cs = [], []
             for _ in range(reps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 fn()
                 ts.append(time.perf_counter() - t0)
+                cs.append(time.thread_time() - c0)
             samples[k].append(float(np.median(ts)))
-    return {k: 1e3 * float(np.median(v)) for k, v in samples.items()}
+            cpu[k].append(float(np.median(cs)))
+    med = lambda d: {k: 1e3 * float(np.median(v)) for k, v in d.items()}  # noqa: E731
+    return med(samples), med(cpu)
 
 
 def main(argv=None):
@@ -96,18 +102,27 @@ def main(argv=None):
         dec = LeanDecoder(lutc_model(family, int(bits)), n_ctx=64, threads=1)
         for t in (int(x) for x in args.threads.split(",")):
             runs, keep, n, npar = variants(dec, t)
-            res = measure(runs, args.rounds, args.reps)
-            bw = bandwidth([t], 3)[t]
+            res, cpu = measure(runs, args.rounds, args.reps)
+            bw_cpu = {}
+            bw = bandwidth([t], 3, cpu_out=bw_cpu)[t]
             roof_ms = dec.weight_bytes / (bw * 1e9) * 1e3
             row = dict(model=family, bits=int(bits), threads=t, launches=n, parallel_launches=npar,
                        weight_bytes=dec.weight_bytes, bandwidth_GBs=bw, roofline_ms=roof_ms,
                        roofline_frac=roof_ms / res["full"], gemm_roofline_frac=roof_ms / res["gemm"],
                        loadavg=list(os.getloadavg()), ms=res)
+            if t == 1:
+                row.update(cpu_ms=cpu, bandwidth_cpu_GBs=bw_cpu[1],
+                           roofline_frac_cpu=dec.weight_bytes / (bw_cpu[1] * 1e6) / cpu["full"],
+                           gemm_roofline_frac_cpu=dec.weight_bytes / (bw_cpu[1] * 1e6) / cpu["gemm"])
             out["rows"].append(row)
             print(f"{family} W{bits} t={t} ({n} launches, {npar} parallel; load {row['loadavg'][0]:.1f}): " +
                   "  ".join(f"{k} {v:.3f}" for k, v in res.items()) +
                   f"  | roofline {roof_ms:.3f} ms ({bw:.1f} GB/s): step {100 * row['roofline_frac']:.0f}%, "
                   f"GEMMs alone {100 * row['gemm_roofline_frac']:.0f}%", flush=True)
+            if t == 1:
+                print("    CPU time: " + "  ".join(f"{k} {v:.3f}" for k, v in cpu.items()) +
+                      f"  | roofline ({bw_cpu[1]:.1f} GB/s per CPU s): step {100 * row['roofline_frac_cpu']:.0f}%, "
+                      f"GEMMs alone {100 * row['gemm_roofline_frac_cpu']:.0f}%", flush=True)
             del runs, keep
         del dec
     out["conditions"]["loadavg_end"] = list(os.getloadavg())
