@@ -88,7 +88,8 @@ def _random_llama_f16(family) -> pathlib.Path:
     c = RANDOM[family]
     r = gguf.GGUFReader(str(_smollm2_gguf()))
     strs = lambda f: [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]  # noqa: E731
-    w = gguf.GGUFWriter(str(path) + ".tmp", "llama")
+    tmp = f"{path}.tmp{os.getpid()}"            # two benches may write it at once
+    w = gguf.GGUFWriter(tmp, "llama")
     w.add_name("random-llama2-7b-shapes")
     w.add_block_count(c["layers"])
     w.add_context_length(c["max_pos"])
@@ -126,7 +127,7 @@ def _random_llama_f16(family) -> pathlib.Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    os.replace(str(path) + ".tmp", path)
+    os.replace(tmp, path)
     return path
 
 
