@@ -77,7 +77,7 @@ def drop_page_cache() -> bool:
         return False
 
 
-def load_times(bits: int, repeats: int = 2) -> dict:
+def load_times(bits: int, repeats: int = 1) -> dict:
     """lutc start-up of the checkpoint in fresh processes: the first start (packs and writes the pack
     cache if absent), cold starts (page cache dropped first) and warm starts (right after)."""
     ckpt = str(checkpoint(bits))
