@@ -1,6 +1,9 @@
 """End-to-end decode/prefill tokens/s: lutc runtime vs llama.cpp (llama-cpp-python), same run, as ratios.
 
 Usage: python bench/bench_e2e.py [--quick] [--models smollm2,llama7b] [--threads 1,2] [--no-llama]
+       [--bits 4,2] [--target x86-avx2] [--models llama7b-full --load-times] [--models gqa]
+Models: smollm2 (real weights), llama7b (LLaMA-2-7B shapes, 4 layers), gqa (GQA + wide FFN, 4 layers),
+llama7b-full (32 layers, vocab 32000, from bench/e2e_full.py's files).
 Writes bench/results/e2e.json and bench/results/e2e.png. llama-cpp-python is optional: without it
 only the lutc side and the memory roofline are measured.
 """
@@ -17,10 +20,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench import e2e_full  # noqa: E402
 from bench.common import RESULTS, conditions, write_json  # noqa: E402
 
 LLAMA7B = dict(vocab=49152, hidden=4096, ffn=11008, layers=4, heads=32, kv_heads=32, theta=10000.0, tie=False,
                max_pos=4096)
+# GQA and a wide FFN (LLaMA-3-8B's hidden/FFN/heads, 4 layers): a shape the tuning never saw
+GQA = dict(LLAMA7B, ffn=14336, kv_heads=8)
+RANDOM = {"llama7b": LLAMA7B, "gqa": GQA}           # random models written as F16 GGUFs here
 PAIRS = {4: "Q4_0", 2: "Q2_K"}          # lutc bits -> llama.cpp type compared against
 OLD_TABLES = dict(lut_dtype="int8", lut_scale_block=1 << 30, lut_centered=False)   # pre-issue-10: one scale per group
 WORK = pathlib.Path(os.environ.get("LUTC_BENCH_DIR", str(pathlib.Path.home() / ".cache" / "lutc" / "bench")))
@@ -28,12 +35,22 @@ WORK = pathlib.Path(os.environ.get("LUTC_BENCH_DIR", str(pathlib.Path.home() / "
 
 # ------------------------------------------------------------------------------ models
 def lutc_model(family, bits, group_size=128):
-    """A QuantizedModel: SmolLM2's real weights (RTN, lm_head 4-bit) or the random LLaMA-2-7B-shaped one."""
+    """A QuantizedModel: SmolLM2's real weights (RTN, lm_head 4-bit) or a random one of RANDOM's shapes."""
     from runtime._testing import llama_config, random_qmodel
     if family == "smollm2":
         from runtime.models import load_quantized
         return load_quantized("smollm2-135m", bits=bits, group_size=group_size, method="rtn", progress=False)
-    return random_qmodel(llama_config(**LLAMA7B), bits, group_size, seed=bits, lm_head_bits=4)
+    return random_qmodel(llama_config(**RANDOM[family]), bits, group_size, seed=bits, lm_head_bits=4)
+
+
+def lutc_decoder(family, bits, n_ctx, threads):
+    """(LeanDecoder, vocab size) of a benchmark model."""
+    from runtime import LeanDecoder
+    if family == e2e_full.NAME:
+        dec = e2e_full.decoder(bits, n_ctx, threads)
+    else:
+        dec = LeanDecoder(lutc_model(family, bits), n_ctx=n_ctx, threads=threads)
+    return dec, dec.cfg.vocab_size
 
 
 def _smollm2_gguf():
@@ -44,11 +61,13 @@ def _smollm2_gguf():
 def llama_file(family, qtype) -> pathlib.Path:
     """The GGUF llama.cpp runs: the shipped SmolLM2 Q4_1 requantized, or a random 7B-shaped F16 quantized."""
     import llama_cpp
+    if family == e2e_full.NAME:
+        return e2e_full.llama_file(qtype)
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / f"{family}-{qtype}.gguf"
     if out.exists():
         return out
-    src = _smollm2_gguf() if family == "smollm2" else _random_llama_f16()
+    src = _smollm2_gguf() if family == "smollm2" else _random_llama_f16(family)
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
     p.allow_requantize = True
@@ -60,16 +79,17 @@ def llama_file(family, qtype) -> pathlib.Path:
     return out
 
 
-def _random_llama_f16() -> pathlib.Path:
-    """LLaMA-2-7B shapes (4 layers, vocab 49152 with SmolLM2's tokenizer), random F16, written with `gguf`."""
+def _random_llama_f16(family) -> pathlib.Path:
+    """RANDOM[family]'s shapes (vocab 49152 with SmolLM2's tokenizer), random F16, written with `gguf`."""
     import gguf
-    path = WORK / "llama7b-F16.gguf"
+    path = WORK / f"{family}-F16.gguf"
     if path.exists():
         return path
-    c = LLAMA7B
+    c = RANDOM[family]
     r = gguf.GGUFReader(str(_smollm2_gguf()))
     strs = lambda f: [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]  # noqa: E731
-    w = gguf.GGUFWriter(str(path) + ".tmp", "llama")
+    tmp = f"{path}.tmp{os.getpid()}"            # two benches may write it at once
+    w = gguf.GGUFWriter(tmp, "llama")
     w.add_name("random-llama2-7b-shapes")
     w.add_block_count(c["layers"])
     w.add_context_length(c["max_pos"])
@@ -96,8 +116,9 @@ def _random_llama_f16() -> pathlib.Path:
     w.add_tensor("token_embd.weight", rnd(V, H))
     w.add_tensor("output_norm.weight", np.ones(H, np.float32))
     w.add_tensor("output.weight", rnd(V, H))
+    KV = H // c["heads"] * c["kv_heads"]
     for i in range(c["layers"]):
-        for n, shape in (("attn_q", (H, H)), ("attn_k", (H, H)), ("attn_v", (H, H)), ("attn_output", (H, H)),
+        for n, shape in (("attn_q", (H, H)), ("attn_k", (KV, H)), ("attn_v", (KV, H)), ("attn_output", (H, H)),
                          ("ffn_gate", (F, H)), ("ffn_up", (F, H)), ("ffn_down", (H, F))):
             w.add_tensor(f"blk.{i}.{n}.weight", rnd(*shape))
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(H, np.float32))
@@ -106,7 +127,7 @@ def _random_llama_f16() -> pathlib.Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    os.replace(str(path) + ".tmp", path)
+    os.replace(tmp, path)
     return path
 
 
@@ -121,33 +142,38 @@ def gguf_bytes_per_token(path) -> int:
 
 # ------------------------------------------------------------------------------ timing
 def time_lutc(dec, prompt, n_decode, prefill_ids):
+    """(median decode step, prefill, median decode step CPU time of the calling thread, prefill's) in s."""
     dec.reset()
     dec.prefill(prompt)
-    tok, ts = 5, []
+    tok, ts, cs = 5, [], []
     for _ in range(n_decode):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         logits = dec.decode(tok)
         ts.append(time.perf_counter() - t)
+        cs.append(time.thread_time() - c)
         tok = int(np.argmax(logits))
     dec.reset()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.thread_time()
     dec.prefill(prefill_ids)
-    return float(np.median(ts)), time.perf_counter() - t
+    return float(np.median(ts)), time.perf_counter() - t, float(np.median(cs)), time.thread_time() - c
 
 
 def time_llama(llm, prompt, n_decode, prefill_ids):
+    """As time_lutc. (The thread CPU times mean the same as lutc's at 1 thread, where both compute
+    on the calling thread.)"""
     llm.reset()
     llm.eval(prompt)
-    tok, ts = 5, []
+    tok, ts, cs = 5, [], []
     for _ in range(n_decode):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         llm.eval([tok])
         ts.append(time.perf_counter() - t)
+        cs.append(time.thread_time() - c)
         tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
     llm.reset()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.thread_time()
     llm.eval(prefill_ids)
-    return float(np.median(ts)), time.perf_counter() - t
+    return float(np.median(ts)), time.perf_counter() - t, float(np.median(cs)), time.thread_time() - c
 
 
 def python_overhead(qm, reps=200):
@@ -206,21 +232,25 @@ def _stream_kernel():
     return stream_sum
 
 
-def bandwidth(threads_list, reps, mb=512):
+def bandwidth(threads_list, reps, mb=512, cpu_out=None):
     """Streaming-read GB/s per thread count (best of `reps`: the roofline is an upper bound), measured
-    with lutc's own thread pool on `mb` MB."""
+    with lutc's own thread pool on `mb` MB. With cpu_out (a dict), cpu_out[1] gets the 1-thread
+    figure per second of thread CPU time (robust to preemption on a loaded machine)."""
     ch = 1 << 16
     x = np.ones((mb << 20) // 4, np.float32)
     out = np.zeros(x.size // ch, np.float32)
     kern = _stream_kernel()
     res = {}
     for t in threads_list:
-        samples = []
+        samples, cpu = [], []
         for _ in range(reps + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             kern[(out.size,)](x, out, CH=ch, threads=t)
             samples.append(x.nbytes / (time.perf_counter() - t0) / 1e9)
+            cpu.append(x.nbytes / max(time.thread_time() - c0, 1e-9) / 1e9)
         res[t] = float(np.max(samples[1:]))
+        if t == 1 and cpu_out is not None:          # per CPU second of the one thread: preemption excluded
+            cpu_out[1] = max(cpu_out.get(1, 0.0), float(np.max(cpu[1:])))
     return res
 
 
@@ -235,25 +265,30 @@ def run(args):
     if has_llama:
         import llama_cpp
         out["llama_cpp"] = llama_cpp.__version__
+        if getattr(args, "llama_amx", ""):
+            out["llama_cpp_note"] = "AMX backend off (bench/llama_noamx.py): it faults on this host"
     print(f"measuring bandwidth ({threads} threads)...", flush=True)
-    out["bandwidth_GBs"] = bw = bandwidth(threads, 5)
-    rng = np.random.default_rng(0)
-    prompt = [int(t) for t in rng.integers(3, 40000, args.prompt)]
-    prefill_ids = [int(t) for t in rng.integers(3, 40000, args.prefill)]
+    bw_cpu = out["bandwidth_cpu_GBs"] = {}
+    out["bandwidth_GBs"] = bw = bandwidth(threads, 5, cpu_out=bw_cpu)
+    if args.target != "host":
+        out["target"] = use_target(args.target)
     for family in args.models.split(","):
-        for bits in (4, 2):
+        for bits in [int(b) for b in args.bits.split(",")]:
             qtype = PAIRS[bits]
             print(f"[{family}] loading W{bits} (lutc) and {qtype} (llama.cpp)...", flush=True)
-            qm = lutc_model(family, bits)
-            if family == "smollm2" and bits == 4:
-                out["python_overhead"] = python_overhead(qm)
+            if family == "smollm2" and bits == 4 and not args.no_overhead:
+                out["python_overhead"] = python_overhead(lutc_model(family, bits))
                 print(f"python overhead per token: {out['python_overhead']}", flush=True)
-            dec = LeanDecoder(qm, n_ctx=args.prompt + args.decode + args.prefill + 8, threads=threads[0])
+            t0 = time.perf_counter()
+            dec, vocab = lutc_decoder(family, bits, args.prompt + args.decode + args.prefill + 8, threads[0])
+            load_s = time.perf_counter() - t0
+            rng = np.random.default_rng(0)              # the same ids for every model that has them
+            prompt = [int(t) for t in rng.integers(3, min(vocab, 40000), args.prompt)]
+            prefill_ids = [int(t) for t in rng.integers(3, min(vocab, 40000), args.prefill)]
             old = None
             if args.compare_old_tables:          # the pre-issue-10 int8 tables, same packed weights
                 old = LeanDecoder(dec.to_packed_model(), n_ctx=dec.n_ctx, threads=threads[0], knobs=OLD_TABLES)
-            del qm
-            bw_now = bandwidth(threads, 5)          # re-measured next to this model's timings
+            bw_now = bandwidth(threads, 5, cpu_out=bw_cpu)          # re-measured next to this model's timings
             bw = {t: max(bw[t], bw_now[t]) for t in threads}
             out["bandwidth_GBs"] = bw
             llms, gpath = {}, None
@@ -274,12 +309,16 @@ def run(args):
                         samples[t]["llama"].append(time_llama(llms[t], prompt, args.decode, prefill_ids))
             for t in threads:
                 row = dict(model=family, lutc=f"W{bits}g128", llama_type=qtype, threads=t,
-                           lutc_bytes_per_token=dec.weight_bytes, bandwidth_GBs=bw[t])
+                           lutc_bytes_per_token=dec.weight_bytes, bandwidth_GBs=bw[t], lutc_load_s=load_s,
+                           loadavg=list(os.getloadavg()))
                 lt = np.array(samples[t]["lutc"])
                 row["lutc_decode_tps"] = 1.0 / float(np.median(lt[:, 0]))
                 row["lutc_prefill_tps"] = args.prefill / float(np.median(lt[:, 1]))
                 row["lutc_roofline_tps"] = bw[t] * 1e9 / dec.weight_bytes
                 row["lutc_roofline_frac"] = row["lutc_decode_tps"] / row["lutc_roofline_tps"]
+                row["lutc_decode_cpu_tps"] = 1.0 / float(np.median(lt[:, 2]))      # meaningful at 1 thread
+                if t == 1 and 1 in bw_cpu:
+                    row["lutc_roofline_frac_cpu"] = row["lutc_decode_cpu_tps"] * dec.weight_bytes / (bw_cpu[1] * 1e9)
                 if old is not None:
                     ot = np.array(samples[t]["old"])
                     row["old_tables_decode_tps"] = 1.0 / float(np.median(ot[:, 0]))
@@ -292,11 +331,31 @@ def run(args):
                     row["llama_bytes_per_token"] = gguf_bytes_per_token(gpath)
                     row["decode_ratio"] = row["lutc_decode_tps"] / row["llama_decode_tps"]
                     row["prefill_ratio"] = row["lutc_prefill_tps"] / row["llama_prefill_tps"]
+                    row["llama_decode_cpu_tps"] = 1.0 / float(np.median(ll[:, 2]))
+                    row["decode_cpu_ratio"] = row["lutc_decode_cpu_tps"] / row["llama_decode_cpu_tps"]
+                    row["prefill_cpu_ratio"] = float(np.median(ll[:, 3])) / float(np.median(lt[:, 3]))
                 out["rows"].append(row)
                 _print_row(row)
             del dec, llms, old
+            if family == e2e_full.NAME and args.load_times:
+                out.setdefault("load_times", {})[f"W{bits}"] = lt = e2e_full.load_times(bits)
+                print(f"lutc start-up W{bits} (fresh processes): {lt}", flush=True)
     out["conditions"]["loadavg_end"] = list(os.getloadavg())
     return out
+
+
+def use_target(name):
+    """Compile every kernel of this process (the runtime's and the GEMMs) for the named target
+    instead of the host: `lutc.compiler` resolves "host" through get_target, which is wrapped here.
+    The target's code must run on this machine (e.g. x86-avx2 on an AVX-512 host)."""
+    import lutc.compiler
+    from lutc.backend.target import get_target
+    from lutc.backend.toolchain import runs_here
+    tgt = get_target(name)
+    if not runs_here(tgt):
+        raise SystemExit(f"--target {name}: its code does not run on this machine")
+    lutc.compiler.get_target = lambda t: tgt if t in ("host", None) else get_target(t)
+    return dict(name=tgt.name, cpu=tgt.cpu)
 
 
 def _print_row(r):
@@ -309,6 +368,8 @@ def _print_row(r):
     if "llama_decode_tps" in r:
         s += (f" | llama.cpp decode {r['llama_decode_tps']:7.1f} prefill {r['llama_prefill_tps']:7.1f} | "
               f"ratio decode x{r['decode_ratio']:.2f} prefill x{r['prefill_ratio']:.2f}")
+        if r["threads"] == 1:
+            s += f" | CPU-time ratio decode x{r['decode_cpu_ratio']:.2f} prefill x{r['prefill_cpu_ratio']:.2f}"
     print(s, flush=True)
 
 
@@ -321,7 +382,7 @@ def markdown(out) -> str:
              ", ".join(f"{t} thread(s) {v:.1f} GB/s" for t, v in out["bandwidth_GBs"].items()) + ".", "",
              "| model | lutc vs llama.cpp | threads | decode lutc | decode llama.cpp | decode ratio | "
              "prefill lutc | prefill llama.cpp | prefill ratio | lutc MB/token | llama.cpp MB/token | "
-             "lutc % of roofline |", "|" + "---|" * 12]
+             "lutc % of roofline | CPU time (1 thread): decode ratio, % of roofline | load |", "|" + "---|" * 14]
     for r in rows:
         g = lambda k, f="{:.1f}": f.format(r[k]) if k in r else "-"  # noqa: E731
         lines.append(f"| {r['model']} | {r['lutc']} vs {r['llama_type']} | {r['threads']} | "
@@ -329,7 +390,20 @@ def markdown(out) -> str:
                      f"{g('lutc_prefill_tps')} | {g('llama_prefill_tps')} | {g('prefill_ratio', 'x{:.2f}')} | "
                      f"{r['lutc_bytes_per_token'] / 1e6:.1f} | "
                      f"{r['llama_bytes_per_token'] / 1e6 if 'llama_bytes_per_token' in r else float('nan'):.1f} | "
-                     f"{100 * r['lutc_roofline_frac']:.0f}% |")
+                     f"{100 * r['lutc_roofline_frac']:.0f}% | "
+                     f"{g('decode_cpu_ratio', 'x{:.2f}') if r['threads'] == 1 else '-'}, "
+                     f"{g('lutc_roofline_frac_cpu', '{:.0%}') if r['threads'] == 1 else '-'} | "
+                     f"{r['loadavg'][0] if 'loadavg' in r else float('nan'):.1f} |")
+    if out.get("target"):
+        lines.append(f"\nEvery lutc kernel compiled for the named target {out['target']['name']} "
+                     f"({out['target']['cpu']}), run natively here.")
+    for w, lt in out.get("load_times", {}).items():
+        med = lambda k, f: float(np.median([x[f] for x in lt[k]]))  # noqa: E731
+        lines.append(f"\nlutc start-up, {w} (fresh process, load_decoder to a ready decoder): first "
+                     f"{lt['first']['load_s']:.1f} s, cold {med('cold', 'load_s'):.1f} s (page cache "
+                     f"{'dropped' if lt['dropped'] else 'NOT dropped'}), warm {med('warm', 'load_s'):.1f} s; "
+                     f"first token after load {med('warm', 'first_token_s'):.2f} s; peak RSS "
+                     f"{med('warm', 'peak_rss_gb'):.1f} GB.")
     return "\n".join(lines)
 
 
@@ -372,6 +446,11 @@ def main(argv=None):
     p.add_argument("--decode", type=int, default=64, help="timed decode steps per round")
     p.add_argument("--prefill", type=int, default=128, help="prompt tokens of the prefill measurement")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--bits", default="4,2", help="lutc bit widths (4 vs Q4_0, 2 vs Q2_K)")
+    p.add_argument("--target", default="host", help="compile every kernel for this named target (must run here)")
+    p.add_argument("--load-times", action="store_true",
+                   help=f"{e2e_full.NAME}: also time lutc start-up in fresh processes, cold (page cache dropped) and warm")
+    p.add_argument("--no-overhead", action="store_true", help="skip the python_overhead section")
     p.add_argument("--quick", action="store_true", help="1 round of 16 decode steps")
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp even if it is installed")
     p.add_argument("--compare-old-tables", action="store_true",
@@ -382,6 +461,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.decode = 1, 16
+    if not args.no_llama and not args.markdown and importlib.util.find_spec("llama_cpp") is not None:
+        from bench.llama_noamx import reexec_without_amx
+        args.llama_amx = reexec_without_amx(WORK)          # returns only once the shim is loaded
     if args.markdown:
         import json
         out = json.loads(pathlib.Path(args.markdown).read_text())

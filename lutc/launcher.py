@@ -10,8 +10,9 @@ import threading
 
 import numpy as np
 
-from .backend.launch_abi import GRID_SLOTS, LAUNCH_CFUNC, build_program_runner, launch_symbol
+from .backend.launch_abi import GRID_SLOTS, LAUNCH_CFUNC, launch_symbol
 from .backend.mcjit import JITModule
+from .backend.threadpool import get_pool
 from .backend.toolchain import runs_here
 from .errors import LaunchError
 from .ir import types as T
@@ -163,29 +164,33 @@ class BoundLaunch:
 
 
 class LaunchProgram:
-    """BoundLaunches with their thread counts, executed in order by one native call (`run()`)."""
-
-    _runner = None
-    _lock = threading.Lock()
+    """BoundLaunches with their thread counts, executed in order by one native call (`run()`):
+    the thread pool's program entry, one publish per run, a barrier between launches; launches
+    with 1 thread run on the calling thread while the pool's workers wait."""
 
     def __init__(self, steps):
         self.launches = [launch for launch, _ in steps]          # keeps argument blocks and buffers alive
         rows = [launch.record(resolve_threads(t)) for launch, t in steps if launch.ntasks]
         self.records = np.array(rows, dtype=np.int64).reshape(-1, 4)
-        self._addr, self._n, self._run = self.records.ctypes.data, len(self.records), self._get_runner()
-
-    @classmethod
-    def _get_runner(cls):
-        with cls._lock:
-            if cls._runner is None:
-                cls._runner = build_program_runner()      # (engine, function): the engine stays alive
-        return cls._runner[1]
+        self.nthreads = max((r[3] for r in rows), default=1)
+        self._addr, self._n = self.records.ctypes.data, len(self.records)
+        self._pool = self._program = None
 
     def __len__(self):
         return self._n
 
+    def _entry(self):
+        pool = get_pool()                  # the pool of this process (a forked child gets a new one)
+        if pool is not self._pool:
+            self._pool, self._program = pool, pool.program
+        return self._program
+
     def run(self):
-        self._run(self._addr, self._n)
+        self._entry()(self._addr, self._n, self.nthreads)
+
+    def run_per_launch(self):
+        """The same launches, each parallel one its own pool job (publish + join): for comparisons."""
+        self._entry()(self._addr, self._n, 1)
 
 
 def _packer(t):

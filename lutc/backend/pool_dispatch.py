@@ -6,9 +6,10 @@ import llvmlite.ir as ir
 
 from .pool_protocol import (ACTIVE_MASK, CLAIMS_PER_THREAD, CTL_CTRL, CTL_DISABLED, CTL_NWORKERS, CTL_SET_DISABLED,
                             CTL_SET_FORWARD, CTL_SET_SPIN, CTL_SLEEPERS, DISABLED_CLOSED, DISABLED_FORKED, I32, I64,
-                            MAX_THREADS, PTR, RUN_PTR, SEQ_SHIFT, SLOTS_MASK, SYMBOL_NAME, TASK_PTR, VOID)
+                            KEY_PROGRAM, MAX_THREADS, PTR, RUN_PTR, SEQ_SHIFT, SLOTS_MASK, SYMBOL_NAME, TASK_PTR, VOID)
 
-__all__ = ["gen_wait_idle", "gen_parallel", "gen_run", "gen_init", "gen_shutdown", "gen_ctl"]
+__all__ = ["gen_wait_idle", "gen_parallel", "gen_run", "gen_init", "gen_shutdown", "gen_ctl", "helpers_for",
+           "publish_job", "wake_sleepers", "close_and_wait"]
 
 
 def gen_wait_idle(g):
@@ -67,15 +68,15 @@ def gen_parallel(g):
     b.cbranch(b.icmp_unsigned("!=", dis, I32(0)), inline_blk, go)
 
     b.position_at_end(go)
-    n = _helpers_for(g, b, ntasks, nthreads)
+    n = helpers_for(g, b, ntasks, nthreads)
     par = fn.append_basic_block("par")
     b.cbranch(b.icmp_signed(">", n, I64(0)), par, inline_blk)
 
     b.position_at_end(par)
-    chunk = _publish_job(g, b, task, ctx, ntasks, n)
-    _wake_sleepers(g, b, n)
+    chunk = publish_job(g, b, task, ctx, ntasks, n)
+    wake_sleepers(g, b, n)
     g.claim_loop(b, task, ctx, ntasks, chunk)
-    _close_and_wait(g, b)
+    close_and_wait(g, b)
     g.unlock(b, "dispatch_mutex")
     g.set_in_pool(b, False)
     b.ret_void()
@@ -87,7 +88,7 @@ def gen_parallel(g):
     b.ret_void()
 
 
-def _helpers_for(g, b, ntasks, nthreads):
+def helpers_for(g, b, ntasks, nthreads):
     """How many workers join the job: min(nthreads, ntasks, MAX_THREADS) - 1, spawning workers
     up to that first; fewer if spawning failed."""
     m = b.select(b.icmp_signed("<", nthreads, ntasks), nthreads, ntasks)
@@ -100,7 +101,7 @@ def _helpers_for(g, b, ntasks, nthreads):
     return b.select(b.icmp_signed("<", want, nw), want, nw)
 
 
-def _publish_job(g, b, task, ctx, ntasks, n):
+def publish_job(g, b, task, ctx, ntasks, n):
     """Steps 1-2: write the job, then publish ctrl = (seq + 1, n slots, 0 active). Returns the chunk."""
     g.st(b, "task", task)
     g.st(b, "ctx", ctx)
@@ -118,7 +119,7 @@ def _publish_job(g, b, task, ctx, ntasks, n):
     return chunk
 
 
-def _wake_sleepers(g, b, n):
+def wake_sleepers(g, b, n):
     """Step 3: only if a worker sleeps (seq_cst load), wake at most n of them under mutex."""
     sleepers = g.ld(b, "sleepers", "seq_cst")
     with b.if_then(b.icmp_unsigned("!=", sleepers, I64(0)), likely=False):
@@ -135,7 +136,7 @@ def _wake_sleepers(g, b, n):
         g.unlock(b, "mutex")
 
 
-def _close_and_wait(g, b):
+def close_and_wait(g, b):
     """Steps 5-6: close the job (no further joins), then wait for the workers in it to leave."""
     # acq_rel: acquire pairs with the leaves already done.
     closed = b.atomic_rmw("and", g.fld(b, "ctrl"), I64(~SLOTS_MASK), "acq_rel")
@@ -156,7 +157,13 @@ def gen_run(g):
     b.cbranch(b.icmp_unsigned("!=", dis, I32(0)), disabled, chk2)
     b.position_at_end(chk2)
     nested = g.call(b, "pthread_getspecific", g.key(b))
-    b.cbranch(b.icmp_unsigned("!=", nested, PTR(None)), inline_blk, par)
+    chk3, phase = fn.append_basic_block("chk3"), fn.append_basic_block("phase")
+    b.cbranch(b.icmp_unsigned("!=", nested, PTR(None)), chk3, par)
+    b.position_at_end(chk3)                  # inside the pool: a program's caller, or a task
+    b.cbranch(b.icmp_unsigned("==", b.ptrtoint(nested, I64), I64(KEY_PROGRAM)), phase, inline_blk)
+    b.position_at_end(phase)
+    b.call(g.m.globals["pool_phase"], [task, ctx, ntasks])
+    b.ret_void()
     b.position_at_end(par)
     b.call(g.m.globals["pool_parallel"], [task, ctx, ntasks, nthreads])
     b.ret_void()

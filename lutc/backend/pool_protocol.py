@@ -57,9 +57,33 @@ CLAIMS_PER_THREAD = 2            # runs per thread in a parallel job (2 beat 1, 
 #   worker waking: the dispatcher runs every task nobody else claimed; wake-ups are latency.)
 #   A worker woken from sleep that cannot join goes back to sleep without spinning.
 #
-#   Nesting: a pthread key marks "this thread is inside the pool" (set forever in workers, and
-#   in the dispatcher for the duration of a job); lutc_pool_run called with the mark set runs
-#   inline, so tasks may call lutc_pool_run without deadlocking on dispatch_mutex.
+#   Nesting: a pthread key marks "this thread is inside the pool" (KEY_TASKS: set forever in
+#   workers, and in the dispatcher for the duration of a job); lutc_pool_run called with the mark
+#   set runs inline, so tasks may call lutc_pool_run without deadlocking on dispatch_mutex.
+#   KEY_PROGRAM marks the caller of a program between its launches: lutc_pool_run there runs a
+#   phase of the program (below), with KEY_TASKS set while the caller runs tasks.
+#
+#   Programs (lutc_pool_program(records, n, nthreads), lutc.backend.pool_program): one job is
+#   published as above, whose tasks (one per helper, chunk 1) are `prog_walk`; the caller then
+#   calls each record's entry itself with KEY_PROGRAM set.  Serial launches (ntasks or nthreads
+#   <= 1) run inline on the caller while the walkers wait; a parallel launch becomes a phase:
+#     1. the caller writes ptask/pctx/pntasks/pchunk, pdone = 0, then stores
+#        pnext = q << 32 (q = phase number, 1, 2, ...) seq_cst (release + Dekker vs sleepers),
+#        and broadcasts wake_cond if any worker sleeps,
+#     2. everybody claims runs by cmpxchg(pnext, q << 32 | i0, q << 32 | end) after an acquire
+#        load of pnext showing q and i0 < pntasks (the fields are read after that load). The
+#        word only grows, so a successful cmpxchg proves the phase was open the whole time its
+#        fields were read; a thread late by a phase fails the cmpxchg and claims nothing,
+#     3. each finished run adds its task count to pdone (seq_cst); the caller, out of tasks,
+#        waits until pdone == pntasks (the barrier: acquire loads, spin_iters polls, then
+#        `waiting` + done_cond exactly as in step 6 above). Only a claimed, unfinished run can
+#        hold the barrier; a descheduled walker that claimed nothing holds nobody.
+#   Walkers between phases spin on pnext (monotonic) for spin_iters polls, then park on
+#   wake_cond under mutex (sleepers += 1, pnext re-checked seq_cst: the Dekker pairing of step
+#   1). After the last record the caller stores pnext = PHASE_END << 32, wakes sleepers, and
+#   closes and waits for the job as in steps 5-6, so the walkers are gone before it returns.
+#   A launch observes all writes of the previous ones: serial writes are released by the next
+#   pnext store, phase writes by the pdone adds the caller acquires before going on.
 #   `disabled` (1 = closed at exit, 2 = forked child) makes lutc_pool_run run inline, or call
 #   `forward` (the new pool of a forked child) if set.
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +92,11 @@ ACTIVE_MASK = 0xFFFF
 SLOT_ONE = 1 << 16
 SLOTS_MASK = 0xFFFF << 16
 SEQ_SHIFT = 32
+
+KEY_TASKS = 1                    # pthread key values (see "Nesting"); 0 = not in the pool
+KEY_PROGRAM = 2
+PHASE_END = 0xFFFFFFFF           # pnext = phase << 32 | next task index
+PHASE_INDEX_MASK = 0xFFFFFFFF
 
 DISABLED_CLOSED = 1
 DISABLED_FORKED = 2

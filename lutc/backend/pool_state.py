@@ -6,7 +6,7 @@ import llvmlite.ir as ir
 
 from .irutil import for_range
 from .irutil import PtrTo
-from .pool_protocol import I8, I32, I64, MAX_THREADS, PTR, VOID
+from .pool_protocol import I8, I32, I64, KEY_TASKS, MAX_THREADS, PTR, VOID
 from .toolchain import parse_triple
 
 __all__ = ["PoolBuilder", "LAYOUT", "sizeof"]
@@ -32,6 +32,9 @@ LAYOUT = (
     ("ctrl", I64),
     ("next", I64),
     (("task", PTR), ("ctx", PTR), ("ntasks", I64), ("chunk", I64)),
+    ("pnext", I64),                                  # programs (lutc.backend.pool_program)
+    ("pdone", I64),
+    (("ptask", PTR), ("pctx", PTR), ("pntasks", I64), ("pchunk", I64), ("pphase", I64), ("phelpers", I64)),
     (("sleepers", I64), ("spin_iters", I64), ("forward", PTR), ("key", I64), ("nworkers", I64),
      ("waiting", I32), ("stop", I32), ("disabled", I32), ("inited", I32)),
     ("threads", ir.ArrayType(I64, MAX_THREADS)),
@@ -150,7 +153,11 @@ class PoolBuilder:
         return self.ld(b, "key", ty=self.key_ty)
 
     def set_in_pool(self, b, flag: bool):
-        val = b.inttoptr(I64(1), PTR) if flag else PTR(None)
+        self.set_key(b, KEY_TASKS if flag else None)
+
+    def set_key(self, b, value):
+        """Set this thread's pool mark: None, KEY_TASKS or KEY_PROGRAM (pool_protocol, "Nesting")."""
+        val = PTR(None) if value is None else b.inttoptr(I64(value), PTR)
         self.call(b, "pthread_setspecific", self.key(b), val)
 
     def define(self, name, fnty, internal=True, argnames=()):

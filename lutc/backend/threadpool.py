@@ -11,7 +11,9 @@ import time
 
 import llvmlite.binding as llvm
 
+from .launch_abi import PROGRAM_CFUNC, RECORD_FIELDS
 from .pool_ir import build_pool_module
+from .pool_program import PROGRAM_SYMBOL
 from .pool_protocol import (CTL_CTRL, CTL_DISABLED, CTL_NWORKERS, CTL_SET_DISABLED, CTL_SET_FORWARD,
                             CTL_SET_SPIN, CTL_SLEEPERS, DISABLED_FORKED, MAX_THREADS, RUN_FNTY, SEQ_SHIFT,
                             SYMBOL_NAME, TASK_FNTY, declare_pool_run, task_pointer)
@@ -110,6 +112,7 @@ class ThreadPool:
         addr = self._engine.get_function_address
         self.run_address = addr(SYMBOL_NAME)
         self._run = _C_RUN(self.run_address)
+        self.program = PROGRAM_CFUNC(addr(PROGRAM_SYMBOL))     # unchecked: see run_program
         self._ctl = _C_CTL(addr("lutc_pool_ctl"))
         self._shutdown = _C_SHUTDOWN(addr("lutc_pool_shutdown"))
         spin = _C_SPIN(addr("lutc_pool_spin"))
@@ -124,6 +127,19 @@ class ThreadPool:
         """Run task(ctx, i) for i in [0, ntasks) on up to nthreads threads (GIL released).
         (On a stale pool in a forked child the native code runs inline or forwards.)"""
         self._run(task_address, ctx_address, ntasks, nthreads)
+
+    def run_program(self, records, nthreads: int) -> None:
+        """Run a launch program: `records` an (n, 4) int64 C-contiguous array of RECORD_FIELDS rows
+        (entry, ctx, ntasks, nthreads) whose entries and argument blocks stay valid for the call;
+        one publish, up to nthreads threads walking it, a barrier between launches. With
+        nthreads == 1 every launch dispatches itself (one pool job per parallel launch)."""
+        import numpy as np
+        if (not isinstance(records, np.ndarray) or records.dtype != np.int64 or records.ndim != 2
+                or records.shape[1] != len(RECORD_FIELDS) or not records.flags.c_contiguous):
+            raise ValueError(f"records: expected a C-contiguous (n, {len(RECORD_FIELDS)}) int64 array")
+        if isinstance(nthreads, bool) or int(nthreads) < 1:
+            raise ValueError(f"nthreads: expected an int >= 1, got {nthreads!r}")
+        self.program(records.ctypes.data, len(records), int(nthreads))
 
     def register_symbol(self) -> None:
         """Make ``lutc_pool_run`` resolvable by other MCJIT modules (call before finalizing them)."""
