@@ -17,6 +17,9 @@ KNOB_CHOICES = {
 }
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
 DEFAULT_LUT_SCALE_BLOCK = 32
+LUT_SCALE_RATIOS = (0, 4, 8, 16)       # the tuner's choices of lut_scale_ratio (any int >= 0 is valid)
+DEFAULT_LUT_SCALE_RATIO = 8
+INT16_MAX = 32767
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +34,12 @@ class Schedule:
     scale per weight group, the pre-issue-10 path; ignored by float tables), lut_centered (int8
     tables store subset sums minus half the table's activation sum: the sign-symmetric form of
     T-MAC's mirror consolidation, half the range for the same int8 step; exact correction
-    through the zero term; False with lut_scale_block >= group_size is the old path) and threads
-    (None = all cores; it does not change generated code).
+    through the zero term; False with lut_scale_block >= group_size is the old path),
+    lut_scale_ratio (int8 tables with several scale blocks: 0 = every block has its own float
+    scale, combined in float per block; R >= 1 = a block's scale is an integer multiple r in
+    1..R of one unit step per (row, group), so blocks combine with one int16 multiply-add and
+    convert to float once per group; R is capped so that a whole group's int16 sum cannot
+    overflow, see `scale_ratio`) and threads (None = all cores; it does not change generated code).
     """
 
     bits: int
@@ -45,6 +52,7 @@ class Schedule:
     interleave: str = "chunk"
     lut_scale_block: int = DEFAULT_LUT_SCALE_BLOCK
     lut_centered: bool = True
+    lut_scale_ratio: int = DEFAULT_LUT_SCALE_RATIO
     threads: int | None = None
     kernel: str = "lut_gemm"
 
@@ -54,12 +62,14 @@ class Schedule:
     def validate(self):
         def bad(msg):
             raise ValueError(f"invalid schedule: {msg}")
-        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block"):
+        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block", "lut_scale_ratio"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")
         if not isinstance(self.lut_centered, bool):
             bad(f"lut_centered must be a bool, got {self.lut_centered!r}")
+        if self.lut_scale_ratio < 0:
+            bad(f"lut_scale_ratio must be >= 0, got {self.lut_scale_ratio}")
         if self.lut_scale_block < 1:
             bad(f"lut_scale_block must be >= 1, got {self.lut_scale_block}")
         if not 1 <= self.bits <= 4:
@@ -122,11 +132,28 @@ class Schedule:
         return -(-self.chunks_per_group // self.scale_chunks)
 
     @property
+    def scale_ratio(self) -> int:
+        """Largest integer block-scale multiplier R (0: float block scales). Only int8 tables with
+        several scale blocks use one; R = min(lut_scale_ratio, 32767 // (127 * padded_tables)),
+        so a group's int16 sum of |entry| <= 127 * r lookups cannot overflow; 0 if that is < 2."""
+        if self.lut_dtype != "int8" or self.scale_blocks == 1 or self.lut_scale_ratio == 0:
+            return 0
+        r = min(self.lut_scale_ratio, INT16_MAX // (127 * self.padded_tables))
+        return r if r >= 2 else 0
+
+    @property
+    def scale_slots(self) -> int:
+        """Floats in lut_scales per (activation row, group): NB block scales, or with integer
+        ratios one unit step followed by the NB multipliers."""
+        return self.scale_blocks + (1 if self.scale_ratio else 0)
+
+    @property
     def acc_dtype(self) -> str:
-        """Accumulator of one scale block's lookups: int16 for int8 tables when it cannot overflow."""
+        """Accumulator of one scale block's lookups: int16 for int8 tables when it cannot overflow
+        (with integer ratios the whole group's sum fits, see scale_ratio)."""
         if self.lut_dtype != "int8":
             return "float32"
-        return "int16" if self.scale_chunks * self.per_byte * 127 <= 32767 else "int32"
+        return "int16" if self.scale_chunks * self.per_byte * 127 <= INT16_MAX else "int32"
 
     @property
     def layout_key(self) -> tuple:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import lutc
 import quant
 from lutc import Schedule
-from lutc.schedule import KNOB_CHOICES, LUT_SCALE_BLOCKS
+from lutc.schedule import KNOB_CHOICES, LUT_SCALE_BLOCKS, LUT_SCALE_RATIOS
 from kernel_reference import error_bound, int8_lookup_error, reference
 
 XKINDS = ("normal", "outliers", "zeros", "same_sign")
@@ -20,6 +20,7 @@ def problems(draw):
     knobs = {k: draw(st.sampled_from(v)) for k, v in KNOB_CHOICES.items()}
     knobs["lut_scale_block"] = draw(st.sampled_from(LUT_SCALE_BLOCKS + (8, 24, 1000)))
     knobs["lut_centered"] = draw(st.booleans())
+    knobs["lut_scale_ratio"] = draw(st.sampled_from(LUT_SCALE_RATIOS + (1, 3, 100)))
     N = draw(st.integers(1, 150))
     K = draw(st.one_of(st.integers(1, 300), st.sampled_from([gs, 2 * gs, 3 * gs + 1])))
     M = draw(st.sampled_from([1, 2, 7, 33]))
@@ -177,14 +178,18 @@ def test_int8_bound_is_tight_and_independent():
     qw, _ = _case(4, 128, {}, 64, 512, 4, 5, "hlq")
     x = activations(rng, 4, 512, "outliers", 128)
     errs = {}
-    for blk, c in ((128, False), (128, True), (32, True), (16, True)):
-        sched = Schedule.make(bits=4, group_size=128, lut_scale_block=blk, lut_centered=c)
-        errs[blk, c] = int8_lookup_error(x, 128, sched).sum()
+    for blk, c, r in ((128, False, 0), (128, True, 0), (32, True, 0), (16, True, 0), (32, True, 8), (16, True, 8),
+                      (16, True, 2)):
+        sched = Schedule.make(bits=4, group_size=128, lut_scale_block=blk, lut_centered=c, lut_scale_ratio=r)
+        errs[blk, c, r] = int8_lookup_error(x, 128, sched).sum()
         y = lutc.compile(sched)(x, qw)
         ref, _ = reference(x, qw)
         err, bound = np.abs(y - ref), error_bound(x, qw, sched)
         assert (err <= bound).all() and err.max() > 0.02 * bound.max(), (sched, err.max(), bound.max())
-    assert errs[128, True] < errs[128, False] and errs[16, True] < errs[32, True] < errs[128, True]
+    assert errs[128, True, 0] < errs[128, False, 0] and errs[16, True, 0] < errs[32, True, 0] < errs[128, True, 0]
+    # integer ratios: within one step of the ratio grid of the float block scales, finer with a larger R
+    assert errs[16, True, 0] < errs[16, True, 8] < errs[16, True, 2] < errs[128, True, 0]
+    assert errs[32, True, 8] < 1.25 * errs[32, True, 0]
 
 
 @pytest.mark.parametrize("xkind", XKINDS)
@@ -202,6 +207,8 @@ def test_hard_activations_every_scale_block(xkind, target):
     ref, _ = reference(x, qw)
     for blk in (16, 32, 64):
         for centered in (True, False):
-            sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2)
-            y = lutc.compile(sched, target=target)(x, qw, threads=2)
-            assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (xkind, sched)
+            for ratio in (0, 16):
+                sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2,
+                                      lut_scale_ratio=ratio)
+                y = lutc.compile(sched, target=target)(x, qw, threads=2)
+                assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (xkind, sched)
