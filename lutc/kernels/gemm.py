@@ -77,7 +77,10 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
             if CENTER:
                 table = table - 0.5 * tl.sum(xs)
             if LUT_DTYPE == tl.int8:
-                q = tl.round(table * inv).to(tl.int8)
+                # round to nearest (ties to even) by the float32 magic number 1.5 * 2**23: |table * inv|
+                # <= 127, so the low mantissa bits are the integer; a vector add and a truncation
+                # (a saturating float->int8 conversion would be 16 scalar conversions per table)
+                q = (tl.bitcast(table * inv + 12582912.0, tl.int32) - 0x4B400000).to(tl.int8)
             else:
                 q = table.to(LUT_DTYPE)
             tl.store(dst + t * TS + tl.arange(0, TS), q)
