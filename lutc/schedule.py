@@ -17,8 +17,8 @@ KNOB_CHOICES = {
 }
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
 DEFAULT_LUT_SCALE_BLOCK = 32
-LUT_SCALE_RATIOS = (0, 4, 8, 16)       # the tuner's choices of lut_scale_ratio (any int >= 0 is valid)
-DEFAULT_LUT_SCALE_RATIO = 8
+LUT_SCALE_RATIOS = (0, 8, 64)         # the tuner's choices of lut_scale_ratio (any int >= 0 is valid)
+DEFAULT_LUT_SCALE_RATIO = 64
 INT16_MAX = 32767
 
 
@@ -38,8 +38,9 @@ class Schedule:
     lut_scale_ratio (int8 tables with several scale blocks: 0 = every block has its own float
     scale, combined in float per block; R >= 1 = a block's scale is an integer multiple r in
     1..R of one unit step per (row, group), so blocks combine with one int16 multiply-add and
-    convert to float once per group; R is capped so that a whole group's int16 sum cannot
-    overflow, see `scale_ratio`) and threads (None = all cores; it does not change generated code).
+    convert to float once per group; the multipliers of a group share a budget that keeps the
+    int16 sum in range, see `ratio_budget`) and threads (None = all cores; it does not change
+    generated code).
     """
 
     bits: int
@@ -132,14 +133,20 @@ class Schedule:
         return -(-self.chunks_per_group // self.scale_chunks)
 
     @property
+    def ratio_budget(self) -> int:
+        """The multipliers r of a group's blocks sum to at most ratio_budget + scale_blocks =
+        32767 // (127 * tables per block): each block's int16 partial sum is <= 127 * tables,
+        so the group's sum of r * partial sums fits int16. 0 when that leaves no room (> 1000
+        activations per group at g = 4)."""
+        return max(0, INT16_MAX // (127 * self.scale_chunks * self.per_byte) - self.scale_blocks)
+
+    @property
     def scale_ratio(self) -> int:
-        """Largest integer block-scale multiplier R (0: float block scales). Only int8 tables with
-        several scale blocks use one; R = min(lut_scale_ratio, 32767 // (127 * padded_tables)),
-        so a group's int16 sum of |entry| <= 127 * r lookups cannot overflow; 0 if that is < 2."""
-        if self.lut_dtype != "int8" or self.scale_blocks == 1 or self.lut_scale_ratio == 0:
+        """Largest integer block-scale multiplier R (0: float block scales): lut_scale_ratio for
+        int8 tables with several scale blocks and a positive ratio_budget, else 0."""
+        if self.lut_dtype != "int8" or self.scale_blocks == 1 or self.ratio_budget < 1:
             return 0
-        r = min(self.lut_scale_ratio, INT16_MAX // (127 * self.padded_tables))
-        return r if r >= 2 else 0
+        return self.lut_scale_ratio
 
     @property
     def scale_slots(self) -> int:
@@ -150,7 +157,7 @@ class Schedule:
     @property
     def acc_dtype(self) -> str:
         """Accumulator of one scale block's lookups: int16 for int8 tables when it cannot overflow
-        (with integer ratios the whole group's sum fits, see scale_ratio)."""
+        (with integer ratios the whole group's sum fits, see ratio_budget)."""
         if self.lut_dtype != "int8":
             return "float32"
         return "int16" if self.scale_chunks * self.per_byte * 127 <= INT16_MAX else "int32"

@@ -178,8 +178,8 @@ def test_int8_bound_is_tight_and_independent():
     qw, _ = _case(4, 128, {}, 64, 512, 4, 5, "hlq")
     x = activations(rng, 4, 512, "outliers", 128)
     errs = {}
-    for blk, c, r in ((128, False, 0), (128, True, 0), (32, True, 0), (16, True, 0), (32, True, 8), (16, True, 8),
-                      (16, True, 2)):
+    for blk, c, r in ((128, False, 0), (128, True, 0), (32, True, 0), (16, True, 0), (32, True, 64), (16, True, 64),
+                      (16, True, 8), (16, True, 2)):
         sched = Schedule.make(bits=4, group_size=128, lut_scale_block=blk, lut_centered=c, lut_scale_ratio=r)
         errs[blk, c, r] = int8_lookup_error(x, 128, sched).sum()
         y = lutc.compile(sched)(x, qw)
@@ -187,9 +187,10 @@ def test_int8_bound_is_tight_and_independent():
         err, bound = np.abs(y - ref), error_bound(x, qw, sched)
         assert (err <= bound).all() and err.max() > 0.02 * bound.max(), (sched, err.max(), bound.max())
     assert errs[128, True, 0] < errs[128, False, 0] and errs[16, True, 0] < errs[32, True, 0] < errs[128, True, 0]
-    # integer ratios: within one step of the ratio grid of the float block scales, finer with a larger R
-    assert errs[16, True, 0] < errs[16, True, 8] < errs[16, True, 2] < errs[128, True, 0]
-    assert errs[32, True, 8] < 1.25 * errs[32, True, 0]
+    # integer ratios: the ratio grid rounds block scales up, less so with a larger R; with the
+    # default R (64, the budget binds) close to float block scales even with outlier channels
+    assert errs[16, True, 0] < errs[16, True, 64] < errs[16, True, 8] < errs[16, True, 2] < errs[128, True, 0]
+    assert errs[16, True, 64] < 1.1 * errs[16, True, 0] and errs[32, True, 64] < 1.1 * errs[32, True, 0]
 
 
 @pytest.mark.parametrize("xkind", XKINDS)

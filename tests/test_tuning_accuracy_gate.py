@@ -17,7 +17,7 @@ def test_a_fast_wrong_candidate_is_never_chosen(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'g.db'}"
     study = optuna.create_study(study_name=study_name(P, "g", "hot"), storage=open_storage(url))
     base = {"g": 4, "lut_dtype": "int8", "lut_scale_block": 32, "lut_centered": True, "unroll": 4, "mb": 1,
-            "interleave": "chunk", "threads": 1, "lut_scale_ratio": 8}
+            "interleave": "chunk", "threads": 1, "lut_scale_ratio": 64}
     for bn in (64, 32, 16):
         study.enqueue_trial(dict(base, bn=bn))
     r = tune_problem(P, storage=url, trials=3, seed=0, prefix="g", db_path=tmp_path, **FAST)
@@ -38,7 +38,7 @@ def test_a_fast_imprecise_table_precision_is_never_chosen(tmp_path, monkeypatch)
     url = f"sqlite:///{tmp_path / 'q.db'}"
     study = optuna.create_study(study_name=study_name(P, "q", "hot"), storage=open_storage(url))
     base = {"g": 4, "lut_dtype": "int8", "unroll": 2, "mb": 1, "interleave": "chunk", "threads": 1, "bn": 32,
-            "lut_scale_ratio": 8}
+            "lut_scale_ratio": 64}
     study.enqueue_trial(dict(base, lut_scale_block=128, lut_centered=False))
     study.enqueue_trial(dict(base, lut_scale_block=32, lut_centered=True))
     r = tune_problem(P, storage=url, trials=2, seed=0, prefix="q", db_path=tmp_path, **FAST)

@@ -26,13 +26,15 @@ def _table_amax(xs, CENTER: tl.constexpr):
 def build_tables(x, luts, lut_scales, xsums, K, NG,
                  GS: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, TPG: tl.constexpr,
                  TPGP: tl.constexpr, LUT_DTYPE: tl.constexpr, NB: tl.constexpr, TPB: tl.constexpr,
-                 CENTER: tl.constexpr, NS: tl.constexpr, RATIO: tl.constexpr):
+                 CENTER: tl.constexpr, NS: tl.constexpr, RATIO: tl.constexpr, BUDGET: tl.constexpr):
     """One program per (activation row m, weight group): its TPGP tables, NS scale slots and sum.
     Scale block blk covers tables [blk * TPB, min((blk + 1) * TPB, TPGP)). CENTER: entries are
     subset sums minus half the table's activation sum (sign-symmetric, half the range); lut_gemm
-    adds the half back exactly through the zero term. RATIO > 0: with gmax the group's largest
-    |entry|, unit = gmax / (127 * RATIO) and block blk's scale is r * unit, r = ceil(RATIO *
-    amax_blk / gmax) in 1..RATIO; slot 0 holds unit, slot 1 + blk holds r (an exact float)."""
+    adds the half back exactly through the zero term. RATIO > 0: block blk's scale is r * unit
+    with r = ceil(bmax_blk / (127 * unit)) (so |entry| <= 127) and unit = max(gmax / (127 *
+    RATIO), sum_blk bmax_blk / (127 * BUDGET)) (gmax = max bmax): r <= RATIO and sum r <=
+    BUDGET + NB, which keeps lut_gemm's int16 group sums in range; slot 0 holds unit, slot
+    1 + blk holds r (an exact float)."""
     m = tl.program_id(0)
     grp = tl.program_id(1)
     TS: tl.constexpr = 1 << G
@@ -45,11 +47,16 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
     gmax = 0.0
     unit = 0.0
     if RATIO > 0:
-        for t in range(TPGP):
-            kk = t * G + lane
-            xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
-            gmax = tl.maximum(gmax, _table_amax(xs, CENTER))
-        unit = gmax / (127.0 * RATIO)
+        bsum = 0.0
+        for blk in range(NB):
+            bmax = 0.0
+            for t in range(blk * TPB, tl.minimum(blk * TPB + TPB, TPGP)):
+                kk = t * G + lane
+                xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
+                bmax = tl.maximum(bmax, _table_amax(xs, CENTER))
+            gmax = tl.maximum(gmax, bmax)
+            bsum += bmax
+        unit = tl.maximum(gmax / (127.0 * RATIO), bsum / (127.0 * BUDGET))
         tl.store(slots, unit)
     for blk in range(NB):
         t0 = blk * TPB
@@ -64,7 +71,7 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
         inv = 1.0
         if LUT_DTYPE == tl.int8:
             if RATIO > 0:
-                r = tl.where(gmax > 0.0, tl.minimum(tl.maximum(tl.ceil(amax * RATIO / gmax), 1.0), 1.0 * RATIO), 1.0)
+                r = tl.where(unit > 0.0, tl.minimum(tl.maximum(tl.ceil(amax / (127.0 * unit)), 1.0), 1.0 * RATIO), 1.0)
                 inv = tl.where(amax > 0.0, 1.0 / (r * unit), 0.0)
                 scale = r
             else:

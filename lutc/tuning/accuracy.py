@@ -55,10 +55,8 @@ class ErrorBound:
     def int8_error(self, sched) -> np.ndarray:
         """(M, NG): sum over a group's scale blocks of tables_in_block * scale / 2, where a block's
         int8 scale is the max over its tables of max |entry| / 127 (entry = subset sum, minus half
-        the table's sum when centered); with integer block ratios R (sched.scale_ratio) a block's
-        scale is r * gmax / (127 R), r = ceil(R * block max / gmax) in 1..R (rounded up here, so
-        float32 rounding in the kernel can only make the real r smaller or equal)."""
-        key = (sched.g, sched.scale_chunks * sched.per_byte, sched.centered, sched.scale_ratio)
+        the table's sum when centered); with integer block ratios, see block_scales."""
+        key = (sched.g, sched.scale_chunks * sched.per_byte, sched.centered, sched.scale_ratio, sched.ratio_budget)
         if key not in self._int8_scale:
             g, tpb = sched.g, key[1]
             tpg = -(-self.gs // g)
@@ -72,7 +70,7 @@ class ErrorBound:
                 amax = np.maximum(np.where(xt > 0, xt, 0).sum(-1), -np.where(xt < 0, xt, 0).sum(-1))
             amax = amax.reshape(amax.shape[:2] + (nb, tpb))
             ntab = np.minimum(tpb, np.maximum(0, tpg - tpb * np.arange(nb)))       # real tables per block
-            self._int8_scale[key] = (block_scales(amax.max(-1), sched.scale_ratio) * ntab / 2.0).sum(-1)
+            self._int8_scale[key] = (block_scales(amax.max(-1), sched.scale_ratio, sched.ratio_budget) * ntab / 2.0).sum(-1)
         return self._int8_scale[key]
 
     def bound(self, sched) -> np.ndarray:
@@ -112,14 +110,16 @@ class ErrorBound:
         return out
 
 
-def block_scales(bmax: np.ndarray, ratio: int) -> np.ndarray:
+def block_scales(bmax: np.ndarray, ratio: int, budget: int) -> np.ndarray:
     """Upper bounds on the int8 table scales of blocks whose largest |entry| is bmax (..., NB):
-    bmax / 127, or with integer ratios r * gmax / (127 ratio) (r as build_tables picks it)."""
+    bmax / 127, or with integer ratios r * unit, unit = max(max bmax / (127 ratio), sum bmax /
+    (127 budget)) and r = ceil(bmax / (127 unit)) in 1..ratio (as build_tables picks them; r is
+    taken 1e-5 high, so float32 rounding in the kernel can only make the real one smaller)."""
     if not ratio:
         return bmax / 127.0
-    gmax = bmax.max(-1, keepdims=True)
-    r = np.ceil(ratio * bmax * (1 + 1e-5) / np.where(gmax > 0, gmax, 1.0))
-    return np.clip(r, 1, ratio) * gmax / (127.0 * ratio)
+    unit = np.maximum(bmax.max(-1, keepdims=True) / (127.0 * ratio), bmax.sum(-1, keepdims=True) / (127.0 * budget))
+    r = np.ceil(bmax * (1 + 1e-5) / (127.0 * np.where(unit > 0, unit, 1.0)))
+    return np.clip(r, 1, ratio) * unit * (1 + 1e-6)
 
 
 def describe_tables(s) -> str:
