@@ -41,7 +41,7 @@ def register(subparsers):
     e.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default="int8")
     e.add_argument("--blocks", default="64,32,16",
                    help="--mode all: int8 table scale blocks to compare (besides one per group)")
-    e.add_argument("--ratios", default="0,8",
+    e.add_argument("--ratios", default="0,64",
                    help="--mode all: integer block-scale ratio limits per block (0: float block scales)")
     e.add_argument("--window", type=int, default=1024)
     e.add_argument("--stride", type=int, default=None, help="default: window / 2")

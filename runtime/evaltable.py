@@ -28,7 +28,7 @@ def windows(total: int, window: int, stride: int):
             break
 
 
-def configs(group_size: int, blocks=(64, 32, 16), ratios=(0, 8)) -> list:
+def configs(group_size: int, blocks=(64, 32, 16), ratios=(0, 64)) -> list:
     """(label, schedule knob overrides): the default schedule, float tables, the pre-issue-10 int8
     path (one scale per group, uncentered), centered int8 tables per scale block, each block with
     every integer-ratio limit in `ratios` (0: float block scales; one row for block = group)."""
@@ -100,7 +100,7 @@ def decode_seconds(decs: list, rounds: int = 5, steps: int = 16, token: int = 1)
 
 
 def run_all(qm, ids: np.ndarray, window: int, stride: int, threads=None, blocks=(64, 32, 16),
-            ratios=(0, 8), progress=False) -> list:
+            ratios=(0, 64), progress=False) -> list:
     """Rows for the table: exact first, then each configuration of `configs`."""
     from lutc.tuning.space import describe
     from .decoder import LeanDecoder

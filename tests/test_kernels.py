@@ -213,3 +213,24 @@ def test_hard_activations_every_scale_block(xkind, target):
                                       lut_scale_ratio=ratio)
                 y = lutc.compile(sched, target=target)(x, qw, threads=2)
                 assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (xkind, sched)
+
+
+@pytest.mark.parametrize("bits,gs,blk", [(4, 128, 16), (4, 128, 8), (2, 64, 16), (3, 256, 32)])
+@pytest.mark.parametrize("outlier", [False, True])
+def test_integer_ratios_stay_in_int16_range(bits, gs, blk, outlier):
+    """The worst case for the int16 group sums of integer block ratios: every lookup hits its
+    table's largest entry (all-ones codes, same-sign activations), with and without one block
+    100x larger (large r there, r = 1 elsewhere). An overflow would wrap and miss the bound."""
+    K, N = 2 * gs, 40
+    x = np.ones((2, K), np.float32)
+    x[1] = -1.0
+    if outlier:
+        x[:, 3 * blk:4 * blk] *= 100.0
+    codes = np.full((N, K), (1 << bits) - 1, np.uint8)
+    scales = np.ones((bits, N, K // gs), np.float16)
+    qw = quant.QuantizedTensor(bits, gs, (N, K), codes, scales, np.zeros((N, K // gs), np.float16))
+    sched = Schedule.make(bits=bits, group_size=gs, lut_scale_block=blk, lut_scale_ratio=64)
+    assert sched.scale_ratio == 64 and sched.acc_dtype == "int16"
+    y = lutc.compile(sched)(x, qw)
+    ref, _ = reference(x, qw)
+    assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
