@@ -13,8 +13,10 @@ _LOCK = threading.Lock()
 
 
 def default_schedule(bits: int, group_size: int, M: int = 1) -> Schedule:
-    """The untuned default: int8 tables of g=4, 32-row tiles; M-blocking for prefill."""
-    return Schedule(bits=bits, group_size=group_size, mb=1 if M < 4 else 2)
+    """The untuned default: int8 tables of g=4, 32-row tiles, the Schedule's default table scales
+    (unrolled by at most one scale block's chunks); M-blocking for prefill."""
+    s = Schedule(bits=bits, group_size=group_size, mb=1 if M < 4 else 2)
+    return s.replace(unroll=min(s.unroll, s.scale_chunks))
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:

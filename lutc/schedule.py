@@ -16,7 +16,7 @@ KNOB_CHOICES = {
     "interleave": INTERLEAVES,
 }
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
-DEFAULT_LUT_SCALE_BLOCK = 32
+DEFAULT_LUT_SCALE_BLOCKS = {1: 16, 2: 16, 3: 32, 4: 32}   # bits -> lut_scale_block when not given
 LUT_SCALE_RATIOS = (0, 8, 64)         # the tuner's choices of lut_scale_ratio (any int >= 0 is valid)
 DEFAULT_LUT_SCALE_RATIO = 64
 INT16_MAX = 32767
@@ -31,7 +31,8 @@ class Schedule:
     pass over a weight tile), interleave (packed order of bit-planes vs table chunks),
     lut_scale_block (int8 tables: activations sharing one table scale; rounded down to whole
     packed chunks of g * per_byte activations, at least one chunk; >= group_size means one
-    scale per weight group, the pre-issue-10 path; ignored by float tables), lut_centered (int8
+    scale per weight group, the pre-issue-10 path; ignored by float tables; not given: 16 for
+    1-2-bit and 32 for 3-4-bit weights, DEFAULT_LUT_SCALE_BLOCKS), lut_centered (int8
     tables store subset sums minus half the table's activation sum: the sign-symmetric form of
     T-MAC's mirror consolidation, half the range for the same int8 step; exact correction
     through the zero term; False with lut_scale_block >= group_size is the old path),
@@ -51,13 +52,15 @@ class Schedule:
     unroll: int = 4
     mb: int = 1
     interleave: str = "chunk"
-    lut_scale_block: int = DEFAULT_LUT_SCALE_BLOCK
+    lut_scale_block: int | None = None          # None: DEFAULT_LUT_SCALE_BLOCKS[bits]
     lut_centered: bool = True
     lut_scale_ratio: int = DEFAULT_LUT_SCALE_RATIO
     threads: int | None = None
     kernel: str = "lut_gemm"
 
     def __post_init__(self):
+        if self.lut_scale_block is None:       # the untuned default: finer for narrower weights
+            object.__setattr__(self, "lut_scale_block", DEFAULT_LUT_SCALE_BLOCKS.get(self.bits, 32))
         self.validate()
 
     def validate(self):
