@@ -16,9 +16,10 @@ KNOB_CHOICES = {
     "interleave": INTERLEAVES,
 }
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
-DEFAULT_LUT_SCALE_BLOCKS = {1: 16, 2: 16, 3: 32, 4: 32}   # bits -> lut_scale_block when not given
+# bits -> (lut_scale_block, lut_scale_ratio) when not given (measured: docs/quantization.md,
+# "Table precision"): 1-2-bit block 16 with integer ratios, 3-4-bit block 32 with float scales
+DEFAULT_TABLE_SCALES = {1: (16, 64), 2: (16, 64), 3: (32, 0), 4: (32, 0)}
 LUT_SCALE_RATIOS = (0, 8, 64)         # the tuner's choices of lut_scale_ratio (any int >= 0 is valid)
-DEFAULT_LUT_SCALE_RATIO = 64
 INT16_MAX = 32767
 
 
@@ -32,7 +33,7 @@ class Schedule:
     lut_scale_block (int8 tables: activations sharing one table scale; rounded down to whole
     packed chunks of g * per_byte activations, at least one chunk; >= group_size means one
     scale per weight group, the pre-issue-10 path; ignored by float tables; not given: 16 for
-    1-2-bit and 32 for 3-4-bit weights, DEFAULT_LUT_SCALE_BLOCKS), lut_centered (int8
+    1-2-bit and 32 for 3-4-bit weights, DEFAULT_TABLE_SCALES), lut_centered (int8
     tables store subset sums minus half the table's activation sum: the sign-symmetric form of
     T-MAC's mirror consolidation, half the range for the same int8 step; exact correction
     through the zero term; False with lut_scale_block >= group_size is the old path),
@@ -40,8 +41,8 @@ class Schedule:
     scale, combined in float per block; R >= 1 = a block's scale is an integer multiple r in
     1..R of one unit step per (row, group), so blocks combine with one int16 multiply-add and
     convert to float once per group; the multipliers of a group share a budget that keeps the
-    int16 sum in range, see `ratio_budget`) and threads (None = all cores; it does not change
-    generated code).
+    int16 sum in range, see `ratio_budget`; not given: 64 for 1-2-bit, 0 for 3-4-bit weights)
+    and threads (None = all cores; it does not change generated code).
     """
 
     bits: int
@@ -52,15 +53,18 @@ class Schedule:
     unroll: int = 4
     mb: int = 1
     interleave: str = "chunk"
-    lut_scale_block: int | None = None          # None: DEFAULT_LUT_SCALE_BLOCKS[bits]
+    lut_scale_block: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][0]
     lut_centered: bool = True
-    lut_scale_ratio: int = DEFAULT_LUT_SCALE_RATIO
+    lut_scale_ratio: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][1]
     threads: int | None = None
     kernel: str = "lut_gemm"
 
     def __post_init__(self):
-        if self.lut_scale_block is None:       # the untuned default: finer for narrower weights
-            object.__setattr__(self, "lut_scale_block", DEFAULT_LUT_SCALE_BLOCKS.get(self.bits, 32))
+        block, ratio = DEFAULT_TABLE_SCALES.get(self.bits, (32, 0))     # the untuned defaults by width
+        if self.lut_scale_block is None:
+            object.__setattr__(self, "lut_scale_block", block)
+        if self.lut_scale_ratio is None:
+            object.__setattr__(self, "lut_scale_ratio", ratio)
         self.validate()
 
     def validate(self):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..schedule import DEFAULT_LUT_SCALE_RATIO, KNOB_CHOICES, LUT_SCALE_BLOCKS, LUT_SCALE_RATIOS, Schedule
+from ..schedule import DEFAULT_TABLE_SCALES, KNOB_CHOICES, LUT_SCALE_BLOCKS, LUT_SCALE_RATIOS, Schedule
 
 PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "bn", "unroll", "mb", "interleave", "threads")
 
@@ -56,9 +56,10 @@ def invalid_reason(s: Schedule, p: Problem) -> str | None:
                 f"unrolled loop would never run")
     if s.lut_dtype != "int8" and (s.lut_scale_block < s.group_size or not s.lut_centered):
         return f"lut_scale_block and lut_centered only change int8 tables ({s.lut_dtype} tables: a duplicate)"
-    if s.lut_scale_ratio != DEFAULT_LUT_SCALE_RATIO and s.replace(lut_scale_ratio=1).scale_ratio == 0:
+    default_ratio = DEFAULT_TABLE_SCALES.get(s.bits, (32, 0))[1]
+    if s.lut_scale_ratio != default_ratio and s.replace(lut_scale_ratio=1).scale_ratio == 0:
         return (f"lut_scale_ratio={s.lut_scale_ratio} has no effect here (float tables, one scale block, or a "
-                f"group too long for int16 ratios): a duplicate of the default {DEFAULT_LUT_SCALE_RATIO}")
+                f"group too long for int16 ratios): a duplicate of the default {default_ratio}")
     tiles = -(-p.N // s.bn)
     if s.threads is not None and s.threads > tiles:
         return f"threads={s.threads} exceeds the {tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
