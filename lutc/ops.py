@@ -25,8 +25,10 @@ def default_mb(M: int) -> int:
 
 
 def default_schedule(bits: int, group_size: int, M: int = 1) -> Schedule:
-    """The untuned default: int8 tables of g=4, 32-row tiles; M-blocking per default_mb(M)."""
-    return Schedule(bits=bits, group_size=group_size, mb=default_mb(M))
+    """The untuned default: int8 tables of g=4, 32-row tiles, the Schedule's default table scales
+    (unrolled by at most one scale block's chunks); M-blocking per default_mb(M)."""
+    s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M))
+    return s.replace(unroll=min(s.unroll, s.scale_chunks))
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:

@@ -16,7 +16,11 @@ KNOB_CHOICES = {
     "interleave": INTERLEAVES,
 }
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
-DEFAULT_LUT_SCALE_BLOCK = 32
+# bits -> (lut_scale_block, lut_scale_ratio) when not given (measured: docs/quantization.md,
+# "Table precision"): 1-2-bit block 16 with integer ratios, 3-4-bit block 32 with float scales
+DEFAULT_TABLE_SCALES = {1: (16, 64), 2: (16, 64), 3: (32, 0), 4: (32, 0)}
+LUT_SCALE_RATIOS = (0, 8, 64)         # the tuner's choices of lut_scale_ratio (any int >= 0 is valid)
+INT16_MAX = 32767
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +32,17 @@ class Schedule:
     pass over a weight tile), interleave (packed order of bit-planes vs table chunks),
     lut_scale_block (int8 tables: activations sharing one table scale; rounded down to whole
     packed chunks of g * per_byte activations, at least one chunk; >= group_size means one
-    scale per weight group, the pre-issue-10 path; ignored by float tables), lut_centered (int8
+    scale per weight group, the pre-issue-10 path; ignored by float tables; not given: 16 for
+    1-2-bit and 32 for 3-4-bit weights, DEFAULT_TABLE_SCALES), lut_centered (int8
     tables store subset sums minus half the table's activation sum: the sign-symmetric form of
     T-MAC's mirror consolidation, half the range for the same int8 step; exact correction
-    through the zero term; False with lut_scale_block >= group_size is the old path) and threads
-    (None = all cores; it does not change generated code).
+    through the zero term; False with lut_scale_block >= group_size is the old path),
+    lut_scale_ratio (int8 tables with several scale blocks: 0 = every block has its own float
+    scale, combined in float per block; R >= 1 = a block's scale is an integer multiple r in
+    1..R of one unit step per (row, group), so blocks combine with one int16 multiply-add and
+    convert to float once per group; the multipliers of a group share a budget that keeps the
+    int16 sum in range, see `ratio_budget`; not given: 64 for 1-2-bit, 0 for 3-4-bit weights)
+    and threads (None = all cores; it does not change generated code).
     """
 
     bits: int
@@ -43,23 +53,31 @@ class Schedule:
     unroll: int = 4
     mb: int = 1
     interleave: str = "chunk"
-    lut_scale_block: int = DEFAULT_LUT_SCALE_BLOCK
+    lut_scale_block: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][0]
     lut_centered: bool = True
+    lut_scale_ratio: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][1]
     threads: int | None = None
     kernel: str = "lut_gemm"
 
     def __post_init__(self):
+        block, ratio = DEFAULT_TABLE_SCALES.get(self.bits, (32, 0))     # the untuned defaults by width
+        if self.lut_scale_block is None:
+            object.__setattr__(self, "lut_scale_block", block)
+        if self.lut_scale_ratio is None:
+            object.__setattr__(self, "lut_scale_ratio", ratio)
         self.validate()
 
     def validate(self):
         def bad(msg):
             raise ValueError(f"invalid schedule: {msg}")
-        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block"):
+        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block", "lut_scale_ratio"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")
         if not isinstance(self.lut_centered, bool):
             bad(f"lut_centered must be a bool, got {self.lut_centered!r}")
+        if self.lut_scale_ratio < 0:
+            bad(f"lut_scale_ratio must be >= 0, got {self.lut_scale_ratio}")
         if self.lut_scale_block < 1:
             bad(f"lut_scale_block must be >= 1, got {self.lut_scale_block}")
         if not 1 <= self.bits <= 4:
@@ -122,11 +140,34 @@ class Schedule:
         return -(-self.chunks_per_group // self.scale_chunks)
 
     @property
+    def ratio_budget(self) -> int:
+        """The multipliers r of a group's blocks sum to at most ratio_budget + scale_blocks =
+        32767 // (127 * tables per block): each block's int16 partial sum is <= 127 * tables,
+        so the group's sum of r * partial sums fits int16. 0 when that leaves no room (> 1000
+        activations per group at g = 4)."""
+        return max(0, INT16_MAX // (127 * self.scale_chunks * self.per_byte) - self.scale_blocks)
+
+    @property
+    def scale_ratio(self) -> int:
+        """Largest integer block-scale multiplier R (0: float block scales): lut_scale_ratio for
+        int8 tables with several scale blocks and a positive ratio_budget, else 0."""
+        if self.lut_dtype != "int8" or self.scale_blocks == 1 or self.ratio_budget < 1:
+            return 0
+        return self.lut_scale_ratio
+
+    @property
+    def scale_slots(self) -> int:
+        """Floats in lut_scales per (activation row, group): NB block scales, or with integer
+        ratios one unit step followed by the NB multipliers."""
+        return self.scale_blocks + (1 if self.scale_ratio else 0)
+
+    @property
     def acc_dtype(self) -> str:
-        """Accumulator of one scale block's lookups: int16 for int8 tables when it cannot overflow."""
+        """Accumulator of one scale block's lookups: int16 for int8 tables when it cannot overflow
+        (with integer ratios the whole group's sum fits, see ratio_budget)."""
         if self.lut_dtype != "int8":
             return "float32"
-        return "int16" if self.scale_chunks * self.per_byte * 127 <= 32767 else "int32"
+        return "int16" if self.scale_chunks * self.per_byte * 127 <= INT16_MAX else "int32"
 
     @property
     def layout_key(self) -> tuple:

@@ -41,6 +41,8 @@ def register(subparsers):
     e.add_argument("--lut-dtype", choices=("int8", "float16", "float32"), default="int8")
     e.add_argument("--blocks", default="64,32,16",
                    help="--mode all: int8 table scale blocks to compare (besides one per group)")
+    e.add_argument("--ratios", default="0,64",
+                   help="--mode all: integer block-scale ratio limits per block (0: float block scales)")
     e.add_argument("--window", type=int, default=1024)
     e.add_argument("--stride", type=int, default=None, help="default: window / 2")
     e.add_argument("--max-tokens", type=int, default=8192, help="0: the whole text")
@@ -153,6 +155,7 @@ def _eval_all(args) -> int:
     from .evaltable import format_table, run_all
     try:
         blocks = tuple(int(b) for b in args.blocks.split(",") if b.strip())
+        ratios = tuple(int(r) for r in args.ratios.split(",") if r.strip()) or (0,)
         qm = load_checkpoint(args.model)
         if qm.tokenizer_dir is None:
             raise ValueError(f"{args.model}: the checkpoint has no tokenizer")
@@ -162,7 +165,7 @@ def _eval_all(args) -> int:
         stride = args.stride or max(1, args.window // 2)
         t0 = time.perf_counter()
         rows = run_all(qm, ids.numpy(), args.window, stride, threads=args.threads, blocks=blocks,
-                       progress=not args.quiet)
+                       ratios=ratios, progress=not args.quiet)
     except (ValueError, OSError) as e:
         raise UsageError(str(e)) from None
     if args.json:

@@ -28,14 +28,16 @@ def windows(total: int, window: int, stride: int):
             break
 
 
-def configs(group_size: int, blocks=(64, 32, 16)) -> list:
+def configs(group_size: int, blocks=(64, 32, 16), ratios=(0, 64)) -> list:
     """(label, schedule knob overrides): the default schedule, float tables, the pre-issue-10 int8
-    path (one scale per group, uncentered), centered int8 tables per scale block."""
+    path (one scale per group, uncentered), centered int8 tables per scale block, each block with
+    every integer-ratio limit in `ratios` (0: float block scales; one row for block = group)."""
     out = [("default", {}), ("float32", {"lut_dtype": "float32"}), ("float16", {"lut_dtype": "float16"}),
            ("int8 old (group, raw)", {"lut_dtype": "int8", "lut_scale_block": group_size, "lut_centered": False})]
-    out += [(f"int8 centered, block {min(b, group_size)}",
-             {"lut_dtype": "int8", "lut_scale_block": min(b, group_size), "lut_centered": True})
-            for b in sorted(set(min(b, group_size) for b in blocks), reverse=True)]
+    for b in sorted(set(min(b, group_size) for b in blocks), reverse=True):
+        for r in (ratios if b < group_size else ratios[:1]):
+            out.append((f"int8 centered, block {b}" + (f", ratios <= {r}" if r else ""),
+                        {"lut_dtype": "int8", "lut_scale_block": b, "lut_centered": True, "lut_scale_ratio": r}))
     return out
 
 
@@ -98,14 +100,14 @@ def decode_seconds(decs: list, rounds: int = 5, steps: int = 16, token: int = 1)
 
 
 def run_all(qm, ids: np.ndarray, window: int, stride: int, threads=None, blocks=(64, 32, 16),
-            progress=False) -> list:
+            ratios=(0, 64), progress=False) -> list:
     """Rows for the table: exact first, then each configuration of `configs`."""
     from lutc.tuning.space import describe
     from .decoder import LeanDecoder
     ids = np.asarray(ids, np.int64).reshape(-1)
     rows = [dict(exact_run(qm, ids, window, stride, progress), _key=None)]
     base, decs = None, []
-    for label, knobs in configs(_group_size(qm), blocks):
+    for label, knobs in configs(_group_size(qm), blocks, ratios):
         dec = LeanDecoder(base if base is not None else qm, n_ctx=window + 1, threads=threads,
                           max_prefill=128, knobs=knobs)
         base = base if base is not None else dec.to_packed_model()       # pack once, share the arrays

@@ -29,16 +29,25 @@ def int8_lookup_error(x, group_size, sched):
     """(M, G): the most a group's int8 lookups can be off in total, one per table, each by half
     its block's scale. A block is sched.scale_chunks * per_byte consecutive tables (the last may
     be short); its scale is the largest |entry| of its tables / 127, entries centered by half the
-    table's sum when sched.centered."""
+    table's sum when sched.centered. With integer block ratios R (sched.scale_ratio) a block's
+    scale is instead r * unit: unit = max(gmax / (127 R), sum of the block maxima / (127 B)) with
+    gmax the group's largest |entry| and B = sched.ratio_budget, r the smallest integer >= block
+    max / (127 unit), at most R (taken 1e-5 high against the kernel's float32 rounding)."""
     entries, runs = _subset_sums(x, group_size, sched.g)
     if sched.centered:
         entries = entries - 0.5 * runs.sum(-1, keepdims=True)
     amax = np.abs(entries).max(-1)                          # (M, G, T)
     tpb = sched.scale_chunks * sched.per_byte
+    R = sched.scale_ratio
+    bmax = [amax[..., t0:t0 + tpb].max(-1) for t0 in range(0, amax.shape[-1], tpb)]
+    unit = np.maximum(amax.max(-1) / (127.0 * max(R, 1)), sum(bmax) / (127.0 * max(sched.ratio_budget, 1)))
+    unit = np.maximum(unit, 1e-300)
     out = np.zeros(amax.shape[:2])
-    for t0 in range(0, amax.shape[-1], tpb):
-        blk = amax[..., t0:t0 + tpb]
-        out += blk.shape[-1] * blk.max(-1) / 127.0 / 2
+    for i, t0 in enumerate(range(0, amax.shape[-1], tpb)):
+        scale = bmax[i] / 127.0
+        if R:
+            scale = np.clip(np.ceil(bmax[i] * (1 + 1e-5) / (127.0 * unit)), 1, R) * unit * (1 + 1e-6)
+        out += min(tpb, amax.shape[-1] - t0) * scale / 2
     return out
 
 

@@ -96,11 +96,12 @@ def test_property_cases_under_qemu(workdir, p):
 @pytest.mark.parametrize("xkind", XKINDS)
 def test_hard_activations_every_scale_block_under_qemu(workdir, xkind):
     """Outlier channels (100x), exact zeros, same-sign groups: centered and raw int8 tables at
-    each scale block, as Cortex-A76 NEON code (tbl) under qemu."""
+    each scale block, float and integer block scales, as Cortex-A76 NEON code (tbl) under qemu."""
     qw, _ = _problem(2, 64, 45, 200, 3, 3)
     x = activations(np.random.default_rng(3), 3, 200, xkind, 64)
-    for blk, centered in ((16, True), (32, True), (64, False)):
-        sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2)
+    for blk, centered, ratio in ((16, True, 16), (16, True, 0), (32, True, 8), (32, False, 0), (64, False, 0)):
+        sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2,
+                              lut_scale_ratio=ratio)
         _check(_emulated(workdir, A76, sched, x, qw), x, qw, sched, f"aarch64-linux {xkind}")
 
 
@@ -118,7 +119,7 @@ def test_harness_catches_wrong_results_and_overflows(workdir):
     plan = emulate.Plan(exe.parent)
     bx, bw, bsz = plan.input(x), plan.input(packed.w), plan.input(packed.sz)
     luts = plan.scratch(2 * 2 * sched.padded_tables * 16)
-    nscales = spec.scratch_sizes(sched, 2, 2)["lut_scales"]     # M=2 rows, 2 groups, NB blocks each
+    nscales = spec.scratch_sizes(sched, 2, 2)["lut_scales"]     # M=2 rows, 2 groups, NS slots each
     scales, sums, y = plan.scratch(4 * nscales), plan.scratch(16), plan.scratch(2 * 40 * 4 - 4)  # one float short
     plan.launch(kernel.tables, (2, 2), [bx, luts, scales, sums, 128, 2])
     plan.launch(kernel.gemm, (packed.num_tiles,), [bw, bsz, luts, scales, sums, y, 2, 40, 2])

@@ -121,7 +121,9 @@ def test_cli_quantize_then_eval(tmp_path, capsys):
     assert rc == 0 and rows["exact (fake-quant)"]["agree"] == 1.0 and rows["exact (fake-quant)"]["tokens"] == 399
     f32 = rows["float32"]                  # exact tables through the native decoder = fake-quant
     assert abs(f32["vs_exact"]) < 1e-4 and f32["agree"] > 0.99 and f32["rel_cost"] > 0
-    assert {"default", "float16", "int8 old (group, raw)", "int8 centered, block 16"} <= set(rows)
+    assert {"default", "float16", "int8 old (group, raw)", "int8 centered, block 16",
+            "int8 centered, block 16, ratios <= 64"} <= set(rows)
+    assert rows["int8 centered, block 16, ratios <= 64"]["knobs"]["lut_scale_ratio"] == 64
     rc = main(["eval", str(tmp_path / "hf"), "--text", str(calib), "--window", "128", "--max-tokens", "200"])
     assert rc == 0 and "float32: perplexity" in capsys.readouterr().out
 

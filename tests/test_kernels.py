@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import lutc
 import quant
 from lutc import Schedule
-from lutc.schedule import KNOB_CHOICES, LUT_SCALE_BLOCKS
+from lutc.schedule import KNOB_CHOICES, LUT_SCALE_BLOCKS, LUT_SCALE_RATIOS
 from kernel_reference import error_bound, int8_lookup_error, reference
 
 XKINDS = ("normal", "outliers", "zeros", "same_sign")
@@ -20,6 +20,7 @@ def problems(draw):
     knobs = {k: draw(st.sampled_from(v)) for k, v in KNOB_CHOICES.items()}
     knobs["lut_scale_block"] = draw(st.sampled_from(LUT_SCALE_BLOCKS + (8, 24, 1000)))
     knobs["lut_centered"] = draw(st.booleans())
+    knobs["lut_scale_ratio"] = draw(st.sampled_from(LUT_SCALE_RATIOS + (1, 3, 100)))
     N = draw(st.integers(1, 150))
     K = draw(st.one_of(st.integers(1, 300), st.sampled_from([gs, 2 * gs, 3 * gs + 1])))
     M = draw(st.sampled_from([1, 2, 7, 33]))
@@ -177,14 +178,19 @@ def test_int8_bound_is_tight_and_independent():
     qw, _ = _case(4, 128, {}, 64, 512, 4, 5, "hlq")
     x = activations(rng, 4, 512, "outliers", 128)
     errs = {}
-    for blk, c in ((128, False), (128, True), (32, True), (16, True)):
-        sched = Schedule.make(bits=4, group_size=128, lut_scale_block=blk, lut_centered=c)
-        errs[blk, c] = int8_lookup_error(x, 128, sched).sum()
+    for blk, c, r in ((128, False, 0), (128, True, 0), (32, True, 0), (16, True, 0), (32, True, 64), (16, True, 64),
+                      (16, True, 8), (16, True, 2)):
+        sched = Schedule.make(bits=4, group_size=128, lut_scale_block=blk, lut_centered=c, lut_scale_ratio=r)
+        errs[blk, c, r] = int8_lookup_error(x, 128, sched).sum()
         y = lutc.compile(sched)(x, qw)
         ref, _ = reference(x, qw)
         err, bound = np.abs(y - ref), error_bound(x, qw, sched)
         assert (err <= bound).all() and err.max() > 0.02 * bound.max(), (sched, err.max(), bound.max())
-    assert errs[128, True] < errs[128, False] and errs[16, True] < errs[32, True] < errs[128, True]
+    assert errs[128, True, 0] < errs[128, False, 0] and errs[16, True, 0] < errs[32, True, 0] < errs[128, True, 0]
+    # integer ratios: the ratio grid rounds block scales up, less so with a larger R; with the
+    # default R (64, the budget binds) close to float block scales even with outlier channels
+    assert errs[16, True, 0] < errs[16, True, 64] < errs[16, True, 8] < errs[16, True, 2] < errs[128, True, 0]
+    assert errs[16, True, 64] < 1.1 * errs[16, True, 0] and errs[32, True, 64] < 1.1 * errs[32, True, 0]
 
 
 @pytest.mark.parametrize("xkind", XKINDS)
@@ -202,6 +208,29 @@ def test_hard_activations_every_scale_block(xkind, target):
     ref, _ = reference(x, qw)
     for blk in (16, 32, 64):
         for centered in (True, False):
-            sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2)
-            y = lutc.compile(sched, target=target)(x, qw, threads=2)
-            assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (xkind, sched)
+            for ratio in (0, 16):
+                sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2,
+                                      lut_scale_ratio=ratio)
+                y = lutc.compile(sched, target=target)(x, qw, threads=2)
+                assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (xkind, sched)
+
+
+@pytest.mark.parametrize("bits,gs,blk", [(4, 128, 16), (4, 128, 8), (2, 64, 16), (3, 256, 32)])
+@pytest.mark.parametrize("outlier", [False, True])
+def test_integer_ratios_stay_in_int16_range(bits, gs, blk, outlier):
+    """The worst case for the int16 group sums of integer block ratios: every lookup hits its
+    table's largest entry (all-ones codes, same-sign activations), with and without one block
+    100x larger (large r there, r = 1 elsewhere). An overflow would wrap and miss the bound."""
+    K, N = 2 * gs, 40
+    x = np.ones((2, K), np.float32)
+    x[1] = -1.0
+    if outlier:
+        x[:, 3 * blk:4 * blk] *= 100.0
+    codes = np.full((N, K), (1 << bits) - 1, np.uint8)
+    scales = np.ones((bits, N, K // gs), np.float16)
+    qw = quant.QuantizedTensor(bits, gs, (N, K), codes, scales, np.zeros((N, K // gs), np.float16))
+    sched = Schedule.make(bits=bits, group_size=gs, lut_scale_block=blk, lut_scale_ratio=64)
+    assert sched.scale_ratio == 64 and sched.acc_dtype == "int16"
+    y = lutc.compile(sched)(x, qw)
+    ref, _ = reference(x, qw)
+    assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()

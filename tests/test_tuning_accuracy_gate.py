@@ -16,8 +16,8 @@ def test_a_fast_wrong_candidate_is_never_chosen(tmp_path, monkeypatch):
     monkeypatch.setenv("LUTC_TUNE_FAULTS", "bn=64:wrong_result")
     url = f"sqlite:///{tmp_path / 'g.db'}"
     study = optuna.create_study(study_name=study_name(P, "g", "hot"), storage=open_storage(url))
-    base = {"g": 4, "lut_dtype": "int8", "lut_scale_block": 32, "lut_centered": True, "unroll": 4, "mb": 1,
-            "interleave": "chunk", "threads": 1}
+    base = {"g": 4, "lut_dtype": "int8", "lut_scale_block": 16, "lut_centered": True, "unroll": 2, "mb": 1,
+            "interleave": "chunk", "threads": 1, "lut_scale_ratio": 64}     # the W2 default tables
     for bn in (64, 32, 16):
         study.enqueue_trial(dict(base, bn=bn))
     r = tune_problem(P, storage=url, trials=3, seed=0, prefix="g", db_path=tmp_path, **FAST)
@@ -33,13 +33,14 @@ def test_a_fast_wrong_candidate_is_never_chosen(tmp_path, monkeypatch):
 def test_a_fast_imprecise_table_precision_is_never_chosen(tmp_path, monkeypatch):
     """The pre-issue-10 int8 tables (one scale per group, uncentered) compute correctly within
     their own bound, but their error on outlier activations would cost model quality: the
-    quality gate fails them; the default centered per-32 tables pass."""
+    quality gate fails them; the default W2 tables (centered, per 16, integer ratios) pass."""
     monkeypatch.setenv("LUTC_TUNING_DB", str(tmp_path / "none"))
     url = f"sqlite:///{tmp_path / 'q.db'}"
     study = optuna.create_study(study_name=study_name(P, "q", "hot"), storage=open_storage(url))
-    base = {"g": 4, "lut_dtype": "int8", "unroll": 2, "mb": 1, "interleave": "chunk", "threads": 1, "bn": 32}
+    base = {"g": 4, "lut_dtype": "int8", "unroll": 2, "mb": 1, "interleave": "chunk", "threads": 1, "bn": 32,
+            "lut_scale_ratio": 64}
     study.enqueue_trial(dict(base, lut_scale_block=128, lut_centered=False))
-    study.enqueue_trial(dict(base, lut_scale_block=32, lut_centered=True))
+    study.enqueue_trial(dict(base, lut_scale_block=16, lut_centered=True))
     r = tune_problem(P, storage=url, trials=2, seed=0, prefix="q", db_path=tmp_path, **FAST)
     trials = optuna.load_study(study_name=study.study_name, storage=open_storage(url)).get_trials(deepcopy=False)
     old, new = trials[:2]

@@ -27,9 +27,12 @@ def test_space_covers_every_knob_and_cuts_useless_values():
 
 def test_combinations_that_cannot_help_are_pruned_before_compiling():
     p = Problem(2, 32, 1, 64, 256)
-    assert "unroll=8 exceeds the 4 table chunks" in invalid_reason(Schedule(bits=2, group_size=32, unroll=8), p)
-    assert invalid_reason(Schedule(bits=2, group_size=32, unroll=4), p) is None
-    assert "threads=4 exceeds the 1 tiles" in invalid_reason(Schedule(bits=2, group_size=32, bn=64, threads=4), p)
+    assert "unroll=8 exceeds the 4 table chunks" in invalid_reason(
+        Schedule(bits=2, group_size=32, unroll=8, lut_scale_block=32), p)
+    assert "unroll=4 exceeds the 2 table chunks" in invalid_reason(Schedule(bits=2, group_size=32, unroll=4), p)
+    assert invalid_reason(Schedule(bits=2, group_size=32, unroll=4, lut_scale_block=32), p) is None
+    assert invalid_reason(lutc.ops.default_schedule(2, 32), p) is None          # the default is never pruned
+    assert "threads=4 exceeds the 1 tiles" in invalid_reason(Schedule(bits=2, group_size=32, bn=64, threads=4, unroll=2), p)
     assert params_of(Schedule(bits=2, group_size=32), cores=2)["threads"] == 2
 
 

@@ -62,9 +62,10 @@ def test_failing_candidates_fail_one_trial_each(tmp_path, monkeypatch):
     monkeypatch.setenv("LUTC_TUNE_FAULTS", "lut_dtype=float16:crash,lut_dtype=float32:hang")
     url = f"sqlite:///{tmp_path / 'f.db'}"
     study = optuna.create_study(study_name=study_name(P, "f", "hot"), storage=open_storage(url))
-    base = {"g": 4, "bn": 16, "unroll": 4, "mb": 1, "interleave": "chunk", "threads": 1, "lut_centered": True}
+    base = {"g": 4, "bn": 16, "unroll": 2, "mb": 1, "interleave": "chunk", "threads": 1, "lut_centered": True,
+            "lut_scale_ratio": 64}
     for dt in ("float16", "float32", "int8"):       # float tables: the one canonical scale block (the group)
-        study.enqueue_trial(dict(base, lut_dtype=dt, lut_scale_block=128 if dt != "int8" else 32))
+        study.enqueue_trial(dict(base, lut_dtype=dt, lut_scale_block=128 if dt != "int8" else 16))
     r = tune_problem(P, storage=url, trials=3, seed=0, prefix="f", db_path=None, make_worker=_HangTimeout,
                      **dict(FAST, timeout=LIVENESS_S))
     by = {t.params["lut_dtype"]: t for t in _trials(url, study.study_name)[:3]}

@@ -2,6 +2,8 @@
 
 y[m, n] = sum_groups( sum_blocks sum_b s_b[n, grp] * P_b[m, n, grp, blk] * lut_scale[m, grp, blk]
                       + z[n, grp] * xsum[m, grp] )
+(with integer block ratios lut_scale[m, grp, blk] = r[m, grp, blk] * unit[m, grp], summed as
+ unit * sum_b s_b * (sum_blocks r * P_b) with the inner sum in int16)
 where P_b sums, over the tables of one scale block of a group, table[idx_b(n, t)] and
 idx_b(n, t) is formed by bit-plane b of the g weights of row n that table t covers.
 """
@@ -12,14 +14,27 @@ from lutc.jitfunction import jit
 
 
 @jit
+def _table_amax(xs, CENTER: tl.constexpr):
+    """Largest |entry| of the table over activations xs (zero-padded lanes)."""
+    if CENTER:
+        return 0.5 * tl.sum(tl.abs(xs))                           # max |subset sum - half sum|
+    pos = tl.sum(tl.where(xs > 0.0, xs, 0.0))
+    return tl.maximum(pos, pos - tl.sum(xs))                      # max |subset sum|
+
+
+@jit
 def build_tables(x, luts, lut_scales, xsums, K, NG,
                  GS: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, TPG: tl.constexpr,
                  TPGP: tl.constexpr, LUT_DTYPE: tl.constexpr, NB: tl.constexpr, TPB: tl.constexpr,
-                 CENTER: tl.constexpr):
-    """One program per (activation row m, weight group): its TPGP tables, NB scales and sum.
+                 CENTER: tl.constexpr, NS: tl.constexpr, RATIO: tl.constexpr, BUDGET: tl.constexpr):
+    """One program per (activation row m, weight group): its TPGP tables, NS scale slots and sum.
     Scale block blk covers tables [blk * TPB, min((blk + 1) * TPB, TPGP)). CENTER: entries are
     subset sums minus half the table's activation sum (sign-symmetric, half the range); lut_gemm
-    adds the half back exactly through the zero term."""
+    adds the half back exactly through the zero term. RATIO > 0: block blk's scale is r * unit
+    with r = ceil(bmax_blk / (127 * unit)) (so |entry| <= 127) and unit = max(gmax / (127 *
+    RATIO), sum_blk bmax_blk / (127 * BUDGET)) (gmax = max bmax): r <= RATIO and sum r <=
+    BUDGET + NB, which keeps lut_gemm's int16 group sums in range; slot 0 holds unit, slot
+    1 + blk holds r (an exact float)."""
     m = tl.program_id(0)
     grp = tl.program_id(1)
     TS: tl.constexpr = 1 << G
@@ -27,7 +42,22 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
     xrow = x + m * K + grp * GS
     kleft = K - grp * GS          # activations left in this row from the group's start
     dst = luts + ((m * NG + grp) * TPGP) * TS
+    slots = lut_scales + (m * NG + grp) * NS
     xsum = 0.0
+    gmax = 0.0
+    unit = 0.0
+    if RATIO > 0:
+        bsum = 0.0
+        for blk in range(NB):
+            bmax = 0.0
+            for t in range(blk * TPB, tl.minimum(blk * TPB + TPB, TPGP)):
+                kk = t * G + lane
+                xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
+                bmax = tl.maximum(bmax, _table_amax(xs, CENTER))
+            gmax = tl.maximum(gmax, bmax)
+            bsum += bmax
+        unit = tl.maximum(gmax / (127.0 * RATIO), bsum / (127.0 * BUDGET))
+        tl.store(slots, unit)
     for blk in range(NB):
         t0 = blk * TPB
         t1 = tl.minimum(t0 + TPB, TPGP)
@@ -36,16 +66,17 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
             kk = t * G + lane
             xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
             xsum += tl.sum(xs)
-            if CENTER:
-                amax = tl.maximum(amax, 0.5 * tl.sum(tl.abs(xs)))       # max |subset sum - half sum|
-            else:
-                pos = tl.sum(tl.where(xs > 0.0, xs, 0.0))
-                amax = tl.maximum(amax, tl.maximum(pos, pos - tl.sum(xs)))  # max |subset sum|
+            amax = tl.maximum(amax, _table_amax(xs, CENTER))
         scale = 1.0
         inv = 1.0
         if LUT_DTYPE == tl.int8:
-            scale = amax / 127.0
-            inv = tl.where(amax > 0.0, 127.0 / amax, 0.0)
+            if RATIO > 0:
+                r = tl.where(unit > 0.0, tl.minimum(tl.maximum(tl.ceil(amax / (127.0 * unit)), 1.0), 1.0 * RATIO), 1.0)
+                inv = tl.where(amax > 0.0, 1.0 / (r * unit), 0.0)
+                scale = r
+            else:
+                scale = amax / 127.0
+                inv = tl.where(amax > 0.0, 127.0 / amax, 0.0)
         for t in range(t0, t1):
             kk = t * G + lane
             xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
@@ -53,11 +84,17 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
             if CENTER:
                 table = table - 0.5 * tl.sum(xs)
             if LUT_DTYPE == tl.int8:
-                q = tl.round(table * inv).to(tl.int8)
+                # round to nearest (ties to even) by the float32 magic number 1.5 * 2**23: |table * inv|
+                # <= 127, so the low mantissa bits are the integer; a vector add and a truncation
+                # (a saturating float->int8 conversion would be 16 scalar conversions per table)
+                q = (tl.bitcast(table * inv + 12582912.0, tl.int32) - 0x4B400000).to(tl.int8)
             else:
                 q = table.to(LUT_DTYPE)
             tl.store(dst + t * TS + tl.arange(0, TS), q)
-        tl.store(lut_scales + (m * NG + grp) * NB + blk, scale)
+        if RATIO > 0:
+            tl.store(slots + 1 + blk, scale)
+        else:
+            tl.store(slots + blk, scale)
     tl.store(xsums + m * NG + grp, xsum)
 
 
@@ -93,10 +130,11 @@ def _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
 @jit
 def _block(acc, scales, w_group, luts_group, lut_scales, c0, blk, row, NG, TABLE_STRIDE,
            NCH: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
-           SB: tl.constexpr, CPG: tl.constexpr, NB: tl.constexpr, UNROLL: tl.constexpr,
-           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr):
-    """Scale block blk (NCH chunks from c0): integer lookups, then
-    acc[mi] += (sum_b part_b * s_b) * lut_scales[(row + mi * NG) * NB + blk]."""
+           SB: tl.constexpr, CPG: tl.constexpr, NS: tl.constexpr, UNROLL: tl.constexpr,
+           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, RATIO: tl.constexpr):
+    """Scale block blk (NCH chunks from c0): integer lookups part_b, then with float block
+    scales acc[mi] += (sum_b part_b * s_b) * lut_scales[(row + mi * NG) * NS + blk], with integer
+    ratios acc[mi * BITS + b] += part_b * r (r = lut_scales[(row + mi * NG) * NS + 1 + blk])."""
     part = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
     MAIN: tl.constexpr = NCH - NCH % UNROLL
     for cu in range(0, MAIN, UNROLL):
@@ -107,10 +145,15 @@ def _block(acc, scales, w_group, luts_group, lut_scales, c0, blk, row, NG, TABLE
         part = _chunk(part, w_group, luts_group, c0 + c, TABLE_STRIDE,
                       BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
     for mi in tl.static_range(MB):
-        dot = part[mi * BITS].to(tl.float32) * scales[0]
-        for b in tl.static_range(1, BITS):
-            dot += part[mi * BITS + b].to(tl.float32) * scales[b]
-        acc[mi] += dot * tl.load(lut_scales + (row + mi * NG) * NB + blk)
+        if RATIO > 0:
+            r = tl.load(lut_scales + (row + mi * NG) * NS + 1 + blk).to(ACC)
+            for b in tl.static_range(BITS):
+                acc[mi * BITS + b] += part[mi * BITS + b] * r
+        else:
+            dot = part[mi * BITS].to(tl.float32) * scales[0]
+            for b in tl.static_range(1, BITS):
+                dot += part[mi * BITS + b].to(tl.float32) * scales[b]
+            acc[mi] += dot * tl.load(lut_scales + (row + mi * NG) * NS + blk)
     return acc
 
 
@@ -119,7 +162,8 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
           BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
           SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
-          CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr):
+          CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr,
+          NS: tl.constexpr, RATIO: tl.constexpr):
     """MB activation rows (m0 ..) against one weight tile of BN rows."""
     TS: tl.constexpr = 1 << G
     TABLE_STRIDE = NG * TPGP * TS           # elements between consecutive m's tables
@@ -129,13 +173,27 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
         luts_group = luts + (m0 * NG + grp) * (TPGP * TS)
         sz = sz_tile + grp * ((BITS + 1) * BN)
         scales = [tl.load(sz + b * BN + tl.arange(0, BN)).to(tl.float32) for b in tl.static_range(BITS)]
-        row = m0 * NG + grp                 # (row + mi * NG) indexes lut_scales / NB and xsums
-        for blk in range(NBF):
-            acc = _block(acc, scales, w_group, luts_group, lut_scales, blk * CPB, blk, row, NG,
-                         TABLE_STRIDE, CPB, BITS, G, BN, PB, SB, CPG, NB, UNROLL, MB, PLANE_MAJOR, ACC)
-        if TAILC > 0:
-            acc = _block(acc, scales, w_group, luts_group, lut_scales, NBF * CPB, NBF, row, NG,
-                         TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NB, UNROLL, MB, PLANE_MAJOR, ACC)
+        row = m0 * NG + grp                 # (row + mi * NG) indexes lut_scales / NS and xsums
+        if RATIO > 0:                       # integer block ratios: one int16 sum per plane and group
+            iacc = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
+            for blk in range(NBF):
+                iacc = _block(iacc, scales, w_group, luts_group, lut_scales, blk * CPB, blk, row, NG, TABLE_STRIDE,
+                              CPB, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO)
+            if TAILC > 0:
+                iacc = _block(iacc, scales, w_group, luts_group, lut_scales, NBF * CPB, NBF, row, NG,
+                              TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO)
+            for mi in tl.static_range(MB):
+                dot = iacc[mi * BITS].to(tl.float32) * scales[0]
+                for b in tl.static_range(1, BITS):
+                    dot += iacc[mi * BITS + b].to(tl.float32) * scales[b]
+                acc[mi] += dot * tl.load(lut_scales + (row + mi * NG) * NS)
+        else:
+            for blk in range(NBF):
+                acc = _block(acc, scales, w_group, luts_group, lut_scales, blk * CPB, blk, row, NG, TABLE_STRIDE,
+                             CPB, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO)
+            if TAILC > 0:
+                acc = _block(acc, scales, w_group, luts_group, lut_scales, NBF * CPB, NBF, row, NG,
+                             TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO)
         zero = tl.load(sz + BITS * BN + tl.arange(0, BN)).to(tl.float32)
         if CENTER:                          # centered tables dropped xsum / 2 from every plane
             for b in tl.static_range(BITS):
@@ -151,7 +209,8 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
              SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
              MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
-             CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr):
+             CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr,
+             NS: tl.constexpr, RATIO: tl.constexpr):
     """One program per tile of BN weight rows: y[:, tile] for every activation row."""
     tile = tl.program_id(0)
     rows = tile * BN + tl.arange(0, BN)
@@ -160,8 +219,8 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
     MMAIN = M - M % MB
     for m0 in range(0, MMAIN, MB):
         _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER)
+              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO)
     if MB > 1:
         for m0 in range(MMAIN, M):
             _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER)
+                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO)

@@ -31,7 +31,11 @@ CONSTEXPR_LEGEND = {
     "MB": "s.mb: activation rows sharing one pass over a weight tile",
     "PLANE_MAJOR": "s.interleave == 'plane': bit-plane-major packed order",
     "ACC": "accumulator of one scale block's lookups (s.acc_dtype)",
-    "NB": "table scales per (row, group) = ceil(CPG / CPB) (s.scale_blocks); lut_scales is [M][NG][NB]",
+    "NB": "table scale blocks per (row, group) = ceil(CPG / CPB) (s.scale_blocks)",
+    "NS": "floats per (row, group) in lut_scales, which is [M][NG][NS] (s.scale_slots): NB block "
+          "scales, or with RATIO > 0 the unit step then NB integer multipliers",
+    "RATIO": "largest integer block-scale multiplier (s.scale_ratio; 0: float block scales)",
+    "BUDGET": "s.ratio_budget: the multipliers of a group sum to <= BUDGET + NB (int16 range)",
     "TPB": "tables sharing one int8 table scale = CPB * PB",
     "CPB": "packed chunks sharing one table scale (s.scale_chunks; CPG for float tables)",
     "NBF": "scale blocks of a group with all CPB chunks = CPG // CPB",
@@ -59,18 +63,18 @@ def constexprs(s) -> tuple[dict, dict]:
     ga = 1 << (s.g - 1).bit_length()
     tables = dict(GS=s.group_size, G=s.g, GA=ga, TPG=s.tables_per_group, TPGP=s.padded_tables,
                   LUT_DTYPE=LUT_TYPES[s.lut_dtype], NB=s.scale_blocks, TPB=s.scale_chunks * s.per_byte,
-                  CENTER=s.centered)
+                  CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio, BUDGET=s.ratio_budget)
     gemm = dict(BITS=s.bits, G=s.g, BN=s.bn, PB=s.per_byte, SB=s.slot_bits, CPG=s.chunks_per_group,
                 TPGP=s.padded_tables, UNROLL=s.unroll, MB=s.mb, PLANE_MAJOR=s.interleave == "plane",
                 ACC=ACC_TYPES[s.acc_dtype], NB=s.scale_blocks, CPB=s.scale_chunks,
                 NBF=s.chunks_per_group // s.scale_chunks, TAILC=s.chunks_per_group % s.scale_chunks,
-                CENTER=s.centered)
+                CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio)
     return tables, gemm
 
 
 def scratch_sizes(s, M: int, NG: int) -> dict:
     """Elements of each scratch buffer written by build_tables and read by lut_gemm."""
-    return dict(luts=M * NG * s.padded_tables * s.table_size, lut_scales=M * NG * s.scale_blocks, xsums=M * NG)
+    return dict(luts=M * NG * s.padded_tables * s.table_size, lut_scales=M * NG * s.scale_slots, xsums=M * NG)
 
 
 def max_rows(s, N: int, K: int, NG: int) -> int:

@@ -86,8 +86,12 @@ def estimate(schedule, shape, target="host", device: DeviceModel | None = None) 
         shuf = s.bits * s.per_byte * mb * shuffles + mb * s.per_byte * split
         live = mb * s.bits * vec(s.bn * acc) + mb * s.per_byte * planes * vec(16) + 4
         spill = 1.0 + max(0.0, live / dev.registers - 1.0)      # spills grow with excess pressure
-        per_block = mb * (2 * s.bits + 1) * vec(s.bn * 4)                # int->float, FMA per plane, scale
-        epilogue = s.scale_blocks * per_block + mb * 2 * vec(s.bn * 4) + (s.bits + 1) * vec(s.bn * 2)
+        per_float = mb * (2 * s.bits + 1) * vec(s.bn * 4)                # int->float, FMA per plane, scale
+        if s.scale_ratio:        # integer block ratios: int16 multiply-add per plane and block, float once
+            epilogue = s.scale_blocks * mb * 2 * s.bits * vec(s.bn * acc) + per_float
+        else:
+            epilogue = s.scale_blocks * per_float
+        epilogue += mb * 2 * vec(s.bn * 4) + (s.bits + 1) * vec(s.bn * 2)
         return ng * (s.chunks_per_group * ops * spill + epilogue), ng * s.chunks_per_group * shuf * spill
 
     blocks, rest = M // s.mb, M % s.mb                    # leftover rows run with mb = 1

@@ -5,8 +5,8 @@ fails, however fast: it would cost model quality).
 
 MAX_REL_ERR and the perplexity figure (docs/quantization.md, "Table precision"): on SmolLM2-135M
 the old int8 path (one scale per group, uncentered) errs by 1.7-3.8% on these probes and cost
-3-6% perplexity; the default centered tables with one scale per 32 activations err by 0.7-0.8%
-and cost under 1%. The threshold sits between the two.
+3-6% perplexity; the default tables (centered, one scale per 16 activations with integer
+ratios at W1-W2, per 32 at W3-W4) err by 0.56-0.82% and cost under 0.5%. The threshold sits between the two.
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ class ErrorBound:
     def int8_error(self, sched) -> np.ndarray:
         """(M, NG): sum over a group's scale blocks of tables_in_block * scale / 2, where a block's
         int8 scale is the max over its tables of max |entry| / 127 (entry = subset sum, minus half
-        the table's sum when centered)."""
-        key = (sched.g, sched.scale_chunks * sched.per_byte, sched.centered)
+        the table's sum when centered); with integer block ratios, see block_scales."""
+        key = (sched.g, sched.scale_chunks * sched.per_byte, sched.centered, sched.scale_ratio, sched.ratio_budget)
         if key not in self._int8_scale:
             g, tpb = sched.g, key[1]
             tpg = -(-self.gs // g)
@@ -70,7 +70,7 @@ class ErrorBound:
                 amax = np.maximum(np.where(xt > 0, xt, 0).sum(-1), -np.where(xt < 0, xt, 0).sum(-1))
             amax = amax.reshape(amax.shape[:2] + (nb, tpb))
             ntab = np.minimum(tpb, np.maximum(0, tpg - tpb * np.arange(nb)))       # real tables per block
-            self._int8_scale[key] = (amax.max(-1) / 127.0 * ntab / 2.0).sum(-1)
+            self._int8_scale[key] = (block_scales(amax.max(-1), sched.scale_ratio, sched.ratio_budget) * ntab / 2.0).sum(-1)
         return self._int8_scale[key]
 
     def bound(self, sched) -> np.ndarray:
@@ -110,8 +110,21 @@ class ErrorBound:
         return out
 
 
+def block_scales(bmax: np.ndarray, ratio: int, budget: int) -> np.ndarray:
+    """Upper bounds on the int8 table scales of blocks whose largest |entry| is bmax (..., NB):
+    bmax / 127, or with integer ratios r * unit, unit = max(max bmax / (127 ratio), sum bmax /
+    (127 budget)) and r = ceil(bmax / (127 unit)) in 1..ratio (as build_tables picks them; r is
+    taken 1e-5 high, so float32 rounding in the kernel can only make the real one smaller)."""
+    if not ratio:
+        return bmax / 127.0
+    unit = np.maximum(bmax.max(-1, keepdims=True) / (127.0 * ratio), bmax.sum(-1, keepdims=True) / (127.0 * budget))
+    r = np.ceil(bmax * (1 + 1e-5) / (127.0 * np.where(unit > 0, unit, 1.0)))
+    return np.clip(r, 1, ratio) * unit * (1 + 1e-6)
+
+
 def describe_tables(s) -> str:
     if s.lut_dtype != "int8":
         return s.lut_dtype
     blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
-    return f"int8 ({'centered, ' if s.centered else ''}one scale per {blk} activations)"
+    ratio = f", integer ratios <= {s.scale_ratio}" if s.scale_ratio else ""
+    return f"int8 ({'centered, ' if s.centered else ''}one scale per {blk} activations{ratio})"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..schedule import KNOB_CHOICES, LUT_SCALE_BLOCKS, Schedule
+from ..schedule import DEFAULT_TABLE_SCALES, KNOB_CHOICES, LUT_SCALE_BLOCKS, LUT_SCALE_RATIOS, Schedule
 
-PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "bn", "unroll", "mb", "interleave", "threads")
+PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "bn", "unroll", "mb", "interleave", "threads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,7 @@ def space_for(p: Problem, cores: int) -> dict:
     space["bn"] = tuple(v for v in KNOB_CHOICES["bn"] if v <= max(smallest, p.N))
     space["lut_scale_block"] = tuple(b for b in LUT_SCALE_BLOCKS if b < p.group_size) + (p.group_size,)
     space["lut_centered"] = (True, False)
+    space["lut_scale_ratio"] = LUT_SCALE_RATIOS
     space["threads"] = thread_choices(cores)
     return space
 
@@ -55,6 +56,10 @@ def invalid_reason(s: Schedule, p: Problem) -> str | None:
                 f"unrolled loop would never run")
     if s.lut_dtype != "int8" and (s.lut_scale_block < s.group_size or not s.lut_centered):
         return f"lut_scale_block and lut_centered only change int8 tables ({s.lut_dtype} tables: a duplicate)"
+    default_ratio = DEFAULT_TABLE_SCALES.get(s.bits, (32, 0))[1]
+    if s.lut_scale_ratio != default_ratio and s.replace(lut_scale_ratio=1).scale_ratio == 0:
+        return (f"lut_scale_ratio={s.lut_scale_ratio} has no effect here (float tables, one scale block, or a "
+                f"group too long for int16 ratios): a duplicate of the default {default_ratio}")
     tiles = -(-p.N // s.bn)
     if s.threads is not None and s.threads > tiles:
         return f"threads={s.threads} exceeds the {tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
@@ -83,11 +88,11 @@ def suggest(trial, space: dict) -> dict:
 
 
 def describe(s: Schedule) -> str:
-    """A compact one-line knob summary: 'g4 int8/32c bn64 u4 mb1 chunk t2' (int8: activations per
-    table scale, c = centered)."""
+    """A compact one-line knob summary: 'g4 int8/32cr8 bn64 u4 mb1 chunk t2' (int8: activations per
+    table scale, c = centered, rR = integer block ratios up to R)."""
     t = "*" if s.threads is None else s.threads
     tab = s.lut_dtype
     if s.lut_dtype == "int8":
         blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
-        tab += f"/{blk}{'c' if s.centered else ''}"
+        tab += f"/{blk}{'c' if s.centered else ''}{f'r{s.scale_ratio}' if s.scale_ratio else ''}"
     return f"g{s.g} {tab} bn{s.bn} u{s.unroll} mb{s.mb} {s.interleave} t{t}"
