@@ -100,3 +100,23 @@ def test_cli_quantize_offloaded_under_a_proportional_limit(tmp_path):
         np.testing.assert_array_equal(ck.linears[name].scales, qt.scales)
     low = bench.run_watched(cmd[:-3] + [str(tmp_path / "ck2"), "--quiet"], base["peak_rss_anon"], tmp_path / "low.log")
     assert low["killed_by_limit"] and low["returncode"] != 0 and not (tmp_path / "ck2").exists()
+
+
+def test_synthetic_gguf_is_the_same_model(tmp_path):
+    """write_gguf_from_dir: llama.cpp's layout (q/k rows permuted) of the same weights and tokenizer;
+    transformers' GGUF loader (which undoes the permutation) gives the safetensors model's logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from quant.synthetic import write_gguf_from_dir, write_synthetic_tokenizer
+    d = tmp_path / "m"
+    write_synthetic_llama(d, hidden=64, inter=96, layers=2, heads=4, kv_heads=2, vocab=1000, std=0.05)
+    write_synthetic_tokenizer(d, 1000)
+    write_gguf_from_dir(d, d / "m.gguf")
+    assert not (d / "m.gguf.tmp").exists()
+    a = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    b = AutoModelForCausalLM.from_pretrained(d, gguf_file="m.gguf", dtype=torch.float32)
+    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(a(ids).logits, b(ids).logits, rtol=0, atol=0)
+    text = "def f(x): return x + 1  # the GPL"
+    tok, tok_gguf = AutoTokenizer.from_pretrained(d), AutoTokenizer.from_pretrained(d, gguf_file="m.gguf")
+    assert tok(text).input_ids == tok_gguf(text).input_ids and max(tok(text).input_ids) < 1000
