@@ -119,8 +119,8 @@ def make_llama7b(root) -> tuple[str, str]:
 
 def run_watched(cmd, limit_bytes, log_path, env=None) -> dict:
     """Run cmd (stdout and stderr to log_path) while sampling its /proc status every 50 ms; kill it
-    (SIGKILL) as soon as its RssAnon passes limit_bytes. Returns wall seconds, peak RssAnon, peak
-    VmHWM, returncode and whether the limit killed it."""
+    (SIGKILL) as soon as its RssAnon passes limit_bytes. Returns wall and CPU seconds, peak
+    RssAnon, peak VmHWM, returncode and whether the limit killed it."""
     import signal
     e = dict(os.environ if env is None else env)
     e.setdefault("MALLOC_ARENA_MAX", "2")
@@ -129,7 +129,11 @@ def run_watched(cmd, limit_bytes, log_path, env=None) -> dict:
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=e)
-        while p.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)  # reaps it with its CPU time
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                break
             try:
                 with open(f"/proc/{p.pid}/status") as f:
                     for line in f:
@@ -142,8 +146,9 @@ def run_watched(cmd, limit_bytes, log_path, env=None) -> dict:
                 killed = True
                 os.kill(p.pid, signal.SIGKILL)
             time.sleep(0.05)
-    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_anon": peak["RssAnon"],
-            "peak_vmhwm": peak["VmHWM"], "returncode": p.returncode, "killed_by_limit": killed}
+    return {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_anon": peak["RssAnon"], "peak_vmhwm": max(peak["VmHWM"], usage.ru_maxrss * 1024),
+            "returncode": p.returncode, "killed_by_limit": killed}
 
 
 LLAMA7B_RUNS = {"rtn-w2g128": ("rtn", 2), "rtn-w4g128": ("rtn", 4), "hlq-gptq-w2g128": ("hlq-gptq", 2),
