@@ -91,14 +91,18 @@ def _fsync_file(path: str) -> None:
 
 
 def _arrays(qm: QuantizedModel):
-    """(key, array, manifest section, name) for every tensor to store, in a stable order."""
+    """(key, nbytes, make, section, name) for every tensor to store, in a stable order; make()
+    builds the array (packing codes only then, so a writer holds one shard's arrays at a time)."""
     for name in sorted(qm.linears):
         qt = qm.linears[name]
-        yield f"{name}.qweight", pack_codes(qt.codes, qt.bits), "linears", name
-        yield f"{name}.scales", qt.scales, "linears", name
-        yield f"{name}.zeros", qt.zeros, "linears", name
+        n, k = qt.shape
+        yield (f"{name}.qweight", n * math.ceil(k * qt.bits / 8), lambda qt=qt: pack_codes(qt.codes, qt.bits),
+               "linears", name)
+        yield f"{name}.scales", qt.scales.nbytes, lambda qt=qt: qt.scales, "linears", name
+        yield f"{name}.zeros", qt.zeros.nbytes, lambda qt=qt: qt.zeros, "linears", name
     for name in sorted(qm.tensors):
-        yield name, np.ascontiguousarray(qm.tensors[name]), "tensors", name
+        t = qm.tensors[name]
+        yield name, t.nbytes, lambda t=t: np.ascontiguousarray(t), "tensors", name
 
 
 def _is_checkpoint_or_empty(path: str) -> bool:
@@ -214,21 +218,20 @@ def save_checkpoint(qm: QuantizedModel, path, shard_bytes: int = _SHARD_BYTES) -
 
 
 def _write_contents(qm, tmp, shard_bytes, save_file) -> dict:
-    shards, cur, size = [], {}, 0
+    shards, cur, size = [], [], 0  # planned from sizes first; each shard's arrays are built when written
     entries = {"linears": {}, "tensors": {}}
-    for key, arr, section, name in _arrays(qm):
-        if cur and size + arr.nbytes > shard_bytes:
+    for key, nbytes, make, section, name in _arrays(qm):
+        if cur and size + nbytes > shard_bytes:
             shards.append(cur)
-            cur, size = {}, 0
-        cur[key] = arr
-        size += arr.nbytes
+            cur, size = [], 0
+        cur.append((key, make))
+        size += nbytes
     shards.append(cur)
     files = {}
     for i, shard in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(tmp, fname), metadata={"format": FORMAT})
-        for key in shard:
-            files.setdefault(fname, []).append(key)
+        save_file({key: make() for key, make in shard}, os.path.join(tmp, fname), metadata={"format": FORMAT})
+        files[fname] = [key for key, _ in shard]
     where = {key: f for f, keys in files.items() for key in keys}
     for name, qt in qm.linears.items():
         entries["linears"][name] = {"bits": qt.bits, "group_size": qt.group_size, "shape": list(qt.shape),

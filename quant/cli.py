@@ -11,6 +11,9 @@ __all__ = ["register", "USER_ERRORS"]
 USER_ERRORS = (ValueError, OSError)
 
 
+_FT_KNOBS = ("epochs", "lr", "batch", "samples", "e2e_epochs", "e2e_lr")  # --ft-* flags; unset: FTConfig's defaults
+
+
 def cmd_quantize(args) -> int:
     from .checkpoint import save_checkpoint
     from .model_quant import quantize_model
@@ -18,8 +21,9 @@ def cmd_quantize(args) -> int:
                         lm_head_bits=args.lm_head_bits, lm_head_group_size=args.lm_head_group_size,
                         nsamples=args.nsamples, seqlen=args.seqlen, progress=not args.quiet,
                         act_order=args.act_order, damp=args.damp, seed=args.seed,
-                        ft={"epochs": args.ft_epochs, "lr": args.ft_lr, "batch": args.ft_batch,
-                            "samples": args.ft_samples} if args.method == "hlq-ft" else None)
+                        ft={k: v for k in _FT_KNOBS if (v := getattr(args, "ft_" + k)) is not None}
+                        if args.method == "hlq-ft" else None,
+                        offload_dir=args.offload_dir)
     out = save_checkpoint(qm, args.out)
     print(f"wrote {out}: {qm.meta['method']} W{qm.meta['bits']} g{qm.meta['group_size']} "
           f"(lm_head W{qm.meta['lm_head_bits']} g{qm.meta['lm_head_group_size']}), "
@@ -43,10 +47,16 @@ def register(subparsers) -> None:
     q.add_argument("--act-order", action="store_true", help="GPTQ act-order (static groups)")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean(diag H)")
     q.add_argument("--seed", type=int, default=0, help="calibration windows and fine-tuning order")
-    q.add_argument("--ft-epochs", type=int, default=2, help="hlq-ft: epochs over the calibration samples per block")
-    q.add_argument("--ft-lr", type=float, default=1e-3, help="hlq-ft: Adam learning rate (relative to the scales)")
-    q.add_argument("--ft-batch", type=int, default=4, help="hlq-ft: calibration samples per step")
-    q.add_argument("--ft-samples", type=int, default=16,
+    # hlq-ft knobs: unset means quant.finetune.FTConfig's default (docs/quantization.md)
+    q.add_argument("--ft-epochs", type=int, default=None, help="hlq-ft: epochs over the calibration samples per block")
+    q.add_argument("--ft-lr", type=float, default=None, help="hlq-ft: Adam learning rate (relative to the scales)")
+    q.add_argument("--ft-batch", type=int, default=None, help="hlq-ft: calibration samples per step")
+    q.add_argument("--ft-samples", type=int, default=None,
                    help="hlq-ft: calibration samples (of --nsamples) to fine-tune on")
+    q.add_argument("--ft-e2e-epochs", type=int, default=None,
+                   help="hlq-ft: epochs of the end-to-end pass over the scales only (0: none)")
+    q.add_argument("--ft-e2e-lr", type=float, default=None, help="hlq-ft: Adam learning rate of the end-to-end pass")
+    q.add_argument("--offload-dir", default=None,
+                   help="write each finished block's codes here and memory-map them back (models larger than RAM)")
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(fn=cmd_quantize)

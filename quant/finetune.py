@@ -21,26 +21,28 @@ import torch
 
 from .tensor import QuantizedTensor, bitplanes
 
-__all__ = ["FTConfig", "FTLinear", "finetune_block"]
+__all__ = ["FTConfig", "FTLinear", "finetune_block", "finetune_e2e"]
 
 
 class FTConfig:
     """Knobs of the block-wise fine-tuning (defaults measured on SmolLM2-135M, docs/quantization.md)."""
 
     def __init__(self, epochs: int = 2, lr: float = 1e-3, batch: int = 4, samples: int | None = 16,
-                 seed: int = 0):
-        for name, v, lo in (("epochs", epochs, 0), ("batch", batch, 1)):
+                 seed: int = 0, e2e_epochs: int = 0, e2e_lr: float = 1e-4):
+        for name, v, lo in (("epochs", epochs, 0), ("batch", batch, 1), ("e2e_epochs", e2e_epochs, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"ft {name}: expected an int >= {lo}, got {v!r}")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
             raise ValueError(f"ft samples: expected an int >= 1 or None, got {samples!r}")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"ft lr: expected a finite float > 0, got {lr!r}")
+        for name, v in (("lr", lr), ("e2e_lr", e2e_lr)):
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"ft {name}: expected a finite float > 0, got {v!r}")
         self.epochs, self.lr, self.batch, self.samples, self.seed = epochs, float(lr), batch, samples, seed
+        self.e2e_epochs, self.e2e_lr = e2e_epochs, float(e2e_lr)
 
     def as_dict(self) -> dict:
         return {"epochs": self.epochs, "lr": self.lr, "batch": self.batch, "samples": self.samples,
-                "seed": self.seed}
+                "seed": self.seed, "e2e_epochs": self.e2e_epochs, "e2e_lr": self.e2e_lr}
 
 
 class FTLinear(torch.nn.Module):
@@ -49,8 +51,11 @@ class FTLinear(torch.nn.Module):
     def __init__(self, qt: QuantizedTensor, bias: torch.Tensor | None = None):
         super().__init__()
         self.qt = qt
-        self.register_buffer("planes", torch.from_numpy(bitplanes(qt.codes, qt.bits)).to(torch.float32),
-                             persistent=False)  # (bits, N, K)
+        planes = torch.from_numpy(bitplanes(qt.codes, qt.bits)).to(torch.float32)  # (bits, N, K)
+        g = -(-qt.K // qt.group_size)
+        if g * qt.group_size != qt.K:  # ragged last group: zero-padded to whole groups
+            planes = torch.nn.functional.pad(planes, (0, g * qt.group_size - qt.K))
+        self.register_buffer("planes", planes.view(qt.bits, qt.N, g, qt.group_size), persistent=False)
         s0 = torch.from_numpy(qt.scales.astype(np.float32))  # (bits, N, G)
         z0 = torch.from_numpy(qt.zeros.astype(np.float32))  # (N, G)
         self.register_buffer("s0", s0, persistent=False)
@@ -65,11 +70,9 @@ class FTLinear(torch.nn.Module):
         return self.s0 * (1 + self.a), self.z0 + self.r * self.c
 
     def weight(self) -> torch.Tensor:
-        s, z = self.params()
-        gs, k = self.qt.group_size, self.qt.K
-        s = s.repeat_interleave(gs, dim=-1)[..., :k]
-        z = z.repeat_interleave(gs, dim=-1)[..., :k]
-        return (s * self.planes).sum(0) + z
+        s, z = self.params()  # broadcast over each group: autograd keeps no (bits, N, K) temporary
+        w = (s[..., None] * self.planes).sum(0) + z[..., None]
+        return w.reshape(self.qt.N, -1)[:, :self.qt.K]
 
     def forward(self, x):
         return torch.nn.functional.linear(x, self.weight(), self.bias)
@@ -159,6 +162,71 @@ def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run,
     if not info["kept"]:
         new, y_after = dict(qts), y_before
     return new, info, y_after
+
+
+_E2E_CHECK = 8  # calibration samples the keep-or-revert check of the e2e pass runs on (a forward each)
+
+
+def _next_token_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a causal LM on ids (batch, seq)."""
+    logits = model(input_ids=ids).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+
+
+def finetune_e2e(qm, ids: torch.Tensor, cfg: FTConfig, progress: bool = False):
+    """EfficientQAT's E2E-QP on a QuantizedModel: train only the per-plane scales of every quantized
+    linear (zeros and codes fixed), end to end, to minimize the next-token cross-entropy on the
+    first cfg.samples calibration ids (n, seq); Adam, lr cfg.e2e_lr, cfg.e2e_epochs epochs, gradients
+    accumulated over cfg.batch samples (one sample per forward). Returns (new linears, info): the scales are
+    rounded to fp16 and the loss on the first _E2E_CHECK samples is measured again; if it is not
+    lower than before, the old linears come back unchanged (info["kept"] False)."""
+    from .torch_model import build_torch_model
+    fts = {}
+
+    def ft_linear(name, qt, has_bias):
+        bias = torch.nn.Parameter(torch.zeros(qt.N), requires_grad=False) if has_bias else None
+        fts[name] = FTLinear(qt, bias)
+        return fts[name]
+
+    model = build_torch_model(qm, ft_linear)
+    for m in fts.values():
+        m.a.requires_grad_(True)
+
+    check = ids[:_E2E_CHECK]
+
+    def loss_all():
+        with torch.no_grad():
+            return float(sum(_next_token_loss(model, check[i:i + 1]) for i in range(len(check))) / len(check))
+
+    info = {"loss_before": loss_all(), "steps": 0}
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 999_983)
+    opt = torch.optim.Adam([m.a for m in fts.values()], lr=cfg.e2e_lr)
+    n = ids.shape[0] if cfg.samples is None else min(cfg.samples, ids.shape[0])
+    bar = _bar(cfg.e2e_epochs * math.ceil(n / cfg.batch), "e2e scales", progress)
+    with torch.enable_grad():
+        for _ in range(cfg.e2e_epochs):
+            order = torch.randperm(n, generator=gen)
+            for i in range(0, n, cfg.batch):
+                idx = order[i:i + cfg.batch]
+                opt.zero_grad(set_to_none=True)
+                total = 0.0
+                for j in idx:
+                    loss = _next_token_loss(model, ids[j:j + 1]) / len(idx)
+                    loss.backward()
+                    total += loss.item()
+                opt.step()
+                info["steps"] += 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{total:.4g}", refresh=False)
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    new = {name: m.rounded() for name, m in fts.items()}
+    for name, qt in new.items():  # measure with exactly the fp16 scales the checkpoint will hold
+        _set_module(model, name, FTLinear(qt, fts[name].bias))
+    info["loss_after"] = loss_all()
+    info["kept"] = bool(info["loss_after"] < info["loss_before"])
+    return (new if info["kept"] else dict(qm.linears)), info
 
 
 def _bar(total: int, desc: str, enabled: bool):

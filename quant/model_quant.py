@@ -15,7 +15,7 @@ import torch
 
 from .api import quantize
 from .calib import calibration_ids
-from .finetune import FTConfig, finetune_block
+from .finetune import FTConfig, finetune_block, finetune_e2e
 from .gptq import HessianAccumulator, gptq_quantize
 from .model import QuantizedModel
 from .source import open_source, tokenizer_dir_for
@@ -195,12 +195,19 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     lm_head (also when tied to the embeddings) uses lm_head_bits / lm_head_group_size.
     calib: None (built-in corpus), a text file path, or token ids (nsamples, seqlen).
     "hlq-ft" is hlq-gptq followed, per block, by fine-tuning the block's scales and zeros
-    against the float block's outputs (quant.finetune; knobs in `ft`: an FTConfig or its kwargs).
+    against the float block's outputs, then optionally (ft e2e_epochs > 0) an end-to-end pass
+    over the scales only (quant.finetune; knobs in `ft`: an FTConfig or its kwargs).
     offload_dir: a directory; each finished block's codes go there as .npy files and come back
     memory-mapped (not resident), so a model larger than RAM streams from a safetensors directory
     with about one float block, the calibration activations and the fp16 scales in memory.
     """
     _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
+    if method == "hlq-ft":
+        ft = ft if isinstance(ft, FTConfig) else FTConfig(**{"seed": seed, **(ft or {})})
+        if ft.e2e_epochs and offload_dir is not None:
+            raise ValueError("hlq-ft e2e_epochs > 0 trains the whole model at once: not with offload_dir")
+    else:
+        ft = None
     from transformers import AutoModelForCausalLM
 
     src = open_source(model_or_path, tokenizer)
@@ -221,10 +228,6 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     embed = src.get("model.embed_tokens.weight")
     tensors["model.embed_tokens.weight"] = embed.detach().numpy()
     fit = _CALIBRATED.get(method)
-    if method == "hlq-ft":
-        ft = ft if isinstance(ft, FTConfig) else FTConfig(**{"seed": seed, **(ft or {})})
-    else:
-        ft = None
     calib_meta = None
     with torch.no_grad():  # not inference_mode: hlq-ft trains inside, on these tensors
         if fit is not None:
@@ -316,6 +319,17 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             linears["lm_head"] = offload_codes(linears["lm_head"], offload_dir, "lm_head")
         prog("lm_head")
     tok_dir = src.tokenizer_dir or (tokenizer_dir_for(src.tokenizer) if src.tokenizer is not None else None)
+    cfg = json.loads(config.to_json_string(use_diff=False))  # JSON-normal form: what a checkpoint stores
+    if not cfg.get("architectures"):
+        cfg["architectures"] = [type(skel).__name__]
+    e2e = None
+    if ft is not None and ft.e2e_epochs:
+        prog(f"e2e: {ft.e2e_epochs} epoch(s) over {ids.shape[0]} x {ids.shape[1]} tokens, scales only")
+        new, e2e = finetune_e2e(QuantizedModel(config=cfg, linears=linears, tensors=tensors, meta={}), ids, ft,
+                                prog.enabled)
+        linears.update(new)
+        prog(f"e2e: next-token loss {e2e['loss_before']:.4f} -> {e2e['loss_after']:.4f}"
+             + ("" if e2e["kept"] else " (kept block-wise result)"))
     meta = {"method": method, "bits": int(bits), "group_size": int(group_size),
             "lm_head_bits": int(lm_head_bits), "lm_head_group_size": int(lm_head_group_size),
             "source": src.description, "lutc_version": _lutc_version(), "calibration": calib_meta,
@@ -326,7 +340,6 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
         meta["ft"] = {**ft.as_dict(), "blocks_kept": sum(v["kept"] for v in fts),
                       "mse_before": [round(v["loss_before"], 8) for v in fts],
                       "mse_after": [round(v["loss_after"], 8) for v in fts]}
-    cfg = json.loads(config.to_json_string(use_diff=False))  # JSON-normal form: what a checkpoint stores
-    if not cfg.get("architectures"):
-        cfg["architectures"] = [type(skel).__name__]
+        if e2e is not None:
+            meta["ft"]["e2e"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in e2e.items()}
     return QuantizedModel(config=cfg, linears=linears, tensors=tensors, tokenizer_dir=tok_dir, meta=meta)

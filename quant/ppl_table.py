@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--ft-epochs", type=int, default=None, help="hlq-ft cells: epochs per block")
     p.add_argument("--ft-samples", type=int, default=None, help="hlq-ft cells: samples fine-tuned on")
     p.add_argument("--ft-lr", type=float, default=None, help="hlq-ft cells: learning rate")
+    p.add_argument("--ft-e2e-epochs", type=int, default=None, help="hlq-ft cells: epochs of the end-to-end scale pass")
+    p.add_argument("--ft-e2e-lr", type=float, default=None, help="hlq-ft cells: learning rate of the end-to-end pass")
     p.add_argument("--text", action="append", default=[],
                    help="another held-out text file to evaluate every cell on (repeatable)")
     args = p.parse_args(argv)
@@ -124,8 +126,8 @@ def main(argv=None) -> int:
             else:
                 continue
         t0 = time.perf_counter()
-        ft = {k: v for k, v in (("epochs", args.ft_epochs), ("samples", args.ft_samples), ("lr", args.ft_lr))
-              if v is not None}
+        ft = {k: v for k, v in (("epochs", args.ft_epochs), ("samples", args.ft_samples), ("lr", args.ft_lr),
+                                ("e2e_epochs", args.ft_e2e_epochs), ("e2e_lr", args.ft_e2e_lr)) if v is not None}
         qm = quantize_model(src, b, g, m, tokenizer=tok, **qkw, **({"ft": ft} if m == "hlq-ft" else {}))
         qsec = time.perf_counter() - t0
         r = results.get(key) or {"quant_seconds": round(qsec, 1), "quant_cpu_seconds": qm.meta["cpu_seconds"],

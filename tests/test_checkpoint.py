@@ -89,6 +89,20 @@ def test_sharded_round_trip(qm, tmp_path):
     assert_same_model(qm, load_checkpoint(path))
 
 
+def test_saving_packs_one_shard_at_a_time(qm, tmp_path, monkeypatch):
+    """Codes are packed when their shard is written, not all up front: a model whose packed codes
+    exceed RAM (memory-mapped offloaded codes) saves with about one shard in memory."""
+    import quant.checkpoint as ck
+    from safetensors import numpy as stnp
+    events, real_pack, real_save = [], ck.pack_codes, stnp.save_file
+    monkeypatch.setattr(ck, "pack_codes", lambda *a: events.append("pack") or real_pack(*a))
+    monkeypatch.setattr(stnp, "save_file", lambda *a, **k: events.append("save") or real_save(*a, **k))
+    path = save_checkpoint(qm, tmp_path / "lazy", shard_bytes=20_000)
+    assert events.count("pack") == len(qm.linears) and events.count("save") > 2
+    assert events.index("save") < len(events) - 1 - events[::-1].index("pack")  # packing goes on after a save
+    assert_same_model(qm, load_checkpoint(path))
+
+
 def test_loading_never_unpickles(ckpt, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("pickle used")

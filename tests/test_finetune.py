@@ -96,7 +96,34 @@ def test_checkpoint_round_trip(ft_model, model, ids, tmp_path):
     assert logits_err(model, back, ids) == logits_err(model, ft_model, ids)
 
 
-@pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0.0}, {"batch": 0}, {"samples": 0}, {"lr": float("nan")}])
+def test_e2e_pass_lowers_the_next_token_loss_with_scales_only(model, ids, ft_model):
+    """EfficientQAT's E2E-QP on top of the block-wise pass: only the scales move (codes and zeros are
+    the block-wise result's), the calibration loss falls, and the result is deterministic."""
+    e2e = {**FT, "e2e_epochs": 3, "e2e_lr": 3e-3}
+    qm = quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=e2e)
+    info = qm.meta["ft"]["e2e"]
+    assert info["kept"] and info["loss_after"] < info["loss_before"] and info["steps"] == 3 * 4
+    assert qm.meta["calibration"]["ft"]["e2e_epochs"] == 3
+    moved = 0
+    for name, qt in qm.linears.items():
+        base = ft_model.linears[name]
+        np.testing.assert_array_equal(qt.codes, base.codes)
+        np.testing.assert_array_equal(qt.zeros, base.zeros)
+        moved += qt.scales.tobytes() != base.scales.tobytes()
+        assert qt.method == "hlq-ft"
+    assert moved == len(qm.linears)  # lm_head included
+    again = quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=e2e)
+    assert all(qt.scales.tobytes() == again.linears[n].scales.tobytes() for n, qt in qm.linears.items())
+
+
+def test_e2e_needs_the_model_in_memory(model, ids, tmp_path):
+    with pytest.raises(ValueError, match="offload_dir"):
+        quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft={"e2e_epochs": 1},
+                       offload_dir=tmp_path / "codes")
+
+
+@pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0.0}, {"batch": 0}, {"samples": 0}, {"lr": float("nan")},
+                                 {"e2e_epochs": -1}, {"e2e_lr": 0.0}, {"e2e_lr": True}])
 def test_bad_knobs(model, ids, bad):
     with pytest.raises(ValueError, match="ft "):
         quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=bad)
@@ -111,11 +138,13 @@ def test_cli_quantize_hlq_ft(tmp_path, capsys):
     out = tmp_path / "q"
     rc = main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--group-size", "32", "--method", "hlq-ft",
                "--out", str(out), "--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--quiet",
-               "--ft-epochs", "1", "--ft-samples", "4", "--ft-lr", "2e-3", "--ft-batch", "2"])
+               "--ft-epochs", "1", "--ft-samples", "4", "--ft-lr", "2e-3", "--ft-batch", "2", "--ft-e2e-epochs", "1",
+               "--ft-e2e-lr", "1e-3"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     back = quant.load_checkpoint(out)
     assert back.meta["method"] == "hlq-ft"
     assert back.meta["ft"]["epochs"] == 1 and back.meta["ft"]["lr"] == 2e-3 and back.meta["ft"]["samples"] == 4
+    assert back.meta["ft"]["e2e_epochs"] == 1 and back.meta["ft"]["e2e_lr"] == 1e-3 and "e2e" in back.meta["ft"]
     assert main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--method", "hlq-ft", "--out", str(tmp_path / "x"),
                  "--calib", str(calib), "--ft-lr", "-1", "--quiet"]) == 2
     assert "ft lr" in capsys.readouterr().err

@@ -69,3 +69,56 @@ def test_safetensors_file_reads_every_dtype(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x05")
     with pytest.raises(ValueError, match="truncated header"):
         SafetensorsFile(str(tmp_path / "bad.safetensors"))
+
+
+_CLI = "import sys; from lutc.cli import main; sys.exit(main())"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status")
+def test_cli_quantize_offloaded_under_a_proportional_limit(tmp_path):
+    """`lutc quantize --offload-dir` (the 7B run's command, bench_stream.py --llama7b) under the
+    RssAnon watchdog at 8/13.5 of the F16 weights above an interpreter that imported the same
+    modules; its checkpoint equals the in-memory quantization. 1/20 of the weights above it kills it."""
+    from quant.checkpoint import load_checkpoint
+    bench = _bench()
+    d = tmp_path / "model"
+    size = write_synthetic_llama(d, hidden=512, inter=1376, layers=16, heads=8, kv_heads=8, vocab=512)
+    base = bench.run_watched([sys.executable, "-c", "import time, torch, transformers, quant.model_quant, lutc.cli; "
+                              "from transformers import LlamaForCausalLM; time.sleep(0.5)"], 1 << 40,
+                             tmp_path / "base.log")
+    cmd = [sys.executable, "-c", _CLI, "quantize", str(d), "--bits", "2", "--group-size", "64", "--method", "rtn",
+           "--offload-dir", str(tmp_path / "codes"), "--out", str(tmp_path / "ck"), "--quiet"]
+    limit = base["peak_rss_anon"] + int(size * 8 / 13.5)
+    r = bench.run_watched(cmd, limit, tmp_path / "q.log")
+    assert r["returncode"] == 0 and not r["killed_by_limit"], (r, (tmp_path / "q.log").read_text()[-2000:])
+    assert 0 < r["peak_rss_anon"] <= limit
+    ck = load_checkpoint(tmp_path / "ck")
+    ref = quantize_model(str(d), 2, 64, "rtn", progress=False)
+    assert set(ck.linears) == set(ref.linears)
+    for name, qt in ref.linears.items():
+        np.testing.assert_array_equal(ck.linears[name].codes, qt.codes)
+        np.testing.assert_array_equal(ck.linears[name].scales, qt.scales)
+    assert cmd[-3:-1] == ["--out", str(tmp_path / "ck")]
+    low = bench.run_watched(cmd[:-2] + [str(tmp_path / "ck2"), "--quiet"], base["peak_rss_anon"] + size // 20,
+                            tmp_path / "low.log")
+    assert low["killed_by_limit"] and low["returncode"] != 0 and not (tmp_path / "ck2").exists(), low
+
+
+def test_synthetic_gguf_is_the_same_model(tmp_path):
+    """write_gguf_from_dir: llama.cpp's layout (q/k rows permuted) of the same weights and tokenizer;
+    transformers' GGUF loader (which undoes the permutation) gives the safetensors model's logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from quant.synthetic import write_gguf_from_dir, write_synthetic_tokenizer
+    d = tmp_path / "m"
+    write_synthetic_llama(d, hidden=64, inter=96, layers=2, heads=4, kv_heads=2, vocab=1000, std=0.05)
+    write_synthetic_tokenizer(d, 1000)
+    write_gguf_from_dir(d, d / "m.gguf")
+    assert not (d / "m.gguf.tmp").exists()
+    a = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    b = AutoModelForCausalLM.from_pretrained(d, gguf_file="m.gguf", dtype=torch.float32)
+    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(a(ids).logits, b(ids).logits, rtol=0, atol=0)
+    text = "def f(x): return x + 1  # the GPL"
+    tok, tok_gguf = AutoTokenizer.from_pretrained(d), AutoTokenizer.from_pretrained(d, gguf_file="m.gguf")
+    assert tok(text).input_ids == tok_gguf(text).input_ids and max(tok(text).input_ids) < 1000
