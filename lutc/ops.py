@@ -12,9 +12,18 @@ _KERNELS: dict = {}
 _LOCK = threading.Lock()
 
 
+DOT_MIN_M = 16     # untuned default: from this many rows on, the int8 dot path (bench/bench_prefill_gemm.py)
+
+
 def default_schedule(bits: int, group_size: int, M: int = 1) -> Schedule:
-    """The untuned default: int8 tables of g=4, 32-row tiles; M-blocking for prefill."""
-    return Schedule(bits=bits, group_size=group_size, mb=1 if M < 4 else 2)
+    """The untuned default: int8 tables of g=4, 32-row tiles; M-blocking for small batches; the dot
+    path from DOT_MIN_M rows (output blocks of dot_bm x dot_ns = 128 with the activation residual:
+    three accumulator sets fit the 32 AVX-512 registers), where its layout allows."""
+    s = Schedule(bits=bits, group_size=group_size, mb=1 if M < 4 else 2)
+    if M >= DOT_MIN_M and group_size % 32 == 0:
+        bm = 16 if M < 32 else 32
+        s = s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True)
+    return s
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:

@@ -7,6 +7,8 @@ import math
 
 LUT_DTYPES = ("int8", "float16", "float32")
 INTERLEAVES = ("chunk", "plane")
+PATHS = ("lut", "dot")
+ACT_BLOCKS = (32, 64, 128, 256)         # the tuner's choices of act_block (dot path)
 KNOB_CHOICES = {
     "g": (2, 3, 4),
     "lut_dtype": LUT_DTYPES,
@@ -15,8 +17,19 @@ KNOB_CHOICES = {
     "mb": (1, 2, 4),
     "interleave": INTERLEAVES,
 }
+DOT_KNOB_CHOICES = {         # the path knob and the dot path's own knobs
+    "path": PATHS,
+    "dot_bm": (16, 32, 64),
+    "dot_ns": (4, 8, 16),
+}
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
 DEFAULT_LUT_SCALE_BLOCK = 32
+
+
+def m_bucket(M: int) -> int:
+    """The M bucket a schedule is chosen for (and a tuning-db entry covers): the smallest power of
+    two >= M (1, 2, 4, ..., 128, ...). Everything that picks a schedule by M picks it per bucket."""
+    return 1 if M <= 1 else 1 << (int(M) - 1).bit_length()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +46,15 @@ class Schedule:
     T-MAC's mirror consolidation, half the range for the same int8 step; exact correction
     through the zero term; False with lut_scale_block >= group_size is the old path) and threads
     (None = all cores; it does not change generated code).
+
+    path chooses the kernel pair: "lut" (table build + lut_gemm, the knobs above) or "dot" (int8
+    activations + tl.dot on weight levels decoded from the same packed layout,
+    lutc/kernels/dotgemm.py; needs g in (2, 4) and group_size a multiple of 32). Dot knobs: dot_bm
+    (activation rows per output block), dot_ns (weight rows per output block, divides bn),
+    act_block (activations per int8 activation scale, capped at group_size; must divide it),
+    act_residual (a second int8 dot on the activations' rounding residual: ~15-bit activations at
+    twice the dot work; without it, int8 activations cost SmolLM2 W4 3% perplexity).
+    Schedules are chosen per M bucket (lutc.ops.choose_schedule), so the path is too.
     """
 
     bits: int
@@ -46,6 +68,11 @@ class Schedule:
     lut_scale_block: int = DEFAULT_LUT_SCALE_BLOCK
     lut_centered: bool = True
     threads: int | None = None
+    path: str = "lut"
+    dot_bm: int = 32
+    dot_ns: int = 8
+    act_block: int = 128
+    act_residual: bool = True
     kernel: str = "lut_gemm"
 
     def __post_init__(self):
@@ -54,19 +81,20 @@ class Schedule:
     def validate(self):
         def bad(msg):
             raise ValueError(f"invalid schedule: {msg}")
-        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block"):
+        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block", "act_block"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")
-        if not isinstance(self.lut_centered, bool):
-            bad(f"lut_centered must be a bool, got {self.lut_centered!r}")
+        for name in ("lut_centered", "act_residual"):
+            if not isinstance(getattr(self, name), bool):
+                bad(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.lut_scale_block < 1:
             bad(f"lut_scale_block must be >= 1, got {self.lut_scale_block}")
         if not 1 <= self.bits <= 4:
             bad(f"bits must be 1-4, got {self.bits}")
         if self.group_size < 1:
             bad(f"group_size must be >= 1, got {self.group_size}")
-        for name, choices in KNOB_CHOICES.items():
+        for name, choices in {**KNOB_CHOICES, **DOT_KNOB_CHOICES}.items():
             if getattr(self, name) not in choices:
                 bad(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
@@ -74,6 +102,29 @@ class Schedule:
             bad(f"threads must be None or an int >= 1, got {self.threads!r}")
         if self.kernel != "lut_gemm":
             bad(f"unknown kernel {self.kernel!r}")
+        if self.path == "dot":
+            why = self.dot_problem()
+            if why:
+                bad(why)
+
+    def dot_problem(self) -> str | None:
+        """Why this layout and these knobs cannot take the dot path, or None."""
+        if self.g not in (2, 4):
+            return f"path='dot' decodes 8 columns per packed byte: needs g 2 or 4, got g={self.g}"
+        if self.group_size % 32:
+            return f"path='dot' needs group_size a multiple of 32, got {self.group_size}"
+        xb = self.act_scale_block
+        if xb < 32 or xb % 32 or self.group_size % xb:
+            return (f"path='dot': act_block={self.act_block} gives {xb} activations per scale; it must be a "
+                    f"multiple of 32 dividing group_size={self.group_size}")
+        if self.bn % self.dot_ns:
+            return f"path='dot': dot_ns={self.dot_ns} must divide bn={self.bn}"
+        return None
+
+    @property
+    def act_scale_block(self) -> int:
+        """Activations per int8 activation scale on the dot path: min(act_block, group_size)."""
+        return min(self.act_block, self.group_size)
 
     # -- derived layout constants
     @property
@@ -137,6 +188,17 @@ class Schedule:
     def codegen_key(self) -> tuple:
         """Every knob that changes generated code (threads does not)."""
         return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "threads")
+
+    def with_layout(self, other: "Schedule") -> "Schedule":
+        """This schedule in `other`'s packed layout (g, bn, interleave); the LUT path if the dot path
+        cannot read that layout (g = 3, or bn not a multiple of dot_ns)."""
+        layout = dict(g=other.g, bn=other.bn, interleave=other.interleave)
+        try:
+            return self.replace(**layout)
+        except ValueError:
+            if self.path != "dot":
+                raise
+            return self.replace(path="lut", **layout)
 
     def knobs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

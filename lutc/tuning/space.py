@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..schedule import KNOB_CHOICES, LUT_SCALE_BLOCKS, Schedule
+from ..schedule import ACT_BLOCKS, DOT_KNOB_CHOICES, KNOB_CHOICES, LUT_SCALE_BLOCKS, Schedule
 
-PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "bn", "unroll", "mb", "interleave", "threads")
+PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "bn", "unroll", "mb", "interleave", "threads",
+          "path", "dot_bm", "dot_ns", "act_block", "act_residual")
+LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "unroll", "mb")     # knobs the dot path ignores
+DOT_ONLY = ("dot_bm", "dot_ns", "act_block", "act_residual")                                    # knobs the LUT path ignores
+_DEFAULTS = Schedule(bits=1, group_size=32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +47,23 @@ def space_for(p: Problem, cores: int) -> dict:
     space["lut_scale_block"] = tuple(b for b in LUT_SCALE_BLOCKS if b < p.group_size) + (p.group_size,)
     space["lut_centered"] = (True, False)
     space["threads"] = thread_choices(cores)
+    space["path"] = DOT_KNOB_CHOICES["path"] if p.group_size % 32 == 0 else ("lut",)
+    space["dot_bm"] = tuple(v for v in DOT_KNOB_CHOICES["dot_bm"] if v <= max(16, p.M))
+    space["dot_ns"] = DOT_KNOB_CHOICES["dot_ns"]
+    space["act_block"] = tuple(b for b in ACT_BLOCKS if b < p.group_size and p.group_size % b == 0) + (p.group_size,)
+    space["act_residual"] = (True, False)
     return space
 
 
 def invalid_reason(s: Schedule, p: Problem) -> str | None:
     """Why a combination of knobs is pointless for this problem (pruned before compiling), or None.
     (A schedule whose tables are too imprecise is not pruned here: the accuracy gate fails it.)"""
+    other = DOT_ONLY if s.path == "lut" else LUT_ONLY
+    changed = [k for k in other if getattr(s, k) != getattr(_DEFAULTS, k)]
+    if changed:
+        return f"{', '.join(changed)} do not change the {s.path} path (a duplicate)"
+    if s.path == "dot":
+        return s.dot_problem()
     if s.unroll > s.scale_chunks:
         return (f"unroll={s.unroll} exceeds the {s.scale_chunks} table chunks of a scale block "
                 f"(g={s.g}, group_size={s.group_size}, lut_scale_block={s.lut_scale_block}): the "
@@ -62,6 +77,8 @@ def invalid_reason(s: Schedule, p: Problem) -> str | None:
 
 
 def schedule_from_params(p: Problem, params: dict) -> Schedule:
+    """The Schedule of these parameters; ValueError if no Schedule allows the combination (e.g. the
+    dot path with g=3): the search records that trial as invalid."""
     return Schedule(bits=p.bits, group_size=p.group_size, kernel=p.kernel,
                     **{k: params[k] for k in PARAMS})
 
@@ -84,8 +101,11 @@ def suggest(trial, space: dict) -> dict:
 
 def describe(s: Schedule) -> str:
     """A compact one-line knob summary: 'g4 int8/32c bn64 u4 mb1 chunk t2' (int8: activations per
-    table scale, c = centered)."""
+    table scale, c = centered); on the dot path 'dot g4 bn32 bm64 ns4 xb128 chunk t2'."""
     t = "*" if s.threads is None else s.threads
+    if s.path == "dot":
+        res = "+r" if s.act_residual else ""
+        return f"dot g{s.g} bn{s.bn} bm{s.dot_bm} ns{s.dot_ns} xb{s.act_scale_block}{res} {s.interleave} t{t}"
     tab = s.lut_dtype
     if s.lut_dtype == "int8":
         blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
