@@ -189,3 +189,12 @@ def test_runtime_prefill_through_the_dot_path():
     a = dot.prefill(prompt, all_logits=True) if not dot.reset() else None
     b = lut.prefill(prompt, all_logits=True) if not lut.reset() else None
     assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
+
+
+def test_host_target_override(monkeypatch):
+    """LUTC_HOST_TARGET=x86-avx2: "host" kernels (the runtime's) are the AVX2 code."""
+    if native_mismatch(get_target("x86-avx2")) is not None:
+        pytest.skip("x86-avx2 code cannot run here")
+    monkeypatch.setenv("LUTC_HOST_TARGET", "x86-avx2")
+    t = get_target("host")
+    assert t.name == "x86-avx2" and t.is_host and level_max("host") == 127

@@ -134,7 +134,7 @@ def dot_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
     for m0 in range(0, M, BM):
         mb = m0 // BM
         offs_m = m0 + tl.arange(0, BM)
-        for n0 in tl.static_range(0, BN, NS):
+        for n0 in range(0, BN, NS):
             rows = tile * BN + n0 + tl.arange(0, NS)
             acc = tl.zeros((NS, BM), tl.float32)
             for grp in range(NG):
