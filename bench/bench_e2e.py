@@ -226,6 +226,24 @@ def bandwidth(threads_list, reps, mb=512):
 
 
 # ------------------------------------------------------------------------------ main
+def _no_amx_buffers():
+    """llama.cpp models load with use_extra_bufts off: this llama-cpp-python build's AMX buffer type
+    faults at its first tile instruction on this VM (see bench_serve.py); off, the weights run
+    through the plain CPU kernels (AVX-512/VNNI, no repacking). Also passive OpenMP waiting."""
+    import llama_cpp.llama_cpp as C
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    if getattr(C.llama_model_default_params, "_lutc_no_amx", False):
+        return
+    default = C.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    params._lutc_no_amx = True
+    C.llama_model_default_params = params
+
+
 def run(args):
     if args.target != "host":           # before any kernel is compiled: every "host" kernel uses it
         os.environ["LUTC_HOST_TARGET"] = args.target
@@ -265,6 +283,7 @@ def run(args):
             llms, gpath = {}, None
             if has_llama:
                 from llama_cpp import Llama
+                _no_amx_buffers()
                 gpath = llama_file(family, qtype)
                 llms = {t: Llama(model_path=str(gpath), n_threads=t, n_threads_batch=t, n_ctx=512, n_batch=512,
                                  verbose=False) for t in threads}

@@ -155,14 +155,14 @@ def test_default_chooses_dot_by_m_bucket():
 
 
 def test_tuner_space_has_the_path_knob():
-    from lutc.tuning.space import Problem, describe, invalid_reason, schedule_from_params, space_for
+    from lutc.tuning.space import Problem, describe, invalid_reason, params_of, schedule_from_params, space_for
     p = Problem(2, 128, 128, 256, 512)
     sp = space_for(p, 2)
     assert sp["path"] == ("lut", "dot") and sp["act_block"] == (32, 64, 128)
     assert space_for(Problem(2, 48, 128, 256, 480), 2)["path"] == ("lut",)
     assert max(space_for(Problem(2, 128, 16, 256, 512), 2)["dot_bm"]) == 16     # no blocks of padding rows
-    params = {k: v[0] for k, v in sp.items()}
-    dot = schedule_from_params(p, dict(params, path="dot", mb=1))
+    params = params_of(Schedule(bits=2, group_size=128), 2)
+    dot = schedule_from_params(p, dict(params, path="dot"))
     assert invalid_reason(dot, p) is None and describe(dot).startswith("dot ")
     assert "do not change the dot path" in invalid_reason(dot.replace(mb=2), p)
     lut = schedule_from_params(p, params)
