@@ -204,7 +204,7 @@ def test_dot_path_under_qemu(workdir, target_cpu, residual):
     x = activations(rng, M, K, "outliers", 64)
     sched = Schedule(bits=3, group_size=64, path="dot", dot_bm=16, dot_ns=8, act_block=32, act_residual=residual)
     kernel = CompiledKernel(sched, target)
-    exe = emulate.build(kernel, workdir / f"dot_{target.name}_{residual}")
+    exe = emulate.build_functions([kernel.tables, kernel.gemm], workdir / f"dot_{target.name}_{residual}")
     y = emulate.lut_gemm_emulated(kernel, exe, x, pack_weights(qw, sched), exe.parent, cpu)
     ref, mag = dot_reference(x, qw, 32, 255, residual)
     assert np.isfinite(y).all()
