@@ -160,12 +160,13 @@ def test_tuner_space_has_the_path_knob():
     sp = space_for(p, 2)
     assert sp["path"] == ("lut", "dot") and sp["act_block"] == (32, 64, 128)
     assert space_for(Problem(2, 48, 128, 256, 480), 2)["path"] == ("lut",)
-    assert max(space_for(Problem(2, 128, 16, 256, 512), 2)["dot_bm"]) == 16     # no blocks of padding rows
+    assert space_for(Problem(2, 128, 1, 256, 512), 2)["dot_bm"] == (16, 32)     # no blocks of padding rows
     params = params_of(Schedule(bits=2, group_size=128), 2)
-    dot = schedule_from_params(p, dict(params, path="dot"))
+    dot = schedule_from_params(p, dict(params, path="dot", dot_bm=64))
     assert invalid_reason(dot, p) is None and describe(dot).startswith("dot ")
     assert "do not change the dot path" in invalid_reason(dot.replace(mb=2), p)
     lut = schedule_from_params(p, params)
+    assert invalid_reason(lut, p) is None
     assert "do not change the lut path" in invalid_reason(lut.replace(dot_bm=64), p)
     with pytest.raises(ValueError, match="g 2 or 4"):
         schedule_from_params(p, dict(params, path="dot", g=3))

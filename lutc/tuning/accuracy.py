@@ -118,10 +118,12 @@ class ErrorBound:
                "rel_err": rel, "reason": ""}
         if ratio <= 1.0 and not out["ok"]:
             out["reason"] = (f"relative error {rel:.2%} exceeds the quality gate of {MAX_REL_ERR:.0%} "
-                             f"({describe_tables(sched)} would cost model quality)")
+                             f"({describe_tables(sched)}{'' if sched.path == 'dot' else ' tables'} would cost "
+                             f"model quality)")
         elif not out["ok"]:
             i = np.unravel_index(int(np.argmax(err - b)), err.shape)
-            out["reason"] = (f"error {err[i]:.3g} at {tuple(int(v) for v in i)} exceeds the {describe_tables(sched)} "
+            what = "dot-path" if sched.path == "dot" else sched.lut_dtype
+            out["reason"] = (f"error {err[i]:.3g} at {tuple(int(v) for v in i)} exceeds the {what} "
                              f"bound {b[i]:.3g} (max err/bound {ratio:.2f})")
         return out
 
@@ -130,6 +132,6 @@ def describe_tables(s) -> str:
     if s.path == "dot":
         return f"dot path (int8 activations, one scale per {s.act_scale_block})"
     if s.lut_dtype != "int8":
-        return s.lut_dtype + " tables"
+        return s.lut_dtype
     blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
-    return f"int8 tables ({'centered, ' if s.centered else ''}one scale per {blk} activations)"
+    return f"int8 ({'centered, ' if s.centered else ''}one scale per {blk} activations)"

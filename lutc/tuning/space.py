@@ -9,7 +9,6 @@ PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "bn", "unroll", "
           "path", "dot_bm", "dot_ns", "act_block", "act_residual")
 LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "unroll", "mb")     # knobs the dot path ignores
 DOT_ONLY = ("dot_bm", "dot_ns", "act_block", "act_residual")                                    # knobs the LUT path ignores
-_DEFAULTS = Schedule(bits=1, group_size=32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,22 +47,19 @@ def space_for(p: Problem, cores: int) -> dict:
     space["lut_centered"] = (True, False)
     space["threads"] = thread_choices(cores)
     space["path"] = DOT_KNOB_CHOICES["path"] if p.group_size % 32 == 0 else ("lut",)
-    space["dot_bm"] = tuple(v for v in DOT_KNOB_CHOICES["dot_bm"] if v <= max(16, p.M))
+    space["dot_bm"] = tuple(v for v in DOT_KNOB_CHOICES["dot_bm"] if v <= max(32, p.M))   # 32: the default
     space["dot_ns"] = DOT_KNOB_CHOICES["dot_ns"]
-    space["act_block"] = tuple(b for b in ACT_BLOCKS if b < p.group_size and p.group_size % b == 0) + (p.group_size,)
+    whole = (p.group_size,) if p.group_size > 128 else (128,)   # one scale per group; 128 is the default
+    space["act_block"] = tuple(b for b in ACT_BLOCKS if b < min(p.group_size, 128) and p.group_size % b == 0) + whole
     space["act_residual"] = (True, False)
+    if "dot" not in space["path"]:          # one value each: the LUT path ignores them
+        space.update({k: space[k][:1] for k in DOT_ONLY})
     return space
 
 
 def invalid_reason(s: Schedule, p: Problem) -> str | None:
     """Why a combination of knobs is pointless for this problem (pruned before compiling), or None.
     (A schedule whose tables are too imprecise is not pruned here: the accuracy gate fails it.)"""
-    other = DOT_ONLY if s.path == "lut" else LUT_ONLY
-    changed = [k for k in other if getattr(s, k) != getattr(_DEFAULTS, k)]
-    if changed:
-        return f"{', '.join(changed)} do not change the {s.path} path (a duplicate)"
-    if s.path == "dot":
-        return s.dot_problem()
     if s.unroll > s.scale_chunks:
         return (f"unroll={s.unroll} exceeds the {s.scale_chunks} table chunks of a scale block "
                 f"(g={s.g}, group_size={s.group_size}, lut_scale_block={s.lut_scale_block}): the "
@@ -73,6 +69,12 @@ def invalid_reason(s: Schedule, p: Problem) -> str | None:
     tiles = -(-p.N // s.bn)
     if s.threads is not None and s.threads > tiles:
         return f"threads={s.threads} exceeds the {tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
+    if s.path == "dot" and s.dot_problem():
+        return s.dot_problem()
+    other = DOT_ONLY if s.path == "lut" else LUT_ONLY     # must sit at the Schedule's defaults
+    changed = [k for k in other if getattr(s, k) != Schedule.__dataclass_fields__[k].default]
+    if changed:
+        return f"{', '.join(changed)} do not change the {s.path} path (a duplicate)"
     return None
 
 
