@@ -15,12 +15,15 @@ _LOCK = threading.Lock()
 DOT_MIN_M = 16     # untuned default: from this many rows on, the int8 dot path (bench/bench_prefill_gemm.py)
 
 
-def default_schedule(bits: int, group_size: int, M: int = 1) -> Schedule:
+def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> Schedule:
     """The untuned default: int8 tables of g=4, 32-row tiles; M-blocking for small batches; the dot
     path from DOT_MIN_M rows (output blocks of dot_bm x dot_ns = 128 with the activation residual:
-    three accumulator sets fit the 32 AVX-512 registers), where its layout allows."""
+    three accumulator sets fit the 32 AVX-512 registers), where its layout allows and the target
+    has a u8 x s8 dot instruction (VNNI, AArch64 dotprod): on AVX2-only hosts (vpmaddubsw) the dot
+    path with its residual measured slower than the LUT GEMM (docs/runtime.md), so they stay on LUT."""
+    from .kernels.dotgemm import level_max
     s = Schedule(bits=bits, group_size=group_size, mb=1 if M < 4 else 2)
-    if M >= DOT_MIN_M and group_size % 32 == 0:
+    if M >= DOT_MIN_M and group_size % 32 == 0 and level_max(target) == 255:
         bm = 16 if M < 32 else 32
         s = s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True)
     return s
@@ -33,7 +36,7 @@ def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="
         found = source("lut_gemm", bits, group_size, M, N, K, target)
         if found is not None:
             return found
-    return default_schedule(bits, group_size, M)
+    return default_schedule(bits, group_size, M, target)
 
 
 def get_kernel(schedule: Schedule, target="host") -> CompiledKernel:

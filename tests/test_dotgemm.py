@@ -147,6 +147,8 @@ def test_schedule_rules():
 
 def test_default_chooses_dot_by_m_bucket():
     from lutc.ops import DOT_MIN_M, default_schedule
+    if level_max("host") != 255:
+        pytest.skip("no u8 x s8 dot instruction here: the default stays on the LUT path")
     assert default_schedule(2, 128, 1).path == "lut"
     assert default_schedule(2, 128, DOT_MIN_M - 1).path == "lut"
     big = default_schedule(2, 128, 128)
@@ -199,3 +201,5 @@ def test_host_target_override(monkeypatch):
     monkeypatch.setenv("LUTC_HOST_TARGET", "x86-avx2")
     t = get_target("host")
     assert t.name == "x86-avx2" and t.is_host and level_max("host") == 127
+    from lutc.ops import default_schedule
+    assert default_schedule(2, 128, 128).path == "lut"       # AVX2-only: the dot path measured slower
