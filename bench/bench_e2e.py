@@ -2,6 +2,7 @@
 
 Usage: python bench/bench_e2e.py [--quick] [--models smollm2,llama7b] [--threads 1,2] [--no-llama]
        [--bits 4,2] [--target x86-avx2] [--models llama7b-full --load-times] [--models gqa]
+       [--prefill 128] [--compare-lut-path] [--compare-old-tables] [--out FILE]
 Models: smollm2 (real weights), llama7b (LLaMA-2-7B shapes, 4 layers), gqa (GQA + wide FFN, 4 layers),
 llama7b-full (32 layers, vocab 32000, from bench/e2e_full.py's files).
 Writes bench/results/e2e.json and bench/results/e2e.png. llama-cpp-python is optional: without it
@@ -256,10 +257,12 @@ def bandwidth(threads_list, reps, mb=512, cpu_out=None):
 
 # ------------------------------------------------------------------------------ main
 def run(args):
+    if args.target != "host":           # before any kernel is compiled: every "host" kernel uses it
+        os.environ["LUTC_HOST_TARGET"] = args.target
     from runtime import LeanDecoder
     has_llama = not args.no_llama and importlib.util.find_spec("llama_cpp") is not None
     threads = [int(t) for t in args.threads.split(",")]
-    out = dict(benchmark="e2e", conditions=conditions(), llama_cpp=None, rows=[],
+    out = dict(benchmark="e2e", conditions=conditions(), llama_cpp=None, rows=[], target=args.target,
                protocol=dict(prompt_tokens=args.prompt, decode_tokens=args.decode, prefill_tokens=args.prefill,
                              rounds=args.rounds, stat="median over rounds of the median step time"))
     if has_llama:
@@ -288,6 +291,10 @@ def run(args):
             old = None
             if args.compare_old_tables:          # the pre-issue-10 int8 tables, same packed weights
                 old = LeanDecoder(dec.to_packed_model(), n_ctx=dec.n_ctx, threads=threads[0], knobs=OLD_TABLES)
+            lutpath = None
+            if args.compare_lut_path:            # every M bucket on the LUT path (prefill before the dot path)
+                lutpath = LeanDecoder(dec.to_packed_model(), n_ctx=dec.n_ctx, threads=threads[0],
+                                      knobs={"path": "lut"})
             bw_now = bandwidth(threads, 5, cpu_out=bw_cpu)          # re-measured next to this model's timings
             bw = {t: max(bw[t], bw_now[t]) for t in threads}
             out["bandwidth_GBs"] = bw
@@ -297,7 +304,7 @@ def run(args):
                 gpath = llama_file(family, qtype)
                 llms = {t: Llama(model_path=str(gpath), n_threads=t, n_threads_batch=t, n_ctx=512, n_batch=512,
                                  verbose=False) for t in threads}
-            samples = {t: dict(lutc=[], llama=[], old=[]) for t in threads}
+            samples = {t: dict(lutc=[], llama=[], old=[], lutpath=[]) for t in threads}
             for _ in range(args.rounds):                    # interleaved: drift hits both sides alike
                 for t in threads:
                     dec.set_threads(t)
@@ -305,6 +312,9 @@ def run(args):
                     if old is not None:
                         old.set_threads(t)
                         samples[t]["old"].append(time_lutc(old, prompt, args.decode, prefill_ids))
+                    if lutpath is not None:
+                        lutpath.set_threads(t)
+                        samples[t]["lutpath"].append(time_lutc(lutpath, prompt, args.decode, prefill_ids))
                     if has_llama:
                         samples[t]["llama"].append(time_llama(llms[t], prompt, args.decode, prefill_ids))
             for t in threads:
@@ -324,6 +334,10 @@ def run(args):
                     row["old_tables_decode_tps"] = 1.0 / float(np.median(ot[:, 0]))
                     row["old_tables_prefill_tps"] = args.prefill / float(np.median(ot[:, 1]))
                     row["decode_vs_old_tables"] = row["lutc_decode_tps"] / row["old_tables_decode_tps"]
+                if lutpath is not None:
+                    pt = np.array(samples[t]["lutpath"])
+                    row["lut_path_prefill_tps"] = args.prefill / float(np.median(pt[:, 1]))
+                    row["prefill_vs_lut_path"] = row["lutc_prefill_tps"] / row["lut_path_prefill_tps"]
                 if has_llama:
                     ll = np.array(samples[t]["llama"])
                     row["llama_decode_tps"] = 1.0 / float(np.median(ll[:, 0]))
@@ -336,7 +350,7 @@ def run(args):
                     row["prefill_cpu_ratio"] = float(np.median(ll[:, 3])) / float(np.median(lt[:, 3]))
                 out["rows"].append(row)
                 _print_row(row)
-            del dec, llms, old
+            del dec, llms, old, lutpath
             if family == e2e_full.NAME and args.load_times:
                 out.setdefault("load_times", {})[f"W{bits}"] = lt = e2e_full.load_times(bits)
                 print(f"lutc start-up W{bits} (fresh processes): {lt}", flush=True)
@@ -365,6 +379,8 @@ def _print_row(r):
     if "old_tables_decode_tps" in r:
         s += (f" | old int8 tables decode {r['old_tables_decode_tps']:7.1f} (new/old x{r['decode_vs_old_tables']:.3f})"
               f" prefill {r['old_tables_prefill_tps']:7.1f}")
+    if "lut_path_prefill_tps" in r:
+        s += f" | LUT-path prefill {r['lut_path_prefill_tps']:7.1f} (dot/lut x{r['prefill_vs_lut_path']:.2f})"
     if "llama_decode_tps" in r:
         s += (f" | llama.cpp decode {r['llama_decode_tps']:7.1f} prefill {r['llama_prefill_tps']:7.1f} | "
               f"ratio decode x{r['decode_ratio']:.2f} prefill x{r['prefill_ratio']:.2f}")
@@ -455,6 +471,9 @@ def main(argv=None):
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp even if it is installed")
     p.add_argument("--compare-old-tables", action="store_true",
                    help="also time the pre-issue-10 int8 tables (one scale per group, uncentered), interleaved")
+    p.add_argument("--target", default="host", help="run lutc's code for this named target (e.g. x86-avx2)")
+    p.add_argument("--compare-lut-path", action="store_true",
+                   help="also time the runtime with every M bucket on the LUT path (no int8 dot prefill)")
     p.add_argument("--out", default=str(RESULTS / "e2e.json"))
     p.add_argument("--markdown", metavar="JSON", help="print an existing result file as markdown tables, "
                    "redraw its plot, and exit")

@@ -13,22 +13,32 @@ _LOCK = threading.Lock()
 
 
 BATCH_M = 8   # up to this many rows are a decode batch (one row per sequence), more a prefill
+DOT_MIN_M = 16     # untuned default: from this many rows on, the int8 dot path (bench/bench_prefill_gemm.py)
 
 
 def default_mb(M: int) -> int:
-    """Activation rows per weight-tile pass: 4 for decode batches of 4-8 rows (the weight tile and
-    its unpacked indices are shared by 4 rows' lookups), 2 for 2-3 rows and for prefill (measured:
-    docs/serving.md), 1 for one row."""
+    """Activation rows per weight-tile pass for M (an M bucket: schedules are chosen per bucket,
+    lutc.schedule.m_bucket): 4 for decode batches of buckets 4 and 8 (the weight tile and its
+    unpacked indices are shared by 4 rows' lookups; a batch of 3 runs its rows one by one), 2 for
+    bucket 2 and for prefill on the LUT path (measured: docs/serving.md), 1 for one row."""
     if M < 2:
         return 1
     return 4 if 4 <= M <= BATCH_M else 2
 
 
-def default_schedule(bits: int, group_size: int, M: int = 1) -> Schedule:
+def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> Schedule:
     """The untuned default: int8 tables of g=4, 32-row tiles, the Schedule's default table scales
-    (unrolled by at most one scale block's chunks); M-blocking per default_mb(M)."""
+    and unroll (at most one scale block's chunks); M-blocking per default_mb(M); the dot path from
+    DOT_MIN_M rows (output blocks of dot_bm x dot_ns = 128 with the activation residual: three
+    accumulator sets fit the 32 AVX-512 registers), where its layout allows and the target has a
+    u8 x s8 dot instruction (VNNI, AArch64 dotprod): on AVX2-only hosts (vpmaddubsw) the dot path
+    with its residual measured slower than the LUT GEMM (docs/runtime.md), so they stay on LUT."""
+    from .kernels.dotgemm import level_max
     s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M))
-    return s.replace(unroll=min(s.unroll, s.scale_chunks))
+    if M >= DOT_MIN_M and group_size % 32 == 0 and level_max(target) == 255:
+        bm = 16 if M < 32 else 32
+        s = s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True)
+    return s
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:
@@ -38,7 +48,7 @@ def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="
         found = source("lut_gemm", bits, group_size, M, N, K, target)
         if found is not None:
             return found
-    return default_schedule(bits, group_size, M)
+    return default_schedule(bits, group_size, M, target)
 
 
 def get_kernel(schedule: Schedule, target="host") -> CompiledKernel:

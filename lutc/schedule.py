@@ -7,6 +7,8 @@ import math
 
 LUT_DTYPES = ("int8", "float16", "float32")
 INTERLEAVES = ("chunk", "plane")
+PATHS = ("lut", "dot")
+ACT_BLOCKS = (32, 64, 128, 256)         # the tuner's choices of act_block (dot path)
 KNOB_CHOICES = {
     "g": (2, 3, 4),
     "lut_dtype": LUT_DTYPES,
@@ -14,6 +16,11 @@ KNOB_CHOICES = {
     "unroll": (1, 2, 4, 8),
     "mb": (1, 2, 4),
     "interleave": INTERLEAVES,
+}
+DOT_KNOB_CHOICES = {         # the path knob and the dot path's own knobs
+    "path": PATHS,
+    "dot_bm": (16, 32, 64),
+    "dot_ns": (4, 8, 16),
 }
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
 # bits -> (lut_scale_block, lut_scale_ratio) when not given (measured: docs/quantization.md,
@@ -23,12 +30,18 @@ LUT_SCALE_RATIOS = (0, 8, 64)         # the tuner's choices of lut_scale_ratio (
 INT16_MAX = 32767
 
 
+def m_bucket(M: int) -> int:
+    """The M bucket a schedule is chosen for (and a tuning-db entry covers): the smallest power of
+    two >= M (1, 2, 4, ..., 128, ...). Everything that picks a schedule by M picks it per bucket."""
+    return 1 if M <= 1 else 1 << (int(M) - 1).bit_length()
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """How to run y = x @ W_hat^T for `bits`-bit weights quantized in groups of `group_size`.
 
     Knobs: g (activations per table; 2**g entries), lut_dtype (table precision), bn (weight
-    rows per tile), unroll (table chunks per loop step), mb (activation rows sharing one
+    rows per tile), unroll (table chunks per loop step; not given: 4, at most one scale block's chunks), mb (activation rows sharing one
     pass over a weight tile), interleave (packed order of bit-planes vs table chunks),
     lut_scale_block (int8 tables: activations sharing one table scale; rounded down to whole
     packed chunks of g * per_byte activations, at least one chunk; >= group_size means one
@@ -43,6 +56,15 @@ class Schedule:
     convert to float once per group; the multipliers of a group share a budget that keeps the
     int16 sum in range, see `ratio_budget`; not given: 64 for 1-2-bit, 0 for 3-4-bit weights)
     and threads (None = all cores; it does not change generated code).
+
+    path chooses the kernel pair: "lut" (table build + lut_gemm, the knobs above) or "dot" (int8
+    activations + tl.dot on weight levels decoded from the same packed layout,
+    lutc/kernels/dotgemm.py; needs g in (2, 4) and group_size a multiple of 32). Dot knobs: dot_bm
+    (activation rows per output block), dot_ns (weight rows per output block, divides bn),
+    act_block (activations per int8 activation scale, capped at group_size; must divide it),
+    act_residual (a second int8 dot on the activations' rounding residual: ~15-bit activations at
+    twice the dot work; without it, int8 activations cost SmolLM2 W4 3% perplexity).
+    Schedules are chosen per M bucket (lutc.ops.choose_schedule), so the path is too.
     """
 
     bits: int
@@ -50,13 +72,18 @@ class Schedule:
     g: int = 4
     lut_dtype: str = "int8"
     bn: int = 32
-    unroll: int = 4
+    unroll: int | None = None                   # None: min(4, scale_chunks)
     mb: int = 1
     interleave: str = "chunk"
     lut_scale_block: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][0]
     lut_centered: bool = True
     lut_scale_ratio: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][1]
     threads: int | None = None
+    path: str = "lut"
+    dot_bm: int = 32
+    dot_ns: int = 8
+    act_block: int = 128
+    act_residual: bool = True
     kernel: str = "lut_gemm"
 
     def __post_init__(self):
@@ -65,17 +92,21 @@ class Schedule:
             object.__setattr__(self, "lut_scale_block", block)
         if self.lut_scale_ratio is None:
             object.__setattr__(self, "lut_scale_ratio", ratio)
+        if self.unroll is None:           # after the table scales: the chunks of one scale block bound it
+            object.__setattr__(self, "unroll", min(4, self.scale_chunks))
         self.validate()
 
     def validate(self):
         def bad(msg):
             raise ValueError(f"invalid schedule: {msg}")
-        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block", "lut_scale_ratio"):
+        for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block", "lut_scale_ratio",
+                     "act_block"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")
-        if not isinstance(self.lut_centered, bool):
-            bad(f"lut_centered must be a bool, got {self.lut_centered!r}")
+        for name in ("lut_centered", "act_residual"):
+            if not isinstance(getattr(self, name), bool):
+                bad(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.lut_scale_ratio < 0:
             bad(f"lut_scale_ratio must be >= 0, got {self.lut_scale_ratio}")
         if self.lut_scale_block < 1:
@@ -84,7 +115,7 @@ class Schedule:
             bad(f"bits must be 1-4, got {self.bits}")
         if self.group_size < 1:
             bad(f"group_size must be >= 1, got {self.group_size}")
-        for name, choices in KNOB_CHOICES.items():
+        for name, choices in {**KNOB_CHOICES, **DOT_KNOB_CHOICES}.items():
             if getattr(self, name) not in choices:
                 bad(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
@@ -92,6 +123,29 @@ class Schedule:
             bad(f"threads must be None or an int >= 1, got {self.threads!r}")
         if self.kernel != "lut_gemm":
             bad(f"unknown kernel {self.kernel!r}")
+        if self.path == "dot":
+            why = self.dot_problem()
+            if why:
+                bad(why)
+
+    def dot_problem(self) -> str | None:
+        """Why this layout and these knobs cannot take the dot path, or None."""
+        if self.g not in (2, 4):
+            return f"path='dot' decodes 8 columns per packed byte: needs g 2 or 4, got g={self.g}"
+        if self.group_size % 32:
+            return f"path='dot' needs group_size a multiple of 32, got {self.group_size}"
+        xb = self.act_scale_block
+        if xb < 32 or xb % 32 or self.group_size % xb:
+            return (f"path='dot': act_block={self.act_block} gives {xb} activations per scale; it must be a "
+                    f"multiple of 32 dividing group_size={self.group_size}")
+        if self.bn % self.dot_ns:
+            return f"path='dot': dot_ns={self.dot_ns} must divide bn={self.bn}"
+        return None
+
+    @property
+    def act_scale_block(self) -> int:
+        """Activations per int8 activation scale on the dot path: min(act_block, group_size)."""
+        return min(self.act_block, self.group_size)
 
     # -- derived layout constants
     @property
@@ -178,6 +232,17 @@ class Schedule:
     def codegen_key(self) -> tuple:
         """Every knob that changes generated code (threads does not)."""
         return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "threads")
+
+    def with_layout(self, other: "Schedule") -> "Schedule":
+        """This schedule in `other`'s packed layout (g, bn, interleave); the LUT path if the dot path
+        cannot read that layout (g = 3, or bn not a multiple of dot_ns)."""
+        layout = dict(g=other.g, bn=other.bn, interleave=other.interleave)
+        try:
+            return self.replace(**layout)
+        except ValueError:
+            if self.path != "dot":
+                raise
+            return self.replace(path="lut", **layout)
 
     def knobs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

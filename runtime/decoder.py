@@ -50,7 +50,11 @@ class LeanDecoder:
 
     slots > 1 gives each of `slots` sequences its own KV cache: `forward_batch` runs rows of
     several sequences (decode tokens and prefill chunks, each row with its own slot and position)
-    in one forward pass; prefill/decode use slot 0.
+    in one forward pass; prefill/decode use slot 0. Such a batching decoder keeps every M bucket on
+    the LUT path (unless `knobs` set "path"): a LUT row's result does not depend on the other rows
+    of its batch, so a request's output does not depend on what it was batched with. A one-slot
+    decoder runs each bucket's schedule as chosen (on VNNI / dotprod hosts, prefill chunks of 16+
+    rows take the int8 dot path, whose rounding differs slightly).
     """
 
     def __init__(self, qm, n_ctx: int | None = None, threads: int | None = None, lut_dtype: str | None = None,
@@ -82,6 +86,8 @@ class LeanDecoder:
         else:
             check_packed(qm, c)
         mm = self.max_prefill
+        if slots > 1 and "path" not in (knobs or {}):
+            knobs = dict(knobs or {}, path="lut")      # batch-invariant rows (see the class docstring)
         self.layers = load_layers(qm, c, prepacked, mm, lut_dtype, slots, self.n_ctx, knobs)
         self.lm_head = LinearWeights(prepacked["lm_head"] if prepacked is not None else qm.linears["lm_head"],
                                    mm, lut_dtype, "lm_head", knobs)

@@ -29,15 +29,21 @@ def windows(total: int, window: int, stride: int):
 
 
 def configs(group_size: int, blocks=(64, 32, 16), ratios=(0, 64)) -> list:
-    """(label, schedule knob overrides): the default schedule, float tables, the pre-issue-10 int8
-    path (one scale per group, uncentered), centered int8 tables per scale block, each block with
-    every integer-ratio limit in `ratios` (0: float block scales; one row for block = group)."""
-    out = [("default", {}), ("float32", {"lut_dtype": "float32"}), ("float16", {"lut_dtype": "float16"}),
-           ("int8 old (group, raw)", {"lut_dtype": "int8", "lut_scale_block": group_size, "lut_centered": False})]
+    """(label, schedule knob overrides): the default schedules (prefill chunks on the int8 dot path
+    where the default chooses it), the default on the LUT path only, float tables, the pre-issue-10
+    int8 path (one scale per group, uncentered), centered int8 tables per scale block (all LUT),
+    each block with every integer-ratio limit in `ratios` (0: float block scales; one row for
+    block = group)."""
+    lut = {"path": "lut"}
+    out = [("default", {}), ("default, LUT path", dict(lut)),
+           ("float32", {"lut_dtype": "float32", **lut}), ("float16", {"lut_dtype": "float16", **lut}),
+           ("int8 old (group, raw)", {"lut_dtype": "int8", "lut_scale_block": group_size, "lut_centered": False,
+                                      **lut})]
     for b in sorted(set(min(b, group_size) for b in blocks), reverse=True):
         for r in (ratios if b < group_size else ratios[:1]):
             out.append((f"int8 centered, block {b}" + (f", ratios <= {r}" if r else ""),
-                        {"lut_dtype": "int8", "lut_scale_block": b, "lut_centered": True, "lut_scale_ratio": r}))
+                        {"lut_dtype": "int8", "lut_scale_block": b, "lut_centered": True, "lut_scale_ratio": r,
+                         **lut}))
     return out
 
 
@@ -111,8 +117,8 @@ def run_all(qm, ids: np.ndarray, window: int, stride: int, threads=None, blocks=
         dec = LeanDecoder(base if base is not None else qm, n_ctx=window + 1, threads=threads,
                           max_prefill=128, knobs=knobs)
         base = base if base is not None else dec.to_packed_model()       # pack once, share the arrays
-        s = dec.layers[0].gu.sched_decode
-        key = tuple(lw.sched_decode.codegen_key for lw in (dec.layers[0].gu, dec.lm_head))
+        s = dec.layers[0].gu.sched_prefill
+        key = tuple(sc.codegen_key for lw in (dec.layers[0].gu, dec.lm_head) for sc in lw.by_bucket.values())
         same = next((r for r in rows[1:] if r["_key"] == key), None)
         if same is not None:                # the same code as an earlier row (e.g. the default): reuse it
             row = dict(same, label=label, knobs=dict(knobs), seconds=0.0)

@@ -67,3 +67,61 @@ def error_bound(x, qw, sched):
         per_group = per_group + amax.sum(-1) * 2.0 ** -20   # table-entry float rounding
     bound = per_group @ s_abs.T                             # (M, N)
     return bound * 1.01 + float_slack * 4
+
+
+def dot_reference(x, qw, act_block, wmax, residual=False):
+    """The dot path's arithmetic (lutc/kernels/dotgemm.py) in numpy: int8 activations per act_block
+    (float32 scale math as the kernel does it; `residual`: plus the int8 residual), u8 weight levels from the plane scales, exact integer
+    dots, float64 sums. Returns (y, sum |terms|), the second the float-rounding scale per output."""
+    f32 = np.float32
+    M, K = x.shape
+    bits, gs, N = qw.bits, qw.group_size, qw.N
+    ng = -(-K // gs)
+    xp = np.zeros((M, ng * gs), f32)
+    xp[:, :K] = x
+    blocks = xp.reshape(M, ng * gs // act_block, act_block)
+    amax = np.abs(blocks).max(-1)
+    sx = amax / f32(127.0)
+    safe = np.where(sx > 0, sx, f32(1.0)).astype(f32)
+    q = np.round(blocks / safe[..., None])
+    xq = q.astype(np.int64).reshape(M, ng * gs)
+    if residual:
+        q2 = np.round((blocks - q * sx[..., None]).astype(f32) / (safe * f32(1.0 / 254.0))[..., None])
+        xq2 = np.clip(q2, -128, 127).astype(np.int64).reshape(M, ng * gs)
+    xsum = xp.reshape(M, ng, gs).astype(np.float64).sum(-1)
+    S = qw.scales.astype(f32)                                    # (bits, N, ng)
+    tot, zero = np.zeros((N, ng), f32), qw.zeros.astype(f32)
+    for b in range(bits):
+        tot = (tot + np.abs(S[b])).astype(f32)
+        zero = (zero + np.minimum(S[b], f32(0.0))).astype(f32)
+    lim = f32(wmax - 0.5 * bits)
+    winv = np.where(tot > 0, lim / np.where(tot > 0, tot, f32(1.0)), f32(0.0)).astype(f32)
+    qf = np.round(np.abs(S) * winv).astype(f32)                  # (bits, N, ng)
+    num, den = np.zeros((N, ng), f32), np.zeros((N, ng), f32)
+    for b in range(bits):
+        num = (num + qf[b] * np.abs(S[b])).astype(f32)
+        den = (den + qf[b] * qf[b]).astype(f32)
+    step = (num / np.where(den > 0, den, f32(1.0))).astype(np.float64)
+    codes = np.zeros((N, ng * gs), np.int64)
+    codes[:, :K] = qw.codes
+    lev = np.zeros((N, ng * gs), np.int64)
+    for b in range(bits):
+        bit = (codes >> b) & 1
+        bit = np.where(np.repeat(S[b] < 0, gs, axis=1), 1 - bit, bit)
+        lev += bit * np.repeat(qf[b].astype(np.int64), gs, axis=1)
+    assert lev.max(initial=0) <= wmax
+    y, mag = np.zeros((M, N)), np.zeros((M, N))
+    spg = gs // act_block
+    for sb in range(ng * spg):
+        cols = slice(sb * act_block, (sb + 1) * act_block)
+        d = (xq[:, cols] @ lev[:, cols].T).astype(np.float64)
+        dm = (np.abs(xq[:, cols]) @ lev[:, cols].T).astype(np.float64)
+        if residual:
+            d += (xq2[:, cols] @ lev[:, cols].T) / 254.0
+            dm += (np.abs(xq2[:, cols]) @ lev[:, cols].T) / 254.0
+        f = sx[:, sb:sb + 1].astype(np.float64) * step[None, :, sb // spg]
+        y += d * f
+        mag += dm * np.abs(f)
+    y += xsum @ zero.astype(np.float64).T
+    mag += np.abs(xp.reshape(M, ng, gs)).sum(-1) @ np.abs(zero.astype(np.float64)).T
+    return y, mag

@@ -190,26 +190,23 @@ def test_dot_property_under_qemu(workdir, M, N, K, seed, signed, i8mm):
 
 
 @pytest.mark.parametrize("target_cpu", [A76, (_i8mm(get_target("aarch64-linux")), "max")], ids=["a76", "i8mm"])
-def test_int8_prefill_kernel_under_qemu(workdir, target_cpu):
-    """lutc/kernels/prefill.py's GEMM (tbl lookups of int8 levels, then sdot or smmla) as AArch64 code."""
-    from lutc.kernels.prefill import QB, int8_gemm, prepare_weights, quantize_activations
-    from test_prefill import _int_ref
+@pytest.mark.parametrize("residual", [False, True])
+def test_dot_path_under_qemu(workdir, target_cpu, residual):
+    """The dot path (lutc/kernels/dotgemm.py: u8 levels decoded from the packed planes, then sdot, or
+    usmmla with i8mm) as AArch64 code, against its numpy reference; negative plane scales included."""
+    from kernel_reference import dot_reference
+    from lutc.kernels.dotgemm import level_max
+    from test_dotgemm import signed_qt
     target, cpu = target_cpu
+    assert level_max(target) == 255
     rng = np.random.default_rng(11)
-    M, N, K = 6, 19, 100
-    qw = quant.quantize(rng.standard_normal((N, K)).astype(np.float32), 3, 32, method="rtn")
-    x = rng.standard_normal((M, K)).astype(np.float32)
-    codes, levels, ws = prepared = prepare_weights(qw)
-    xq, xs = quantize_activations(x)
-    sig = dict(xq="*i8", xs="*f32", codes="*u8", levels="*i8", wscale="*f32", y="*f32", M="i32", N="i32",
-               K="i32", KB="i32", G="i32")
-    fn = int8_gemm.compile(sig, dict(BM=4, BN=8, GS=32, NC=8, QB=QB), 2, target)
-    exe = emulate.build_functions([fn], workdir / f"prefill_{target.name}")
-    plan = emulate.Plan(exe.parent)
-    bufs = [plan.input(v) for v in (xq, xs, codes, levels, ws)]
-    by = plan.scratch(M * N * 4)
-    plan.launch(fn, (2, 3), bufs + [by, M, N, K, xs.shape[1], qw.num_groups])
-    plan.output(by, np.float32, (M, N))
-    y = emulate.run(exe, plan, cpu)[0]
-    ref = _int_ref(xq, xs, qw, prepared)
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    M, N, K = 18, 37, 200
+    qw = signed_qt(rng, 3, 64, N, K)
+    x = activations(rng, M, K, "outliers", 64)
+    sched = Schedule(bits=3, group_size=64, path="dot", dot_bm=16, dot_ns=8, act_block=32, act_residual=residual)
+    kernel = CompiledKernel(sched, target)
+    exe = emulate.build_functions([kernel.tables, kernel.gemm], workdir / f"dot_{target.name}_{residual}")
+    y = emulate.lut_gemm_emulated(kernel, exe, x, pack_weights(qw, sched), exe.parent, cpu)
+    ref, mag = dot_reference(x, qw, 32, 255, residual)
+    assert np.isfinite(y).all()
+    assert (np.abs(y - ref) <= 2e-6 * (qw.num_groups + 8) * mag).all()

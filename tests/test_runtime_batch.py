@@ -22,13 +22,15 @@ def qm():
 
 @pytest.fixture(scope="module", params=["float32", None], ids=["fp32-tables", "default-tables"])
 def decs(qm, request):
-    single = LeanDecoder(qm, n_ctx=96, threads=2, lut_dtype=request.param, max_prefill=16)
+    single = LeanDecoder(qm, n_ctx=96, threads=2, lut_dtype=request.param, max_prefill=16, knobs={"path": "lut"})
     multi = LeanDecoder(qm, n_ctx=96, threads=2, lut_dtype=request.param, max_prefill=16, slots=4)
     return single, multi
 
 
 def test_forward_batch_rows_equal_single_stream(decs):
     single, multi = decs
+    # a batching decoder keeps every bucket on the LUT path (rows independent of their batch)
+    assert {s.path for s in multi.lm_head.by_bucket.values()} == {"lut"} and max(multi.lm_head.by_bucket) >= 16
     a, b = PROMPTS[0], PROMPTS[2]
     single.reset()
     want_a = single.prefill(a, all_logits=True)
@@ -132,12 +134,13 @@ def test_scheduler_cancel_queue_and_shutdown(qm):
        m=st.integers(2, 8), lut_dtype=st.sampled_from(["int8", "float16", "float32"]),
        target=st.sampled_from(["host", "x86-avx2"]), seed=st.integers(0, 2**16))
 def test_decode_batch_schedules_give_each_row_its_single_row_result(bits, n, k, m, lut_dtype, target, seed):
-    """The per-M schedules of a decode batch (mb = lutc.ops.default_mb(m)) compute every row exactly
+    """The per-M schedules of a decode batch (mb = lutc.ops.default_mb of m's bucket) compute every row exactly
     as the one-row decode schedule does (what batched == single-stream greedy rests on), and match
     the numpy reference within the kernel's error bound."""
     import quant
     from kernel_reference import error_bound, reference
     from lutc.ops import default_mb, get_kernel
+    from lutc.schedule import m_bucket
     from runtime.linear import schedules
     rng = np.random.default_rng(seed)
     qw = quant.quantize(rng.standard_normal((n, k)).astype(np.float32), bits, 64, method="rtn")
@@ -145,7 +148,7 @@ def test_decode_batch_schedules_give_each_row_its_single_row_result(bits, n, k, 
     dec, _ = schedules(bits, 64, n, k, lut_dtype=lut_dtype, m_prefill=16)
     one = get_kernel(dec, target)
     batch = LinearWeights(qw, max_m=16, lut_dtype=lut_dtype).kernel_for(m)
-    assert batch.schedule.mb == default_mb(m) and batch.schedule.layout_key == dec.layout_key
+    assert batch.schedule.mb == default_mb(m_bucket(m)) and batch.schedule.layout_key == dec.layout_key
     batch = get_kernel(batch.schedule, target)
     packed = one.pack(qw)
     got = batch(x, packed, threads=2)

@@ -30,7 +30,7 @@ def qm():
 
 @pytest.fixture(scope="module")
 def single(qm):
-    return LeanDecoder(qm, n_ctx=128, threads=2, max_prefill=32)
+    return LeanDecoder(qm, n_ctx=128, threads=2, max_prefill=32, knobs={"path": "lut"})  # as a batching decoder
 
 
 def _free_port():

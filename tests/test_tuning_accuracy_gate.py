@@ -8,6 +8,7 @@ from lutc.tuning.search import open_storage, study_name, tune_problem
 from lutc.tuning.space import Problem
 
 P = Problem(bits=2, group_size=128, M=1, N=64, K=256)
+LUT_PATH = {"path": "lut", "dot_bm": 32, "dot_ns": 8, "act_block": 128, "act_residual": True}   # dot knobs: defaults
 FAST = dict(repeats=3, retries=0, final_rounds=1, finalists_k=2, cache="hot", timeout=120)
 
 
@@ -17,7 +18,7 @@ def test_a_fast_wrong_candidate_is_never_chosen(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'g.db'}"
     study = optuna.create_study(study_name=study_name(P, "g", "hot"), storage=open_storage(url))
     base = {"g": 4, "lut_dtype": "int8", "lut_scale_block": 16, "lut_centered": True, "unroll": 2, "mb": 1,
-            "interleave": "chunk", "threads": 1, "lut_scale_ratio": 64}     # the W2 default tables
+            "interleave": "chunk", "threads": 1, "lut_scale_ratio": 64, **LUT_PATH}     # the W2 default tables
     for bn in (64, 32, 16):
         study.enqueue_trial(dict(base, bn=bn))
     r = tune_problem(P, storage=url, trials=3, seed=0, prefix="g", db_path=tmp_path, **FAST)
@@ -38,7 +39,7 @@ def test_a_fast_imprecise_table_precision_is_never_chosen(tmp_path, monkeypatch)
     url = f"sqlite:///{tmp_path / 'q.db'}"
     study = optuna.create_study(study_name=study_name(P, "q", "hot"), storage=open_storage(url))
     base = {"g": 4, "lut_dtype": "int8", "unroll": 2, "mb": 1, "interleave": "chunk", "threads": 1, "bn": 32,
-            "lut_scale_ratio": 64}
+            "lut_scale_ratio": 64, **LUT_PATH}
     study.enqueue_trial(dict(base, lut_scale_block=128, lut_centered=False))
     study.enqueue_trial(dict(base, lut_scale_block=16, lut_centered=True))
     r = tune_problem(P, storage=url, trials=2, seed=0, prefix="q", db_path=tmp_path, **FAST)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass
 
 from ..errors import LaunchError
@@ -163,6 +164,9 @@ def linux_twin(target) -> Target:
     return dataclasses.replace(t, name=f"{t.name}-elf", triple=f"{arch}-unknown-linux-gnu", is_host=False)
 
 
+HOST_TARGET_ENV = "LUTC_HOST_TARGET"   # e.g. x86-avx2: "host" means that named target (it must run here)
+
+
 def target_names():
     return ["host"] + sorted(_NAMED)
 
@@ -172,7 +176,8 @@ def get_target(target) -> Target:
     if isinstance(target, Target):
         return target
     if target in (None, "host", "native"):
-        return _host()
+        name = os.environ.get(HOST_TARGET_ENV)
+        return runnable(name) if name else _host()
     if target not in _NAMED:
         raise ValueError(f"unknown target {target!r}; known targets: {', '.join(target_names())}")
     return _NAMED[target]

@@ -13,16 +13,19 @@ from ..ir import types as T
 from ..launcher import resolve_threads
 from ..schedule import Schedule
 from . import spec
+from .dotgemm import dot_gemm, quantize_x
 from .gemm import build_tables, lut_gemm
 from .packing import PackedWeights, pack_weights
 
 _PACK_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # QuantizedTensor -> {layout: packed}
 _MAX_PLANS_PER_WEIGHT = 8
 _MAX_ROWS_PER_CALL = 4096      # bounds the table scratch of one call; weights are re-read per call
+KERNELS = {"lut": (build_tables, lut_gemm), "dot": (quantize_x, dot_gemm)}   # schedule.path -> (tables, gemm)
 
 
 class CompiledKernel:
-    """`kernel(x, qw)` computes x @ qw.dequantize().T with the schedule's native code."""
+    """`kernel(x, qw)` computes x @ qw.dequantize().T with the schedule's native code: the two
+    kernels of its path (KERNELS), either way a tables launch and a gemm launch of one ABI."""
 
     def __init__(self, schedule: Schedule, target="host"):
         if not isinstance(schedule, Schedule):
@@ -30,10 +33,11 @@ class CompiledKernel:
         self.schedule = s = schedule
         self.target = target
         self._sigs = spec.signatures(s)
-        self._cexprs = spec.constexprs(s)
-        self.tables = build_tables.compile(self._sigs[0], self._cexprs[0], spec.TABLES_GRID_RANK, target)
-        self.gemm = lut_gemm.compile(self._sigs[1], self._cexprs[1], spec.GEMM_GRID_RANK, target)
-        self.lut_np = np.dtype(T.numpy_name(spec.LUT_TYPES[s.lut_dtype]))
+        self._cexprs = spec.constexprs(s, target)
+        self._fns = KERNELS[s.path]
+        self.tables = self._fns[0].compile(self._sigs[0], self._cexprs[0], spec.TABLES_GRID_RANK, target)
+        self.gemm = self._fns[1].compile(self._sigs[1], self._cexprs[1], spec.GEMM_GRID_RANK, target)
+        self.lut_np = np.dtype(T.numpy_name(spec.scratch_type(s)))
         self._plan_key = (s.codegen_key, str(target))     # computed once: __call__ is a hot path
         self._steps = {}                                  # (N, K, NG) -> rows per launch
 
@@ -42,8 +46,9 @@ class CompiledKernel:
 
     # ------------------------------------------------------------------ inspection
     def emit(self, kind="asm", which="gemm"):
-        """The 'ir', 'llvm', 'asm' or 'obj' of the gemm (default) or the table-building kernel."""
-        i, fn = (1, lut_gemm) if which == "gemm" else (0, build_tables)
+        """The 'ir', 'llvm', 'asm' or 'obj' of the gemm (default) or the tables kernel."""
+        i = 1 if which == "gemm" else 0
+        fn = self._fns[i]
         rank = spec.GEMM_GRID_RANK if i else spec.TABLES_GRID_RANK
         return compiler.emit(fn, self._sigs[i], self._cexprs[i], rank, self.target, kind)
 
@@ -71,8 +76,8 @@ class CompiledKernel:
 
     # ------------------------------------------------------------------ prepared launches
     def scratch(self, packed: PackedWeights, max_m: int) -> "Scratch":
-        """Table buffers for up to max_m activation rows against `packed` (shareable by prepares)."""
-        return Scratch(spec.scratch_sizes(self.schedule, max_m, packed.num_groups), max_m)
+        """Scratch buffers for up to max_m activation rows against `packed` (shareable by prepares)."""
+        return Scratch.for_schedules([self.schedule], max_m, packed.num_groups)
 
     def prepare(self, packed: PackedWeights, M: int, x=None, y=None, scratch: "Scratch | None" = None) -> "Prepared":
         """Both launches of one call for these weights and M rows, argument blocks built once.
@@ -131,9 +136,21 @@ class CompiledKernel:
 class Scratch:
     """The buffers build_tables writes and lut_gemm reads (tables, their scales, activation sums)."""
 
+    @classmethod
+    def for_schedules(cls, schedules, max_m: int, num_groups: int) -> "Scratch":
+        """One scratch that fits up to max_m rows of every schedule given (e.g. one matrix's M buckets,
+        LUT and dot paths)."""
+        need = {}
+        for s in schedules:
+            sizes = spec.scratch_sizes(s, max_m, num_groups)
+            sizes["luts"] = -(-sizes["luts"] * np.dtype(T.numpy_name(spec.scratch_type(s))).itemsize // 4)
+            need = {n: max(v, need.get(n, 0)) for n, v in sizes.items()}
+        return cls(need, max_m)
+
     def __init__(self, sizes: dict, max_m: int):
+        """sizes: elements of each buffer, `luts` in 4-byte units (the widest table type)."""
         self.max_m = max_m
-        self.luts = np.empty(sizes["luts"] * 4, np.uint8)         # viewed as the schedule's table type
+        self.luts = np.empty(sizes["luts"] * 4, np.uint8)         # viewed as the schedule's scratch type
         self.lut_scales = np.empty(sizes["lut_scales"], np.float32)
         self.xsums = np.empty(sizes["xsums"], np.float32)
 

@@ -1,11 +1,17 @@
 """The LUT-GEMM kernel ABI, stated once.
 
-A call y = x @ W_hat^T is two launches of the kernels in gemm.py:
+A call y = x @ W_hat^T is two launches. On the schedule's "lut" path, the kernels in gemm.py:
 
     build_tables  grid (M, NG)       x, luts, lut_scales, xsums, K, NG
     lut_gemm      grid (num_tiles,)  w, sz, luts, lut_scales, xsums, y, M, N, NG
 
-Parameter order is the kernels' own definition in gemm.py; this module gives their types
+on the "dot" path, those in dotgemm.py, with the same parameters and grids (the scratch holds
+int8 activations, their scales and group sums instead of tables):
+
+    quantize_x    grid (M, NG)       x, luts (= xq), lut_scales (= xs), xsums, K, NG
+    dot_gemm      grid (num_tiles,)  w, sz, luts, lut_scales, xsums, y, M, N, NG
+
+Parameter order is the kernels' own definition; this module gives their types
 (`signatures`), the constexpr values a Schedule sets (`constexprs`, legend below), the scratch
 buffers between the two launches (`scratch_sizes`) and the 32-bit offset limit. Everything
 else (CompiledKernel, the runtime, the remote runner, the tuner) goes through here and
@@ -42,6 +48,11 @@ CONSTEXPR_LEGEND = {
     "CENTER": "int8 tables centered (s.centered): entries minus half the table's activation sum",
     "TAILC": "chunks of the last, partial scale block = CPG % CPB (0: none)",
     "LUT_DTYPE": "table element type (s.lut_dtype)",
+    "BM": "dot path: s.dot_bm, activation rows per output block (and per block of the xq layout)",
+    "BNS": "dot path: s.dot_ns, weight rows per output block",
+    "XB": "dot path: activations per int8 activation scale (s.act_scale_block)",
+    "RES": "dot path: s.act_residual, a second int8 dot on the activations' rounding residual",
+    "WMAX": "dot path: largest weight level, 255 (u8 x s8 dot instructions) or 127 (AVX2 vpmaddubsw)",
 }
 LUT_TYPES = {"int8": T.int8, "float16": T.float16, "float32": T.float32}
 ACC_TYPES = {"int16": T.int16, "int32": T.int32, "float32": T.float32}
@@ -49,17 +60,29 @@ TABLES_GRID_RANK, GEMM_GRID_RANK = 2, 1
 MAX_OFFSET = 2**31 - 1     # generated code indexes with i32 arithmetic
 
 
+def scratch_type(s):
+    """Element type of the `luts` scratch: the table type, or int8 activations on the dot path."""
+    return T.int8 if s.path == "dot" else LUT_TYPES[s.lut_dtype]
+
+
 def signatures(s) -> tuple[dict, dict]:
-    """(build_tables, lut_gemm) parameter types for schedule s."""
-    lut, f32p, i32 = T.PointerType(LUT_TYPES[s.lut_dtype]), T.PointerType(T.float32), T.int32
+    """(tables, gemm) parameter types for schedule s (either path)."""
+    lut, f32p, i32 = T.PointerType(scratch_type(s)), T.PointerType(T.float32), T.int32
     tables = dict(x=f32p, luts=lut, lut_scales=f32p, xsums=f32p, K=i32, NG=i32)
     gemm = dict(w=T.PointerType(T.uint8), sz=T.PointerType(T.float16), luts=lut, lut_scales=f32p,
                 xsums=f32p, y=f32p, M=i32, N=i32, NG=i32)
     return tables, gemm
 
 
-def constexprs(s) -> tuple[dict, dict]:
-    """(build_tables, lut_gemm) constexpr values for schedule s (see CONSTEXPR_LEGEND)."""
+def constexprs(s, target="host") -> tuple[dict, dict]:
+    """(tables, gemm) constexpr values for schedule s on `target` (see CONSTEXPR_LEGEND)."""
+    if s.path == "dot":
+        from .dotgemm import level_max
+        xb = s.act_scale_block
+        return (dict(GS=s.group_size, BM=s.dot_bm, XB=xb, RES=s.act_residual),
+                dict(BITS=s.bits, BN=s.bn, CPG=s.chunks_per_group, PLANE_MAJOR=s.interleave == "plane",
+                     GS=s.group_size, BM=s.dot_bm, BNS=s.dot_ns, XB=xb, WMAX=level_max(target),
+                     RES=s.act_residual))
     ga = 1 << (s.g - 1).bit_length()
     tables = dict(GS=s.group_size, G=s.g, GA=ga, TPG=s.tables_per_group, TPGP=s.padded_tables,
                   LUT_DTYPE=LUT_TYPES[s.lut_dtype], NB=s.scale_blocks, TPB=s.scale_chunks * s.per_byte,
@@ -73,7 +96,12 @@ def constexprs(s) -> tuple[dict, dict]:
 
 
 def scratch_sizes(s, M: int, NG: int) -> dict:
-    """Elements of each scratch buffer written by build_tables and read by lut_gemm."""
+    """Elements of each scratch buffer written by the tables launch and read by the gemm launch
+    (dot path: rows padded to whole blocks of dot_bm)."""
+    if s.path == "dot":
+        mp = -(-M // s.dot_bm) * s.dot_bm
+        return dict(luts=mp * NG * s.group_size * (1 + s.act_residual), lut_scales=mp * NG * (s.group_size // s.act_scale_block),
+                    xsums=mp * NG)
     return dict(luts=M * NG * s.padded_tables * s.table_size, lut_scales=M * NG * s.scale_slots, xsums=M * NG)
 
 
@@ -85,7 +113,7 @@ def max_rows(s, N: int, K: int, NG: int) -> int:
 
 def offset_problem(s, M: int, N: int, K: int, NG: int, num_tiles: int) -> str | None:
     """Why a call of this size would overflow the kernels' 32-bit element offsets, or None."""
-    sizes = {"tables (M*NG*TPGP*2**g)": scratch_sizes(s, M, NG)["luts"], "output (M*N)": M * N,
+    sizes = {"tables or int8 activations": scratch_sizes(s, M, NG)["luts"], "output (M*N)": M * N,
              "activations (M*K)": M * K,
              "packed weights": num_tiles * NG * s.chunks_per_group * s.bits * s.bn,
              "scales (tiles*NG*(bits+1)*bn)": num_tiles * NG * (s.bits + 1) * s.bn}

@@ -122,14 +122,19 @@ def rank(problem, target="host", space: dict | None = None, cores: int | None = 
     fastest first by estimate (within 1%, as when memory-bound: least compute first): [(time_s, Schedule), ...]."""
     import itertools
 
-    from ..tuning.space import invalid_reason, schedule_from_params, space_for
+    from ..tuning.space import DOT_ONLY, LUT_ONLY, invalid_reason, schedule_from_params, space_for
     cores = cores or device_model(target).cores
     space = space or space_for(problem, cores)
-    names = sorted(space)
     scored = []
-    for combo in itertools.product(*(space[n] for n in names)):
-        sched = schedule_from_params(problem, dict(zip(names, combo)))
-        if invalid_reason(sched, problem) is None:
+    for path in space["path"]:            # per path, only the knobs it reads (the others stay default)
+        names = sorted(n for n in space if n not in (DOT_ONLY if path == "lut" else LUT_ONLY) and n != "path")
+        for combo in itertools.product(*(space[n] for n in names)):
+            try:
+                sched = schedule_from_params(problem, dict(zip(names, combo), path=path))
+            except ValueError:            # a combination no Schedule allows (e.g. the dot path with g=3)
+                continue
+            if invalid_reason(sched, problem) is not None:
+                continue
             e = estimate(sched, (problem.M, problem.N, problem.K), target)
             scored.append((e["time_s"], e["compute_s"], sched.to_json(), sched))
     # estimates within 1% are ties (the model is not that precise); among them, least compute wins

@@ -36,6 +36,10 @@ class ErrorBound:
                       |dy| <= sum_grp S * sum_blk tables_in_blk * scale[blk] / 2
       float16 tables: entries err by <= U16 * |entry| <= U16 * (sum |x| over the table), so |dy| <= U16 * S @ X1
       float32 tables: exact tables;
+      dot path:       int8 activations err by <= amax(act block) / 254 each (/ 254 again with the
+                      residual) against levels <= S, and
+                      each weight by <= BITS * S / (2 * (127 - BITS / 2)) (q_b rounding, WMAX = 127,
+                      the coarser target), so |dy| <= S @ (sum_blocks XB * amax / 254) + X1 @ that;
     all plus float32 rounding U32 * depth * (S + Z) @ X1 with depth the longest chain of float additions.
     """
 
@@ -73,10 +77,22 @@ class ErrorBound:
             self._int8_scale[key] = (block_scales(amax.max(-1), sched.scale_ratio, sched.ratio_budget) * ntab / 2.0).sum(-1)
         return self._int8_scale[key]
 
+    def dot_error(self, sched) -> np.ndarray:
+        """(M, N): the dot path's bound before rounding and safety (see the class doc)."""
+        xb = sched.act_scale_block
+        blocks = self.xg.reshape(self.xg.shape[0], self.ng, self.gs // xb, xb)
+        act = (xb * np.abs(blocks).max(-1) / 254.0).sum(-1)                     # (M, NG)
+        if sched.act_residual:                  # the residual's step is 1/254 of the first's
+            act = act / 254.0
+        lim = 127 - 0.5 * self.bits
+        return act @ self.s.T + self.x1 @ (self.bits * self.s / (2 * lim)).T
+
     def bound(self, sched) -> np.ndarray:
         """Max allowed |y - ref| per output element (M, N) for `sched`, safety factor included."""
         tpg = sched.tables_per_group
-        if sched.lut_dtype == "int8":
+        if sched.path == "dot":
+            prec = self.dot_error(sched)
+        elif sched.lut_dtype == "int8":
             prec = self.int8_error(sched) @ self.s.T
         elif sched.lut_dtype == "float16":
             prec = U16 * (self.x1 @ self.s.T)
@@ -102,10 +118,12 @@ class ErrorBound:
                "rel_err": rel, "reason": ""}
         if ratio <= 1.0 and not out["ok"]:
             out["reason"] = (f"relative error {rel:.2%} exceeds the quality gate of {MAX_REL_ERR:.0%} "
-                             f"({describe_tables(sched)} tables would cost model quality)")
+                             f"({describe_tables(sched)}{'' if sched.path == 'dot' else ' tables'} would cost "
+                             f"model quality)")
         elif not out["ok"]:
             i = np.unravel_index(int(np.argmax(err - b)), err.shape)
-            out["reason"] = (f"error {err[i]:.3g} at {tuple(int(v) for v in i)} exceeds the {sched.lut_dtype} "
+            what = "dot-path" if sched.path == "dot" else sched.lut_dtype
+            out["reason"] = (f"error {err[i]:.3g} at {tuple(int(v) for v in i)} exceeds the {what} "
                              f"bound {b[i]:.3g} (max err/bound {ratio:.2f})")
         return out
 
@@ -123,6 +141,8 @@ def block_scales(bmax: np.ndarray, ratio: int, budget: int) -> np.ndarray:
 
 
 def describe_tables(s) -> str:
+    if s.path == "dot":
+        return f"dot path (int8 activations, one scale per {s.act_scale_block})"
     if s.lut_dtype != "int8":
         return s.lut_dtype
     blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size

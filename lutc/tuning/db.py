@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..cache import atomic_write
-from ..schedule import Schedule
+from ..schedule import Schedule, m_bucket
 from .device import check_device_id
 
 SCHEMA_VERSION = 1
@@ -40,11 +40,6 @@ def _positive_finite(v) -> bool:
         return math.isfinite(v) and v > 0
     except OverflowError:    # an int too large for a float
         return False
-
-
-def m_bucket(M: int) -> int:
-    """The M bucket an entry covers: the smallest power of two >= M (1, 2, 4, ..., 128, ...)."""
-    return 1 if M <= 1 else 1 << (int(M) - 1).bit_length()
 
 
 def entry_key(kernel: str, bits: int, group_size: int, mb: int, N: int, K: int) -> str:

@@ -205,8 +205,11 @@ def run_trials(study, p: Problem, worker: MeasureWorker, space: dict, trials: in
             interrupt_point("asked")
             params = suggest(trial, space)
             interrupt_point("suggested")
-            sched = schedule_from_params(p, params)
-            why = invalid_reason(sched, p)
+            try:
+                sched = schedule_from_params(p, params)
+                why = invalid_reason(sched, p)
+            except ValueError as e:            # a knob combination no Schedule allows (dot path, g=3)
+                sched, why = None, str(e)
             dup = None if why else _duplicate(study, params)
             if why:
                 _record(trial, {"status": "invalid", "reason": why})

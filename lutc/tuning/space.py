@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..schedule import DEFAULT_TABLE_SCALES, KNOB_CHOICES, LUT_SCALE_BLOCKS, LUT_SCALE_RATIOS, Schedule
+from ..schedule import (ACT_BLOCKS, DEFAULT_TABLE_SCALES, DOT_KNOB_CHOICES, KNOB_CHOICES, LUT_SCALE_BLOCKS,
+                        LUT_SCALE_RATIOS, Schedule)
 
-PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "bn", "unroll", "mb", "interleave", "threads")
+PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "bn", "unroll", "mb", "interleave",
+          "threads", "path", "dot_bm", "dot_ns", "act_block", "act_residual")
+LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "unroll", "mb")  # the dot path ignores
+DOT_ONLY = ("dot_bm", "dot_ns", "act_block", "act_residual")                                    # the LUT path ignores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +48,25 @@ def space_for(p: Problem, cores: int) -> dict:
     space["lut_centered"] = (True, False)
     space["lut_scale_ratio"] = LUT_SCALE_RATIOS
     space["threads"] = thread_choices(cores)
+    space["path"] = DOT_KNOB_CHOICES["path"] if p.group_size % 32 == 0 else ("lut",)
+    space["dot_bm"] = tuple(v for v in DOT_KNOB_CHOICES["dot_bm"] if v <= max(32, p.M))   # 32: the default
+    space["dot_ns"] = DOT_KNOB_CHOICES["dot_ns"]
+    whole = (p.group_size,) if p.group_size > 128 else (128,)   # one scale per group; 128 is the default
+    space["act_block"] = tuple(b for b in ACT_BLOCKS if b < min(p.group_size, 128) and p.group_size % b == 0) + whole
+    space["act_residual"] = (True, False)
+    if "dot" not in space["path"]:          # one value each: the LUT path ignores them
+        space.update({k: space[k][:1] for k in DOT_ONLY})
     return space
 
 
 def invalid_reason(s: Schedule, p: Problem) -> str | None:
     """Why a combination of knobs is pointless for this problem (pruned before compiling), or None.
     (A schedule whose tables are too imprecise is not pruned here: the accuracy gate fails it.)"""
+    tiles = -(-p.N // s.bn)
+    if s.threads is not None and s.threads > tiles:
+        return f"threads={s.threads} exceeds the {tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
+    if s.path == "dot":
+        return s.dot_problem() or None
     if s.unroll > s.scale_chunks:
         return (f"unroll={s.unroll} exceeds the {s.scale_chunks} table chunks of a scale block "
                 f"(g={s.g}, group_size={s.group_size}, lut_scale_block={s.lut_scale_block}): the "
@@ -60,15 +77,19 @@ def invalid_reason(s: Schedule, p: Problem) -> str | None:
     if s.lut_scale_ratio != default_ratio and s.replace(lut_scale_ratio=1).scale_ratio == 0:
         return (f"lut_scale_ratio={s.lut_scale_ratio} has no effect here (float tables, one scale block, or a "
                 f"group too long for int16 ratios): a duplicate of the default {default_ratio}")
-    tiles = -(-p.N // s.bn)
-    if s.threads is not None and s.threads > tiles:
-        return f"threads={s.threads} exceeds the {tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
     return None
 
 
 def schedule_from_params(p: Problem, params: dict) -> Schedule:
-    return Schedule(bits=p.bits, group_size=p.group_size, kernel=p.kernel,
-                    **{k: params[k] for k in PARAMS})
+    """The Schedule of these parameters, canonical: the knobs its path does not read (DOT_ONLY on
+    the LUT path, LUT_ONLY on the dot path) take the Schedule's defaults, so draws that differ only
+    there are one schedule (measured once per trial, never a pruned trial). ValueError if no
+    Schedule allows the combination (e.g. the dot path with g=3): the search records that trial as
+    invalid."""
+    base = Schedule(bits=p.bits, group_size=p.group_size, kernel=p.kernel)
+    ignored = DOT_ONLY if params.get("path", base.path) == "lut" else LUT_ONLY
+    knobs = {k: (getattr(base, k) if k in ignored else params[k]) for k in PARAMS if k in params}
+    return Schedule(bits=p.bits, group_size=p.group_size, kernel=p.kernel, **knobs)
 
 
 def params_of(s: Schedule, cores: int) -> dict:
@@ -89,8 +110,12 @@ def suggest(trial, space: dict) -> dict:
 
 def describe(s: Schedule) -> str:
     """A compact one-line knob summary: 'g4 int8/32cr8 bn64 u4 mb1 chunk t2' (int8: activations per
-    table scale, c = centered, rR = integer block ratios up to R)."""
+    table scale, c = centered, rR = integer block ratios up to R); on the dot path
+    'dot g4 bn32 bm64 ns4 xb128 chunk t2'."""
     t = "*" if s.threads is None else s.threads
+    if s.path == "dot":
+        res = "+r" if s.act_residual else ""
+        return f"dot g{s.g} bn{s.bn} bm{s.dot_bm} ns{s.dot_ns} xb{s.act_scale_block}{res} {s.interleave} t{t}"
     tab = s.lut_dtype
     if s.lut_dtype == "int8":
         blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size

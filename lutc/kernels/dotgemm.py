@@ -1,0 +1,177 @@
+"""The int8 dot-product GEMM (a Schedule's `path="dot"`), written in the lutc DSL.
+
+It reads the same packed weights as lut_gemm (packing.py: bit-planes of the codes, fp16 plane
+scales s_b and zero z per (row, group)); no other weight array exists. A call is the same two
+launches as the LUT path, with the same parameters (spec.py):
+
+    quantize_x  grid (M, NG)       x -> luts (int8 activations xq), lut_scales (xs), xsums
+    dot_gemm    grid (num_tiles,)  w, sz, luts, lut_scales, xsums -> y
+
+Weights: HLQ is w = sum_b s_b * bit_b + z. Per (row, group) the kernel maps the plane scales to
+integers q_b = round(|s_b| * (WMAX - BITS / 2) / sum_b |s_b|) (so sum_b q_b <= WMAX), fits one
+step = sum_b q_b |s_b| / sum_b q_b^2 (least squares: |s_b| ~ step * q_b), and decodes (BNS, 32) tiles of u8 levels sum_b q_b * bit_b' (bit_b' = bit_b, flipped where
+s_b < 0; the flip's constant part moves into the zero: z' = z + sum_b min(s_b, 0)). Only q_b's
+rounding is approximate. WMAX = 255 where the dot instruction reads u8 x s8 for any values
+(vpdpbusd, sdot/usdot, vpmaddwd), 127 on AVX2 without VNNI so that vpmaddubsw provably cannot
+saturate (docs/dsl.md), see `level_max`.
+
+Activations: per row and block of XB (act_block, at most a group), s = max|x| / 127,
+xq = round(x / s) (llama.cpp's Q8 quantization); with RES (act_residual) also the residual
+xq2 = round((x - s * xq) / (s / 254)), so x ~ s * (xq + xq2 / 254) to ~15 bits: a second dot per
+slice, needed for LLM activations (one int8 scale per block: +3% perplexity on SmolLM2, see
+docs/runtime.md). Stored in the order tl.dot's group lanes read them: per block of BM rows and 32
+columns, [column / 4][row][column % 4] (then the residual block). xsums[m, grp] is the
+exact float sum of the group's activations (the factor of the zero term), stored [m-block][grp][row].
+
+    y[m, n] = sum_grp ( sum_sb step[n, grp] * xs[m, sb] * (dot(level, xq) + dot(level, xq2) / 254)[n, m, sb]
+                        + z'[n, grp] * xsum[m, grp] )
+
+Each program owns BN weight rows (one packed tile) and all M activation rows; per (BM, BNS) output
+block it walks the groups, decodes each 32-column weight slice once and runs tl.dot on it,
+accumulating int32 over an activation-scale block, then float.
+"""
+from __future__ import annotations
+
+import lutc.language as tl
+from lutc.jitfunction import jit
+
+QB = 32        # columns per decoded weight slice and per xq block
+
+
+def level_max(target="host") -> int:
+    """WMAX for `target`: 127 where capping u8 levels at 127 lets tl.dot use vpmaddubsw (AVX2
+    without VNNI), else 255 (full u8 range)."""
+    from ..backend.dot import choose
+    from ..backend.target import get_target
+    from ..ir import types as T
+    plan = choose(get_target(target), T.uint8, 64, (0, 127), (-128, 127))
+    return 127 if plan is not None and plan.insn == "vpmaddubsw" else 255
+
+
+@jit
+def quantize_x(x, luts, lut_scales, xsums, K, NG, GS: tl.constexpr, BM: tl.constexpr, XB: tl.constexpr,
+               RES: tl.constexpr):
+    """Program (m, grp): row m's GS activations of group grp as int8, one scale per XB of them, and
+    their exact float sum. RES: also the int8 residual q2 = round((x - s * q) / (s / 254))."""
+    m = tl.program_id(0)
+    grp = tl.program_id(1)
+    SPG: tl.constexpr = GS // XB
+    CPS: tl.constexpr = XB // QB
+    mb = m // BM
+    mi = m % BM
+    lane = tl.arange(0, QB)
+    xsum = 0.0
+    for sb in tl.static_range(SPG):
+        amax = 0.0
+        for c in tl.static_range(CPS):
+            k = grp * GS + (sb * CPS + c) * QB + lane
+            v = tl.load(x + m * K + k, mask=k < K, other=0.0)
+            xsum += tl.sum(v)
+            amax = tl.maximum(amax, tl.max(tl.abs(v)))
+        s = amax / 127.0
+        safe = tl.where(s > 0.0, s, 1.0)         # v / s, not v * (127 / amax): no overflow for tiny amax
+        for c in tl.static_range(CPS):
+            kb = grp * (GS // QB) + sb * CPS + c
+            k = kb * QB + lane
+            v = tl.load(x + m * K + k, mask=k < K, other=0.0)
+            dst = luts + (mb * NG * (GS // QB) + kb) * (QB * BM * (1 + RES)) + (lane // 4) * (4 * BM) \
+                + mi * 4 + lane % 4
+            q = tl.round(v / safe)
+            tl.store(dst, q.to(tl.int8))
+            if RES:
+                tl.store(dst + QB * BM, tl.round((v - q * s) / (safe * (1.0 / 254.0))).to(tl.int8))
+        tl.store(lut_scales + ((mb * NG + grp) * SPG + sb) * BM + mi, s)
+    tl.store(xsums + (mb * NG + grp) * BM + mi, xsum)
+
+
+@jit
+def _x_tile(xb, BM: tl.constexpr):
+    """The (32, BM) int8 tile X^T of one 32-block from its [k / 4][row][k % 4] order."""
+    t = tl.reshape(tl.trans(tl.reshape(tl.load(xb + tl.arange(0, 4 * BM)), (BM, 4))), (4 * BM,))
+    for g in tl.static_range(1, QB // 4):
+        p = tl.load(xb + g * (4 * BM) + tl.arange(0, 4 * BM))
+        t = tl.concat(t, tl.reshape(tl.trans(tl.reshape(p, (BM, 4))), (4 * BM,)))
+    return tl.reshape(t, (QB, BM))
+
+
+@jit
+def _w_tile(w_group, kbl, qs, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr,
+            CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr, WMAX: tl.constexpr):
+    """The (BN, 32) u8 levels of 32-block kbl of a group: sum_b q_b * bit_b (bit flipped where s_b < 0).
+    Packed byte c of a plane holds columns 8c .. 8c + 7 of its row, bit i = column 8c + i."""
+    CB: tl.constexpr = QB // 8                      # packed bytes per row, plane and 32-block
+    cidx = kbl * CB + tl.arange(0, CB)
+    sel = (1 << tl.arange(0, 8)).to(tl.uint8)
+    lvl = tl.zeros((BNS, QB), tl.uint8)
+    for b in tl.static_range(BITS):
+        if PLANE_MAJOR:
+            p = w_group + (b * CPG + cidx[:, None]) * BN + tl.arange(0, BNS)[None, :]
+        else:
+            p = w_group + (cidx[:, None] * BITS + b) * BN + tl.arange(0, BNS)[None, :]
+        t = tl.reshape(tl.trans(tl.load(p) ^ flips[b][None, :]), (BNS * CB,))
+        on = (t[:, None] & sel[None, :]) != 0
+        lvl += tl.reshape(tl.where(on, tl.broadcast_to(tl.reshape(
+            tl.broadcast_to(qs[b][:, None], (BNS, CB)), (BNS * CB,))[:, None], (BNS * CB, 8)), 0), (BNS, QB))
+    if WMAX == 127:
+        lvl = lvl & 127                              # a no-op (sum q_b <= 127) that proves the range
+    return lvl
+
+
+@jit
+def dot_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
+             BITS: tl.constexpr, BN: tl.constexpr, CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr,
+             GS: tl.constexpr, BM: tl.constexpr, BNS: tl.constexpr, XB: tl.constexpr, WMAX: tl.constexpr,
+             RES: tl.constexpr):
+    """One program per tile of BN weight rows: y[:, tile] for every activation row, in (BNS weight
+    rows, BM activation rows) output blocks."""
+    tl.static_assert(BN % BNS == 0, "BNS must divide BN")
+    tile = tl.program_id(0)
+    w_tile = w + tile * (NG * CPG * BITS * BN)
+    sz_tile = sz + tile * (NG * (BITS + 1) * BN)
+    SPG: tl.constexpr = GS // XB
+    CPS: tl.constexpr = XB // QB
+    LIM: tl.constexpr = WMAX - 0.5 * BITS
+    for m0 in range(0, M, BM):
+        mb = m0 // BM
+        offs_m = m0 + tl.arange(0, BM)
+        for n0 in range(0, BN, BNS):
+            rows = tile * BN + n0 + tl.arange(0, BNS)
+            acc = tl.zeros((BNS, BM), tl.float32)
+            for grp in range(NG):
+                sz_g = sz_tile + grp * ((BITS + 1) * BN) + n0
+                zero = tl.load(sz_g + BITS * BN + tl.arange(0, BNS)).to(tl.float32)
+                scales = [tl.load(sz_g + b * BN + tl.arange(0, BNS)).to(tl.float32) for b in tl.static_range(BITS)]
+                tot = tl.zeros((BNS,), tl.float32)
+                for b in tl.static_range(BITS):
+                    tot += tl.abs(scales[b])
+                    zero += tl.minimum(scales[b], 0.0)
+                inv = tl.where(tot > 0.0, LIM / tl.where(tot > 0.0, tot, 1.0), 0.0)
+                qf = [tl.round(tl.abs(scales[b]) * inv) for b in tl.static_range(BITS)]
+                num = tl.zeros((BNS,), tl.float32)
+                den = tl.zeros((BNS,), tl.float32)
+                for b in tl.static_range(BITS):
+                    num += qf[b] * tl.abs(scales[b])
+                    den += qf[b] * qf[b]
+                step = num / tl.where(den > 0.0, den, 1.0)      # least-squares fit of |s_b| ~ step * q_b
+                qs = [qf[b].to(tl.int32).to(tl.uint8) for b in tl.static_range(BITS)]
+                flips = [tl.where(scales[b] < 0.0, 255, 0).to(tl.uint8) for b in tl.static_range(BITS)]
+                w_group = w_tile + grp * (CPG * BITS * BN) + n0
+                for sb in range(SPG):
+                    d = tl.zeros((BNS, BM), tl.int32)
+                    d2 = tl.zeros((BNS, BM), tl.int32)
+                    for c in tl.static_range(CPS):
+                        kbl = sb * CPS + c
+                        lvl = _w_tile(w_group, kbl, qs, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX)
+                        xb = luts + (mb * NG * (GS // QB) + grp * (GS // QB) + kbl) * (QB * BM * (1 + RES))
+                        d = tl.dot(lvl, _x_tile(xb, BM), d)
+                        if RES:
+                            d2 = tl.dot(lvl, _x_tile(xb + QB * BM, BM), d2)
+                    sx = tl.load(lut_scales + ((mb * NG + grp) * SPG + sb) * BM + tl.arange(0, BM))
+                    df = d.to(tl.float32)
+                    if RES:
+                        df += d2.to(tl.float32) * (1.0 / 254.0)
+                    acc += df * (step[:, None] * sx[None, :])
+                xsum = tl.load(xsums + (mb * NG + grp) * BM + tl.arange(0, BM))
+                acc += zero[:, None] * xsum[None, :]
+            tl.store(y + offs_m[:, None] * N + rows[None, :], tl.trans(acc),
+                     mask=(offs_m[:, None] < M) & (rows[None, :] < N))

@@ -1,0 +1,205 @@
+"""The int8 dot path (lutc/kernels/dotgemm.py, Schedule path="dot") against its numpy reference:
+bits 1-4, group sizes 32/64/128, ragged N and K, M = 1 and M > 1, negative plane scales, edge
+activations; the host (vpdpbusd) and the x86-avx2 (vpmaddubsw, levels <= 127) code; the
+accuracy gate's bound; schedule rules; the runtime's prefill through the dot path."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import quant
+from lutc import Schedule
+from lutc.backend.target import get_target
+from lutc.backend.toolchain import native_mismatch
+from lutc.kernels.compiled import CompiledKernel
+from lutc.kernels.dotgemm import level_max
+from lutc.ops import get_kernel
+from lutc.schedule import DOT_KNOB_CHOICES
+from lutc.tuning.accuracy import ErrorBound
+from kernel_reference import dot_reference
+from test_kernels import XKINDS, activations
+
+
+def signed_qt(rng, bits, gs, N, K):
+    """A QuantizedTensor with random codes and plane scales of both signs (HLQ's least squares can
+    give negative ones), zeros of both signs."""
+    ng = -(-K // gs)
+    codes = rng.integers(0, 1 << bits, (N, K)).astype(np.uint8)
+    scales = (rng.standard_normal((bits, N, ng)) * 0.05).astype(np.float16)
+    scales[:, rng.random(N) < 0.1] = 0                       # some all-zero rows (step 0)
+    zeros = (rng.standard_normal((N, ng)) * 0.05).astype(np.float16)
+    return quant.QuantizedTensor(bits=bits, group_size=gs, shape=(N, K), codes=codes, scales=scales,
+                                 zeros=zeros, method="rtn")
+
+
+@st.composite
+def dot_problems(draw):
+    bits = draw(st.integers(1, 4))
+    gs = draw(st.sampled_from([32, 64, 128]))
+    knobs = dict(path="dot", g=draw(st.sampled_from([2, 4])), bn=draw(st.sampled_from([16, 32, 64])),
+                 interleave=draw(st.sampled_from(["chunk", "plane"])),
+                 dot_bm=draw(st.sampled_from(DOT_KNOB_CHOICES["dot_bm"])),
+                 dot_ns=draw(st.sampled_from(DOT_KNOB_CHOICES["dot_ns"])),
+                 act_block=draw(st.sampled_from([32, 64, 128])), act_residual=draw(st.booleans()))
+    N = draw(st.integers(1, 80))
+    K = draw(st.one_of(st.integers(1, 200), st.sampled_from([gs, 2 * gs + 1])))
+    M = draw(st.sampled_from([1, 2, 17, 40]))
+    return bits, gs, knobs, N, K, M, draw(st.integers(0, 2**16)), draw(st.sampled_from(XKINDS)), \
+        draw(st.sampled_from(["signed", "hlq"]))
+
+
+def _weights(rng, bits, gs, N, K, kind):
+    if kind == "signed":
+        return signed_qt(rng, bits, gs, N, K)
+    return quant.quantize(rng.standard_normal((N, K)).astype(np.float32), bits, gs, method="hlq", rounds=2)
+
+
+def _check(y, x, qw, sched, wmax):
+    ref, mag = dot_reference(x, qw, sched.act_scale_block, wmax, sched.act_residual)
+    assert y.shape == ref.shape and np.isfinite(y).all()
+    err = np.abs(y.astype(np.float64) - ref)
+    tol = 2e-6 * (qw.num_groups + 8) * mag + 1e-30
+    worst = np.unravel_index(int(np.argmax(err - tol)), err.shape)
+    assert (err <= tol).all(), f"{sched}: err {err[worst]:.3g} > {tol[worst]:.3g} at {worst}"
+
+
+@settings(max_examples=12)          # each example compiles its own kernels
+@given(dot_problems())
+def test_dot_path_matches_reference(p):
+    bits, gs, knobs, N, K, M, seed, xkind, wkind = p
+    rng = np.random.default_rng(seed)
+    qw = _weights(rng, bits, gs, N, K, wkind)
+    x = activations(rng, M, K, xkind, gs)
+    sched = Schedule.make(bits=bits, group_size=gs, **knobs)
+    y = get_kernel(sched)(x, qw, threads=2)
+    _check(y, x, qw, sched, level_max("host"))
+
+
+def test_edge_activations():
+    """Rows of +-max, a single nonzero, tiny values (scale underflow to subnormal) and all zeros."""
+    rng = np.random.default_rng(3)
+    qw = signed_qt(rng, 3, 64, 40, 192)
+    x = rng.standard_normal((6, 192)).astype(np.float32)
+    x[0] = 1.0e30
+    x[0, ::2] = -1.0e30
+    x[1] = 0.0
+    x[1, 77] = 5.0
+    x[2] *= 1e-40
+    x[3] = 0.0
+    x[4, :64] = 127.0
+    sched = Schedule(bits=3, group_size=64, path="dot", dot_bm=16, dot_ns=8, act_block=32, act_residual=True)
+    _check(get_kernel(sched)(x, qw), x, qw, sched, level_max("host"))
+
+
+@pytest.mark.parametrize("bits,gs,N,K,M,bm,ns,ab,res", [(2, 128, 70, 300, 40, 32, 8, 128, True),
+                                                       (4, 64, 33, 130, 5, 16, 4, 32, False),
+                                                       (1, 32, 16, 96, 64, 64, 4, 32, True),
+                                                       (3, 128, 100, 256, 17, 16, 16, 64, False)])
+def test_avx2_target(bits, gs, N, K, M, bm, ns, ab, res):
+    """The x86-avx2 code (levels <= 127, vpmaddubsw proven safe) against the same reference."""
+    tgt = get_target("x86-avx2")
+    if native_mismatch(tgt) is not None:
+        pytest.skip("x86-avx2 code cannot run here")
+    assert level_max(tgt) == 127
+    rng = np.random.default_rng(bits * 7 + M)
+    qw, x = signed_qt(rng, bits, gs, N, K), activations(rng, M, K, "outliers", gs)
+    sched = Schedule(bits=bits, group_size=gs, path="dot", dot_bm=bm, dot_ns=ns, act_block=ab, act_residual=res)
+    kern = CompiledKernel(sched, tgt)
+    assert "vpmaddubsw" in kern.emit("asm") and "vpdpbusd" not in kern.emit("asm")
+    _check(kern(x, qw), x, qw, sched, 127)
+
+
+def test_host_uses_vnni_when_present():
+    host = get_target("host")
+    if not (host.has("avx512vnni") or host.has("avxvnni")):
+        pytest.skip("no VNNI on this host")
+    assert level_max(host) == 255
+    asm = get_kernel(Schedule(bits=2, group_size=128, path="dot")).emit("asm")
+    assert "vpdpbusd" in asm
+
+
+def test_accuracy_gate_bound_holds_and_catches_a_wrong_kernel():
+    from lutc.tuning.accuracy import probe_activations
+    rng = np.random.default_rng(5)
+    for bits, gs, ab, res in ((2, 64, 32, False), (4, 128, 128, True)):
+        qw = quant.quantize(rng.standard_normal((96, 256)).astype(np.float32), bits, gs, method="rtn")
+        x = probe_activations(rng, 20, 256)
+        sched = Schedule(bits=bits, group_size=gs, path="dot", act_block=ab, dot_bm=16, dot_ns=16, act_residual=res)
+        eb = ErrorBound(qw, x)
+        y = get_kernel(sched)(x, qw)
+        assert eb.check(y, sched)["ratio"] <= 1.0
+        y[3, 5] += 0.2 * np.abs(eb.ref).max()           # one wrong output
+        assert not eb.check(y, sched)["ok"]
+
+
+def test_schedule_rules():
+    with pytest.raises(ValueError, match="g 2 or 4"):
+        Schedule(bits=2, group_size=128, g=3, path="dot")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Schedule(bits=2, group_size=48, path="dot")
+    with pytest.raises(ValueError, match="act_block"):
+        Schedule(bits=2, group_size=96, path="dot", act_block=64)
+    s = Schedule(bits=2, group_size=128, path="dot")
+    assert s.with_layout(Schedule(bits=2, group_size=128, g=3, bn=64)).path == "lut"
+    assert s.with_layout(Schedule(bits=2, group_size=128, g=2, bn=64)).path == "dot"
+    assert s.act_scale_block == 128 and Schedule(bits=2, group_size=64, path="dot").act_scale_block == 64
+
+
+def test_default_chooses_dot_by_m_bucket():
+    from lutc.ops import DOT_MIN_M, default_schedule
+    if level_max("host") != 255:
+        pytest.skip("no u8 x s8 dot instruction here: the default stays on the LUT path")
+    assert default_schedule(2, 128, 1).path == "lut"
+    assert default_schedule(2, 128, DOT_MIN_M - 1).path == "lut"
+    big = default_schedule(2, 128, 128)
+    assert big.path == "dot" and big.dot_bm == 32 and big.act_residual
+    assert default_schedule(2, 48, 128).path == "lut"          # group size not a multiple of 32
+
+
+def test_tuner_space_has_the_path_knob():
+    from lutc.tuning.space import Problem, describe, invalid_reason, params_of, schedule_from_params, space_for
+    p = Problem(2, 128, 128, 256, 512)
+    sp = space_for(p, 2)
+    assert sp["path"] == ("lut", "dot") and sp["act_block"] == (32, 64, 128)
+    assert space_for(Problem(2, 48, 128, 256, 480), 2)["path"] == ("lut",)
+    assert space_for(Problem(2, 128, 1, 256, 512), 2)["dot_bm"] == (16, 32)     # no blocks of padding rows
+    params = params_of(Schedule(bits=2, group_size=128), 2)
+    dot = schedule_from_params(p, dict(params, path="dot", dot_bm=64))
+    assert invalid_reason(dot, p) is None and describe(dot).startswith("dot ")
+    assert schedule_from_params(p, dict(params, path="dot", dot_bm=64, mb=2, lut_dtype="float16")) == dot  # canonical
+    lut = schedule_from_params(p, params)
+    assert invalid_reason(lut, p) is None
+    assert schedule_from_params(p, dict(params, dot_bm=64, act_residual=False)) == lut
+    with pytest.raises(ValueError, match="g 2 or 4"):
+        schedule_from_params(p, dict(params, path="dot", g=3))
+
+
+def test_runtime_prefill_through_the_dot_path():
+    """A small model: prefill chunks take the dot path (schedule of their M bucket), decode the LUT
+    path; greedy tokens equal those of the LUT path everywhere."""
+    pytest.importorskip("transformers")
+    from runtime import LeanDecoder
+    from runtime._testing import quantize_hf, runtime_greedy, tiny_llama
+    qm = quantize_hf(tiny_llama(seed=2), 4, 64)
+    dot = LeanDecoder(qm, n_ctx=96, threads=2, max_prefill=32, knobs={"act_block": 32})
+    lut = LeanDecoder(qm, n_ctx=96, threads=2, max_prefill=32, knobs={"path": "lut"})
+    lw = dot.layers[0].gu
+    assert lw.schedule_for(1).path == "lut" and lw.schedule_for(32).path == "dot"
+    assert lw.schedule_for(20) is lw.schedule_for(32) and lw.schedule_for(3).path == "lut"
+    assert all(s.path == "lut" for s in lut.layers[0].gu.by_bucket.values())
+    prompt = [1, 17, 17, 17, 42, 250, 3, 99, 128, 64, 12, 5, 7, 9, 33, 100, 200, 31, 8, 2, 77, 41]
+    assert runtime_greedy(dot, prompt, 12) == runtime_greedy(lut, prompt, 12)
+    a = dot.prefill(prompt, all_logits=True) if not dot.reset() else None
+    b = lut.prefill(prompt, all_logits=True) if not lut.reset() else None
+    assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
+
+
+def test_host_target_override(monkeypatch):
+    """LUTC_HOST_TARGET=x86-avx2: "host" kernels (the runtime's) are the AVX2 code."""
+    if native_mismatch(get_target("x86-avx2")) is not None:
+        pytest.skip("x86-avx2 code cannot run here")
+    monkeypatch.setenv("LUTC_HOST_TARGET", "x86-avx2")
+    t = get_target("host")
+    assert t.name == "x86-avx2" and t.is_host and level_max("host") == 127
+    from lutc.ops import default_schedule
+    assert default_schedule(2, 128, 128).path == "lut"       # AVX2-only: the dot path measured slower
