@@ -359,16 +359,14 @@ def run(args):
 
 
 def use_target(name):
-    """Compile every kernel of this process (the runtime's and the GEMMs) for the named target
-    instead of the host: `lutc.compiler` resolves "host" through get_target, which is wrapped here.
-    The target's code must run on this machine (e.g. x86-avx2 on an AVX-512 host)."""
-    import lutc.compiler
+    """The named target every kernel of this process is compiled for ($LUTC_HOST_TARGET, set by
+    run() before any kernel is compiled); its code must run on this machine (e.g. x86-avx2 on an
+    AVX-512 host)."""
     from lutc.backend.target import get_target
     from lutc.backend.toolchain import runs_here
-    tgt = get_target(name)
-    if not runs_here(tgt):
-        raise SystemExit(f"--target {name}: its code does not run on this machine")
-    lutc.compiler.get_target = lambda t: tgt if t in ("host", None) else get_target(t)
+    tgt = get_target("host")
+    if tgt.name != name or not runs_here(tgt):
+        raise SystemExit(f"--target {name}: its code does not run on this machine (host target is {tgt.name})")
     return dict(name=tgt.name, cpu=tgt.cpu)
 
 
@@ -471,7 +469,6 @@ def main(argv=None):
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp even if it is installed")
     p.add_argument("--compare-old-tables", action="store_true",
                    help="also time the pre-issue-10 int8 tables (one scale per group, uncentered), interleaved")
-    p.add_argument("--target", default="host", help="run lutc's code for this named target (e.g. x86-avx2)")
     p.add_argument("--compare-lut-path", action="store_true",
                    help="also time the runtime with every M bucket on the LUT path (no int8 dot prefill)")
     p.add_argument("--out", default=str(RESULTS / "e2e.json"))
