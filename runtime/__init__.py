@@ -8,10 +8,11 @@ from .sampling import Sampler, SamplingParams
 from .scheduler import BatchScheduler
 
 
-def load(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128, method="hlq", lut_dtype=None):
-    """(LeanDecoder, tokenizer) for a quantized checkpoint folder or a bundled model name (pack-cached)."""
+def load(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128, method="hlq", lut_dtype=None, knobs=None):
+    """(LeanDecoder, tokenizer) for a quantized checkpoint folder or a bundled model name (pack-cached).
+    knobs: Schedule knob overrides for every linear (e.g. {"path": "lut"}, the path `lutc serve` runs)."""
     return load_decoder(model_or_dir, threads=threads, n_ctx=n_ctx, bits=bits, group_size=group_size,
-                        method=method, lut_dtype=lut_dtype)
+                        method=method, lut_dtype=lut_dtype, knobs=knobs)
 
 
 def __getattr__(name):   # torch is imported only when the torch integration is used

@@ -43,11 +43,11 @@ def checkpoint_dir(model_or_dir, bits=4, group_size=128, method="hlq", progress=
 
 
 def load_decoder(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128, method="hlq", lut_dtype=None,
-                 max_prefill=128, progress=True, slots=1):
+                 max_prefill=128, progress=True, slots=1, knobs=None):
     """(LeanDecoder, tokenizer or None). The first start from a checkpoint packs its weights and saves
     them in the pack cache (runtime.packcache); later starts memory-map them instead."""
     ckpt = checkpoint_dir(model_or_dir, bits, group_size, method, progress)
-    opts = dict(n_ctx=n_ctx, threads=threads, lut_dtype=lut_dtype, max_prefill=max_prefill, slots=slots)
+    opts = dict(n_ctx=n_ctx, threads=threads, lut_dtype=lut_dtype, max_prefill=max_prefill, slots=slots, knobs=knobs)
     cache = packcache.cache_path(ckpt, lut_dtype)
     dec = None
     if cache.is_dir():

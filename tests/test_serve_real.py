@@ -40,7 +40,8 @@ def test_lutc_serve_smollm2():
         q = "What is the capital of France?"
         r = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": q}],
                                            max_tokens=24, temperature=0)
-        dec, tok = runtime.load("smollm2-135m", method="rtn", threads=1, n_ctx=256)
+        # the server's batching decoder runs every bucket on the LUT path (batch-invariant rows)
+        dec, tok = runtime.load("smollm2-135m", method="rtn", threads=1, n_ctx=256, knobs={"path": "lut"})
         want = generate(dec, tok, q, SamplingParams(max_tokens=24), chat=True)
         assert r.choices[0].message.content == want.text
         assert r.usage.completion_tokens == len(want.tokens)
