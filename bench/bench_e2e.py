@@ -11,7 +11,6 @@ only the lutc side and the memory roofline are measured.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import os
 import pathlib
@@ -22,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from bench import e2e_full  # noqa: E402
-from bench.common import RESULTS, conditions, write_json  # noqa: E402
+from bench.common import RESULTS, conditions, llama_quantize, write_json  # noqa: E402
 
 LLAMA7B = dict(vocab=49152, hidden=4096, ffn=11008, layers=4, heads=32, kv_heads=32, theta=10000.0, tie=False,
                max_pos=4096)
@@ -61,7 +60,6 @@ def _smollm2_gguf():
 
 def llama_file(family, qtype) -> pathlib.Path:
     """The GGUF llama.cpp runs: the shipped SmolLM2 Q4_1 requantized, or a random 7B-shaped F16 quantized."""
-    import llama_cpp
     if family == e2e_full.NAME:
         return e2e_full.llama_file(qtype)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -69,15 +67,7 @@ def llama_file(family, qtype) -> pathlib.Path:
     if out.exists():
         return out
     src = _smollm2_gguf() if family == "smollm2" else _random_llama_f16(family)
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
-    p.allow_requantize = True
-    p.nthread = os.cpu_count() or 1
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(p)) != 0:
-        raise RuntimeError(f"llama_model_quantize failed for {out.name}")
-    os.replace(tmp, out)
-    return out
+    return llama_quantize(src, out, qtype, requantize=True)
 
 
 def _random_llama_f16(family) -> pathlib.Path:

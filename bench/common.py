@@ -178,3 +178,20 @@ def write_json(path, obj):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def llama_quantize(src, out: pathlib.Path, qtype: str, requantize: bool = False) -> pathlib.Path:
+    """llama.cpp's own quantizer (llama-cpp-python): GGUF `src` -> `out` as `qtype` (Q2_K, Q4_0, ...),
+    written atomically."""
+    import ctypes
+
+    import llama_cpp
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    p.allow_requantize = requantize
+    p.nthread = os.cpu_count() or 1
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(p)) != 0:
+        raise RuntimeError(f"llama_model_quantize failed for {out.name}")
+    os.replace(tmp, out)
+    return out

@@ -5,7 +5,6 @@ checkpoints exist), llama.cpp's Q2_K / Q4_0 quantized from that F16 GGUF and kep
 the load time of a lutc start (cold: page cache dropped, warm) measured in fresh processes."""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import pathlib
@@ -34,21 +33,14 @@ def decoder(bits: int, n_ctx: int, threads: int):
 
 def llama_file(qtype: str) -> pathlib.Path:
     """llama.cpp's `qtype` GGUF quantized from the F16 GGUF (made once, atomically)."""
-    import llama_cpp
     out = DIR / f"llama7b-{qtype}.gguf"
     if out.exists():
         return out
     src = DIR / "llama7b-f16.gguf"
     if not src.exists():
         raise FileNotFoundError(f"{src}: the F16 GGUF is missing")
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
-    p.nthread = os.cpu_count() or 1
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(p)) != 0:
-        raise RuntimeError(f"llama_model_quantize failed for {out.name}")
-    os.replace(tmp, out)
-    return out
+    from bench.common import llama_quantize
+    return llama_quantize(src, out, qtype)
 
 
 _LOAD_CHILD = r"""
