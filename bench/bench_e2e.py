@@ -398,7 +398,7 @@ def markdown(out) -> str:
                      f"{g('decode_cpu_ratio', 'x{:.2f}') if r['threads'] == 1 else '-'}, "
                      f"{g('lutc_roofline_frac_cpu', '{:.0%}') if r['threads'] == 1 else '-'} | "
                      f"{r['loadavg'][0] if 'loadavg' in r else float('nan'):.1f} |")
-    if out.get("target"):
+    if isinstance(out.get("target"), dict):        # a named target (run() records "host" otherwise)
         lines.append(f"\nEvery lutc kernel compiled for the named target {out['target']['name']} "
                      f"({out['target']['cpu']}), run natively here.")
     for w, lt in out.get("load_times", {}).items():
