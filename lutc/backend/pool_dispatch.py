@@ -8,48 +8,52 @@ from .pool_protocol import (ACTIVE_MASK, CLAIMS_PER_THREAD, CTL_CTRL, CTL_DISABL
                             CTL_SET_FORWARD, CTL_SET_SPIN, CTL_SLEEPERS, DISABLED_CLOSED, DISABLED_FORKED, I32, I64,
                             KEY_PROGRAM, MAX_THREADS, PTR, RUN_PTR, SEQ_SHIFT, SLOTS_MASK, SYMBOL_NAME, TASK_PTR, VOID)
 
-__all__ = ["gen_wait_idle", "gen_parallel", "gen_run", "gen_init", "gen_shutdown", "gen_ctl", "helpers_for",
+__all__ = ["wait_done", "gen_wait_idle", "gen_parallel", "gen_run", "gen_init", "gen_shutdown", "gen_ctl", "helpers_for",
            "publish_job", "wake_sleepers", "close_and_wait"]
+
+
+def wait_done(g, b, fn, ready, name):
+    """Caller side of the done protocol: spin up to `spin_iters` until ready(order) (an i1) holds,
+    then set `waiting` and sleep on done_cond under the mutex, re-checking ready before every wait
+    (a worker that finishes the last task signals done_cond when `waiting` is set). Leaves the
+    builder after the wait."""
+    entry = b.block
+    budget = g.ld(b, "spin_iters", "monotonic")
+    spin, more, park, chk, wait, unpark, out = (fn.append_basic_block(f"{name}.{n}") for n in (
+        "spin", "more", "park", "chk", "wait", "unpark", "out"))
+    b.branch(spin)
+    b.position_at_end(spin)
+    i = b.phi(I64, "i")
+    i.add_incoming(I64(0), entry)
+    b.cbranch(ready("acquire"), out, more)
+    b.position_at_end(more)
+    g.pause(b)
+    i1 = b.add(i, I64(1))
+    i.add_incoming(i1, more)
+    b.cbranch(b.icmp_signed("<", i1, budget), spin, park)
+    # Slow path: announce we sleep, then re-check under the mutex before every wait.
+    b.position_at_end(park)
+    g.st(b, "waiting", I32(1), "seq_cst")
+    g.lock(b, "mutex")
+    b.branch(chk)
+    b.position_at_end(chk)
+    b.cbranch(ready("seq_cst"), unpark, wait)
+    b.position_at_end(wait)
+    g.call(b, "pthread_cond_wait", g.fld(b, "done_cond"), g.fld(b, "mutex"))
+    b.branch(chk)
+    b.position_at_end(unpark)
+    g.unlock(b, "mutex")
+    g.st(b, "waiting", I32(0), "monotonic")
+    b.branch(out)
+    b.position_at_end(out)
 
 
 def gen_wait_idle(g):
     """Dispatcher side: wait until ctrl.active == 0 (job already closed)."""
     fn, b = g.define("pool_wait_idle", ir.FunctionType(VOID, []))
     fn.attributes.add("noinline")
-    entry = b.block
-    budget = g.ld(b, "spin_iters", "monotonic")
-    spin, spin_more, sleep, sleep_chk, sleep_wait, out = (fn.append_basic_block(n) for n in (
-        "spin", "spin.more", "sleep", "sleep.chk", "sleep.wait", "out"))
-    b.branch(spin)
-    b.position_at_end(spin)
-    i = b.phi(I64, "i")
-    i.add_incoming(I64(0), entry)
-    w = g.ld(b, "ctrl", "acquire")
-    idle = b.icmp_unsigned("==", b.and_(w, I64(ACTIVE_MASK)), I64(0))
-    b.cbranch(idle, out, spin_more)
-    b.position_at_end(spin_more)
-    g.pause(b)
-    i1 = b.add(i, I64(1))
-    i.add_incoming(i1, spin_more)
-    b.cbranch(b.icmp_signed("<", i1, budget), spin, sleep)
-    # Slow path: announce we sleep, then re-check under the mutex before every wait.
-    b.position_at_end(sleep)
-    g.st(b, "waiting", I32(1), "seq_cst")
-    g.lock(b, "mutex")
-    b.branch(sleep_chk)
-    b.position_at_end(sleep_chk)
-    w = g.ld(b, "ctrl", "seq_cst")
-    idle = b.icmp_unsigned("==", b.and_(w, I64(ACTIVE_MASK)), I64(0))
-    done_sleep = fn.append_basic_block("sleep.done")
-    b.cbranch(idle, done_sleep, sleep_wait)
-    b.position_at_end(sleep_wait)
-    g.call(b, "pthread_cond_wait", g.fld(b, "done_cond"), g.fld(b, "mutex"))
-    b.branch(sleep_chk)
-    b.position_at_end(done_sleep)
-    g.unlock(b, "mutex")
-    g.st(b, "waiting", I32(0), "monotonic")
-    b.branch(out)
-    b.position_at_end(out)
+    wait_done(g, b, fn, lambda order: b.icmp_unsigned(
+        "==", b.and_(g.ld(b, "ctrl", order), I64(ACTIVE_MASK)), I64(0)), "idle")
     b.ret_void()
 
 

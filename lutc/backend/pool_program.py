@@ -15,7 +15,7 @@ import llvmlite.ir as ir
 
 from .launch_abi import LAUNCH_FNTY, RECORD_FIELDS
 from .irutil import PtrTo
-from .pool_dispatch import close_and_wait, helpers_for, publish_job, wake_sleepers
+from .pool_dispatch import close_and_wait, helpers_for, publish_job, wait_done, wake_sleepers
 from .pool_protocol import (CLAIMS_PER_THREAD, I32, I64, KEY_PROGRAM, KEY_TASKS, PHASE_END, PHASE_INDEX_MASK, PTR,
                             SEQ_SHIFT, TASK_PTR, VOID, task_pointer)
 
@@ -179,34 +179,7 @@ def _wake_all(g, b):
 
 def _barrier(g, b, fn, ntasks):
     """Wait until pdone == ntasks: every claimed run of the phase has finished (acquire)."""
-    entry = b.block
-    budget = g.ld(b, "spin_iters", "monotonic")
-    spin, more, park, chk, wait, unpark, out = (fn.append_basic_block(n) for n in (
-        "bar.spin", "bar.more", "bar.park", "bar.chk", "bar.wait", "bar.unpark", "bar.out"))
-    b.branch(spin)
-    b.position_at_end(spin)
-    i = b.phi(I64, "i")
-    i.add_incoming(I64(0), entry)
-    b.cbranch(b.icmp_signed(">=", g.ld(b, "pdone", "acquire"), ntasks), out, more)
-    b.position_at_end(more)
-    g.pause(b)
-    i1 = b.add(i, I64(1))
-    i.add_incoming(i1, more)
-    b.cbranch(b.icmp_signed("<", i1, budget), spin, park)
-    b.position_at_end(park)
-    g.st(b, "waiting", I32(1), "seq_cst")
-    g.lock(b, "mutex")
-    b.branch(chk)
-    b.position_at_end(chk)
-    b.cbranch(b.icmp_signed(">=", g.ld(b, "pdone", "seq_cst"), ntasks), unpark, wait)
-    b.position_at_end(wait)
-    g.call(b, "pthread_cond_wait", g.fld(b, "done_cond"), g.fld(b, "mutex"))
-    b.branch(chk)
-    b.position_at_end(unpark)
-    g.unlock(b, "mutex")
-    g.st(b, "waiting", I32(0), "monotonic")
-    b.branch(out)
-    b.position_at_end(out)
+    wait_done(g, b, fn, lambda order: b.icmp_signed(">=", g.ld(b, "pdone", order), ntasks), "bar")
 
 
 def _call_records(g, b, recs, n):
