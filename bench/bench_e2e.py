@@ -73,12 +73,12 @@ def llama_file(family, qtype) -> pathlib.Path:
 def _random_llama_f16(family) -> pathlib.Path:
     """RANDOM[family]'s shapes (vocab 49152 with SmolLM2's tokenizer), random F16, written with `gguf`."""
     import gguf
+
+    from quant.synthetic import add_smollm2_tokenizer
     path = WORK / f"{family}-F16.gguf"
     if path.exists():
         return path
     c = RANDOM[family]
-    r = gguf.GGUFReader(str(_smollm2_gguf()))
-    strs = lambda f: [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]  # noqa: E731
     tmp = f"{path}.tmp{os.getpid()}"            # two benches may write it at once
     w = gguf.GGUFWriter(tmp, "llama")
     w.add_name("random-llama2-7b-shapes")
@@ -93,14 +93,7 @@ def _random_llama_f16(family) -> pathlib.Path:
     w.add_rope_dimension_count(c["hidden"] // c["heads"])
     w.add_vocab_size(c["vocab"])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(strs(r.fields["tokenizer.ggml.pre"])[0])
-    w.add_token_list(strs(r.fields["tokenizer.ggml.tokens"]))
-    tt = r.fields["tokenizer.ggml.token_type"]
-    w.add_token_types([int(tt.parts[i][0]) for i in tt.data])
-    w.add_token_merges(strs(r.fields["tokenizer.ggml.merges"]))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    add_smollm2_tokenizer(w)
     rng = np.random.default_rng(0)
     rnd = lambda *s: (rng.standard_normal(s, np.float32) * 0.02).astype(np.float16)  # noqa: E731
     H, F, V = c["hidden"], c["ffn"], c["vocab"]

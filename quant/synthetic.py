@@ -8,7 +8,8 @@ import os
 
 import torch
 
-__all__ = ["write_synthetic_llama", "write_synthetic_tokenizer", "write_gguf_from_dir", "LLAMA2_7B"]
+__all__ = ["write_synthetic_llama", "write_synthetic_tokenizer", "write_gguf_from_dir", "add_smollm2_tokenizer",
+           "LLAMA2_7B"]
 
 LLAMA2_7B = dict(hidden=4096, inter=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
 _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
@@ -184,3 +185,21 @@ def write_gguf_from_dir(hf_dir, out) -> int:
     w.close()
     os.replace(os.fspath(out) + ".tmp", out)
     return os.path.getsize(out)
+
+
+def add_smollm2_tokenizer(w) -> None:
+    """Write the bundled SmolLM2 GGUF's tokenizer (gpt2-style BPE, 49152 tokens, bos 1, eos 2) into the
+    gguf.GGUFWriter `w`, for random-weight GGUFs with a real vocabulary."""
+    import gguf
+
+    from .source import smollm2_gguf_path
+    r = gguf.GGUFReader(smollm2_gguf_path())
+    strs = lambda f: [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]  # noqa: E731
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(strs(r.fields["tokenizer.ggml.pre"])[0])
+    w.add_token_list(strs(r.fields["tokenizer.ggml.tokens"]))
+    tt = r.fields["tokenizer.ggml.token_type"]
+    w.add_token_types([int(tt.parts[i][0]) for i in tt.data])
+    w.add_token_merges(strs(r.fields["tokenizer.ggml.merges"]))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)

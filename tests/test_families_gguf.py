@@ -22,10 +22,8 @@ H, F, NH, KV, V = 64, 128, 4, 2, 49152
 
 
 def write_gguf(path, arch):
+    from quant.synthetic import add_smollm2_tokenizer
     D = 128 if arch == "qwen3" else 16      # transformers' GGUF reader leaves Qwen3's head_dim at its default
-    from quant.source import smollm2_gguf_path
-    r = gguf.GGUFReader(smollm2_gguf_path())
-    strs = lambda f: [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]  # noqa: E731
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(2)
     w.add_context_length(256)
@@ -39,14 +37,7 @@ def write_gguf(path, arch):
     w.add_layer_norm_rms_eps(1e-6)
     w.add_vocab_size(V)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(strs(r.fields["tokenizer.ggml.pre"])[0])
-    w.add_token_list(strs(r.fields["tokenizer.ggml.tokens"]))
-    tt = r.fields["tokenizer.ggml.token_type"]
-    w.add_token_types([int(tt.parts[i][0]) for i in tt.data])
-    w.add_token_merges(strs(r.fields["tokenizer.ggml.merges"]))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    add_smollm2_tokenizer(w)
     rng = np.random.default_rng(0)
     rnd = lambda *s, sd=0.08: (rng.standard_normal(s, np.float32) * sd).astype(np.float32)  # noqa: E731
     w.add_tensor("token_embd.weight", rnd(V, H))
