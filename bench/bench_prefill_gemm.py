@@ -11,10 +11,8 @@ round), reported as ms and the ratio lut / dot and torch / dot (> 1: dot is fast
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -25,13 +23,9 @@ SHAPES = {"smollm2": [(576, 576), (1536, 576), (576, 1536)],
 
 
 def best(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+    """The fastest of `reps` timed calls after one untimed call."""
+    from bench.common import time_calls
+    return min(time_calls(fn, reps, warmup=1)[0])
 
 
 def main():
