@@ -5,7 +5,7 @@ Usage: python bench/bench_prefill_gemm.py [--shapes smollm2,llama7b] [--m 16,128
 
 Per (bits, shape, M): the default LUT prefill schedule (lutc.ops.default_schedule with path="lut"),
 the dot path with each --dot configuration (dot_bm, dot_ns, act_block, act_residual; default:
-the default schedule's), and torch's float32 x @ W^T, timed round-robin (min of --reps calls per round, best
+lutc.ops.default_dot's), which of the two default_schedule picks (`default`), and torch's float32 x @ W^T, timed round-robin (min of --reps calls per round, best
 round), reported as ms and the ratio lut / dot and torch / dot (> 1: dot is faster).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main():
     a = p.parse_args()
     import quant
     import torch
-    from lutc.ops import default_schedule, get_kernel
+    from lutc.ops import default_dot, default_schedule, get_kernel
     torch.set_num_threads(a.threads)
     rng = np.random.default_rng(0)
     rows = []
@@ -56,14 +56,14 @@ def main():
                 for M in [int(m) for m in a.m.split(",")]:
                     x = rng.standard_normal((M, K)).astype(np.float32)
                     xt = torch.from_numpy(x)
-                    base = default_schedule(bits, 128, M)
+                    base = default_schedule(bits, 128, M, K=K)
                     cands = {"lut": base.replace(path="lut")}
                     for c in a.dot or [None]:
                         if c is None:
-                            s = base.replace(path="dot")
+                            s = default_dot(base, M)
                         else:
                             v = [int(t) for t in c.split(",")]
-                            s = base.replace(path="dot", dot_bm=v[0], dot_ns=v[1], act_block=v[2] if len(v) > 2 else 128,
+                            s = default_dot(base, M).replace(dot_bm=v[0], dot_ns=v[1], act_block=v[2] if len(v) > 2 else 128,
                                              act_residual=bool(v[3]) if len(v) > 3 else True)
                         cands[f"dot bm{s.dot_bm} ns{s.dot_ns} ab{s.act_block}{'+r' if s.act_residual else ''}"] = s
                     kerns = {n: get_kernel(s, a.target) for n, s in cands.items()}
@@ -77,12 +77,12 @@ def main():
                     dots = [n for n in t if n.startswith("dot")]
                     fastest = min(dots, key=t.get)
                     row = dict(bits=bits, N=N, K=K, M=M, ms={n: round(v * 1e3, 3) for n, v in t.items()},
-                               lut_over_dot=t["lut"] / t[fastest], best_dot=fastest)
+                               lut_over_dot=t["lut"] / t[fastest], best_dot=fastest, default=base.path)
                     if "torch" in t:
                         row["torch_over_dot"] = t["torch"] / t[fastest]
                     rows.append(row)
                     print(f"W{bits} {N}x{K} M={M:4d}: " + "  ".join(f"{n} {v * 1e3:.2f}" for n, v in t.items())
-                          + f" ms | lut/dot x{row['lut_over_dot']:.2f}"
+                          + f" ms | lut/dot x{row['lut_over_dot']:.2f} default {base.path}"
                           + (f" torch/dot x{row['torch_over_dot']:.2f}" if "torch" in row else ""), flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
     if a.out:

@@ -26,19 +26,45 @@ def default_mb(M: int) -> int:
     return 4 if 4 <= M <= BATCH_M else 2
 
 
-def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> Schedule:
+L1_TABLE_BYTES = 32 * 1024   # the smallest L1d of the supported hosts (Zen 3; Sapphire Rapids and Zen 4: 48 KB)
+
+
+def dot_preferred(bits: int, M: int, K: int | None, s: Schedule) -> bool:
+    """The untuned LUT-vs-dot rule, from operation counts (bench/bench_prefill_gemm.py measures it):
+    the LUT path does one table lookup per weight bit-plane, the dot path 1 + act_residual int8
+    multiply-adds per weight, so more planes than dots -> dot, fewer -> LUT. On a tie (W2 with the
+    residual) the dot path wins where it reuses each decoded weight over two 16-lane activation
+    chunks (M >= 32, dot_bm 32) or where the LUT path's tables of one pass (mb rows of K / g tables
+    of 2**g entries) no longer fit in L1 (K >= 4096 at mb 2, g 4): at M = 16 on SmolLM2's K of 576
+    and 1536 the dot path measured 0.87-0.97x the LUT GEMM, on K = 4096 0.95-1.85x (docs/runtime.md)."""
+    dots = 1 + bool(s.act_residual)
+    if bits != dots:
+        return bits > dots
+    table_bytes = None if K is None else s.mb * -(-K // s.g) * (1 << s.g) * (1 if s.lut_dtype == "int8" else 4)
+    return M >= 32 or (table_bytes is not None and table_bytes >= L1_TABLE_BYTES)
+
+
+def default_schedule(bits: int, group_size: int, M: int = 1, target="host", K: int | None = None) -> Schedule:
     """The untuned default: int8 tables of g=4, 32-row tiles, the Schedule's default table scales
     and unroll (at most one scale block's chunks); M-blocking per default_mb(M); the dot path from
-    DOT_MIN_M rows (output blocks of dot_bm x dot_ns = 128 with the activation residual: three
-    accumulator sets fit the 32 AVX-512 registers), where its layout allows and the target has a
-    u8 x s8 dot instruction (VNNI, AArch64 dotprod): on AVX2-only hosts (vpmaddubsw) the dot path
-    with its residual measured slower than the LUT GEMM (docs/runtime.md), so they stay on LUT."""
+    DOT_MIN_M rows where `dot_preferred` (bits, M and the reduction length K, when given) says so
+    (output blocks of dot_bm x dot_ns = 128 with the activation residual: three accumulator sets
+    fit the 32 AVX-512 registers), where its layout allows and the target has a u8 x s8 dot
+    instruction (VNNI, AArch64 dotprod): on AVX2-only hosts (vpmaddubsw) the dot path with its
+    residual measured slower than the LUT GEMM (docs/runtime.md), so they stay on LUT."""
     from .kernels.dotgemm import level_max
     s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M))
     if M >= DOT_MIN_M and group_size % 32 == 0 and level_max(target) == 255:
-        bm = 16 if M < 32 else 32
-        s = s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True)
+        if dot_preferred(bits, M, K, s.replace(act_residual=True)):
+            s = default_dot(s, M)
     return s
+
+
+def default_dot(s: Schedule, M: int) -> Schedule:
+    """s on the dot path with the default blocking for M rows (dot_bm 16 below 32 rows, else 32;
+    dot_ns = 128 // dot_bm) and the activation residual."""
+    bm = 16 if M < 32 else 32
+    return s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True)
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:
@@ -48,7 +74,7 @@ def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="
         found = source("lut_gemm", bits, group_size, M, N, K, target)
         if found is not None:
             return found
-    return default_schedule(bits, group_size, M, target)
+    return default_schedule(bits, group_size, M, target, K)
 
 
 def get_kernel(schedule: Schedule, target="host") -> CompiledKernel:

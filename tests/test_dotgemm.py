@@ -156,6 +156,28 @@ def test_default_chooses_dot_by_m_bucket():
     assert default_schedule(2, 48, 128).path == "lut"          # group size not a multiple of 32
 
 
+def test_default_path_rule_by_bits_rows_and_k():
+    """dot_preferred: planes vs dots; the W2 tie goes to dot from 32 rows or when the LUT path's
+    tables outgrow L1 (K >= 4096); W1 always LUT; choose_schedule passes K."""
+    from lutc.ops import L1_TABLE_BYTES, choose_schedule, default_schedule, dot_preferred
+    if level_max("host") != 255:
+        pytest.skip("no u8 x s8 dot instruction here: the default stays on the LUT path")
+    for M in (16, 32, 128):
+        assert default_schedule(1, 128, M, K=4096).path == "lut"
+        assert default_schedule(3, 128, M, K=576).path == "dot"
+        assert default_schedule(4, 128, M, K=576).path == "dot"
+    assert default_schedule(2, 128, 16, K=576).path == "lut"
+    assert default_schedule(2, 128, 16, K=1536).path == "lut"
+    assert default_schedule(2, 128, 16, K=4096).path == "dot"
+    assert default_schedule(2, 128, 16).path == "lut"         # K unknown: no table term
+    assert default_schedule(2, 128, 32, K=576).path == "dot"
+    assert choose_schedule(2, 128, 16, 576, 576) == default_schedule(2, 128, 16, K=576)
+    s = Schedule(bits=2, group_size=128, mb=2)
+    k_fit = L1_TABLE_BYTES // (2 * 16) * 4 - 4                # mb 2 rows of K / 4 tables of 16 entries
+    assert not dot_preferred(2, 16, k_fit, s) and dot_preferred(2, 16, k_fit + 4, s)
+    assert dot_preferred(2, 16, 576, s.replace(act_residual=False))      # one dot < two planes
+
+
 def test_tuner_space_has_the_path_knob():
     from lutc.tuning.space import Problem, describe, invalid_reason, params_of, schedule_from_params, space_for
     p = Problem(2, 128, 128, 256, 512)
