@@ -75,6 +75,55 @@ def test_dot_path_matches_reference(p):
     _check(y, x, qw, sched, level_max("host"))
 
 
+def _xq_reference(x, gs, xb, bm, res):
+    """quantize_x's scratch in numpy: per (row, xb block) s = max|x| / 127, q = round(x / s) (and the
+    residual round((x - s q) / (s / 254))), in the [m-block][32-block][k / 4][row][k % 4] order (each
+    32-block followed by its residual block); scales [m-block][group][block][row]; group sums."""
+    M, K = x.shape
+    ng, mp = -(-K // gs), -(-M // bm) * bm
+    xp = np.zeros((mp, ng * gs), np.float32)
+    xp[:M, :K] = x
+    blocks = xp.reshape(mp, -1, xb)
+    s = (np.abs(blocks).max(-1) / np.float32(127)).astype(np.float32)
+    safe = np.where(s > 0, s, np.float32(1))[..., None]
+    q = np.round(blocks / safe)
+    planes = [q] + ([np.round((blocks - q * s[..., None]) / (safe * np.float32(1 / 254)))] if res else [])
+    tiles = [p.reshape(mp // bm, bm, -1, 8, 4).transpose(0, 2, 3, 1, 4) for p in planes]   # mb, kb, k/4, row, k%4
+    luts = np.stack(tiles, 2).reshape(-1).astype(np.int8)
+    scales = s.reshape(mp // bm, bm, ng, gs // xb).transpose(0, 2, 3, 1).reshape(-1)
+    sums = xp.reshape(mp, ng, gs).sum(-1).reshape(mp // bm, bm, ng).transpose(0, 2, 1).reshape(-1)
+    return luts, scales, sums
+
+
+@settings(max_examples=10)
+@given(st.sampled_from([32, 64, 128]), st.sampled_from([16, 32]), st.sampled_from([32, 64, 128]), st.booleans(),
+       st.integers(1, 300), st.sampled_from([1, 2, 17, 40]), st.sampled_from(XKINDS), st.integers(0, 2**16))
+def test_quantize_x_matches_numpy(gs, bm, xb, res, K, M, xkind, seed):
+    """The int8 activations, scales and group sums quantize_x writes, byte for byte (rows < M)."""
+    xb = min(xb, gs)
+    rng = np.random.default_rng(seed)
+    x = activations(rng, M, K, xkind)
+    qw = signed_qt(rng, 2, gs, 16, K)
+    s = Schedule(bits=2, group_size=gs, path="dot", dot_bm=bm, dot_ns=4, act_block=xb, act_residual=res)
+    k = get_kernel(s)
+    plan = k.plan(k.pack(qw), M)
+    plan.run_unchecked(x, np.zeros((M, 16), np.float32), 1)
+    luts, scales, sums = _xq_reference(x, gs, xb, bm, res)
+    mp, ng = -(-M // bm) * bm, qw.num_groups
+    real = np.zeros((mp, 1), bool)
+    real[:M] = True
+    row_of = lambda a, per: np.broadcast_to(real.reshape(mp // bm, 1, bm, 1), (mp // bm, a.size // (mp * per), bm, per))
+    got = plan.scratch.luts[:luts.size].view(np.int8).reshape(mp // bm, -1, bm, 4)
+    want = luts.reshape(got.shape)
+    keep = row_of(luts, 4).reshape(got.shape)
+    np.testing.assert_array_equal(got[keep], want[keep])
+    keep = row_of(scales, 1).reshape(-1)
+    np.testing.assert_allclose(plan.scratch.lut_scales[:scales.size][keep], scales[keep], rtol=1e-6, atol=0)
+    keep = row_of(sums, 1).reshape(-1)
+    np.testing.assert_allclose(plan.scratch.xsums[:sums.size][keep], sums[keep], rtol=1e-5,
+                               atol=1e-5 * np.abs(x).sum(1).max())
+
+
 def test_edge_activations():
     """Rows of +-max, a single nonzero, tiny values (scale underflow to subnormal) and all zeros."""
     rng = np.random.default_rng(3)
