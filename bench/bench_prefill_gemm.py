@@ -56,7 +56,7 @@ def main():
                 for M in [int(m) for m in a.m.split(",")]:
                     x = rng.standard_normal((M, K)).astype(np.float32)
                     xt = torch.from_numpy(x)
-                    base = default_schedule(bits, 128, M, K=K)
+                    base = default_schedule(bits, 128, M, a.target)
                     cands = {"lut": base.replace(path="lut")}
                     for c in a.dot or [None]:
                         if c is None:

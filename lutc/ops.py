@@ -26,36 +26,29 @@ def default_mb(M: int) -> int:
     return 4 if 4 <= M <= BATCH_M else 2
 
 
-L1_TABLE_BYTES = 32 * 1024   # the smallest L1d of the supported hosts (Zen 3; Sapphire Rapids and Zen 4: 48 KB)
-
-
-def dot_preferred(bits: int, M: int, K: int | None, s: Schedule) -> bool:
+def dot_preferred(bits: int, M: int, s: Schedule, insns: int = 1) -> bool:
     """The untuned LUT-vs-dot rule, from operation counts (bench/bench_prefill_gemm.py measures it):
     the LUT path does one table lookup per weight bit-plane, the dot path 1 + act_residual int8
-    multiply-adds per weight, so more planes than dots -> dot, fewer -> LUT. On a tie (W2 with the
-    residual) the dot path wins where it reuses each decoded weight over two 16-lane activation
-    chunks (M >= 32, dot_bm 32) or where the LUT path's tables of one pass (mb rows of K / g tables
-    of 2**g entries) no longer fit in L1 (K >= 4096 at mb 2, g 4): at M = 16 on SmolLM2's K of 576
-    and 1536 the dot path measured 0.87-0.97x the LUT GEMM, on K = 4096 0.95-1.85x (docs/runtime.md)."""
-    dots = 1 + bool(s.act_residual)
-    if bits != dots:
-        return bits > dots
-    table_bytes = None if K is None else s.mb * -(-K // s.g) * (1 << s.g) * (1 if s.lut_dtype == "int8" else 4)
-    return M >= 32 or (table_bytes is not None and table_bytes >= L1_TABLE_BYTES)
+    dots per weight of `insns` instructions each (1: vpdpbusd, sdot; 2: vpmaddubsw + vpmaddwd on
+    AVX2). More planes than dot instructions -> dot, fewer -> LUT; on a tie (W2 with the residual
+    on VNNI, W4 on AVX2) dot from 32 rows, where each decoded weight serves two activation chunks
+    (docs/runtime.md: the tie at 16 rows measured 0.85-1.5x the LUT GEMM)."""
+    cost = (1 + bool(s.act_residual)) * insns
+    return bits > cost or (bits == cost and M >= 32)
 
 
-def default_schedule(bits: int, group_size: int, M: int = 1, target="host", K: int | None = None) -> Schedule:
+def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> Schedule:
     """The untuned default: int8 tables of g=4, 32-row tiles, the Schedule's default table scales
     and unroll (at most one scale block's chunks); M-blocking per default_mb(M); the dot path from
-    DOT_MIN_M rows where `dot_preferred` (bits, M and the reduction length K, when given) says so
+    DOT_MIN_M rows where its layout allows, the target has a group-dot instruction
+    (`dotgemm.dot_insns`: VNNI, AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so
     (output blocks of dot_bm x dot_ns = 128 with the activation residual: three accumulator sets
-    fit the 32 AVX-512 registers), where its layout allows and the target has a u8 x s8 dot
-    instruction (VNNI, AArch64 dotprod): on AVX2-only hosts (vpmaddubsw) the dot path with its
-    residual measured slower than the LUT GEMM (docs/runtime.md), so they stay on LUT."""
-    from .kernels.dotgemm import level_max
+    fit the 32 AVX-512 registers)."""
+    from .kernels.dotgemm import dot_insns
     s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M))
-    if M >= DOT_MIN_M and group_size % 32 == 0 and level_max(target) == 255:
-        if dot_preferred(bits, M, K, s.replace(act_residual=True)):
+    if M >= DOT_MIN_M and group_size % 32 == 0:
+        insns = dot_insns(target)
+        if insns is not None and dot_preferred(bits, M, s.replace(act_residual=True), insns):
             s = default_dot(s, M)
     return s
 
@@ -74,7 +67,7 @@ def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="
         found = source("lut_gemm", bits, group_size, M, N, K, target)
         if found is not None:
             return found
-    return default_schedule(bits, group_size, M, target, K)
+    return default_schedule(bits, group_size, M, target)
 
 
 def get_kernel(schedule: Schedule, target="host") -> CompiledKernel:

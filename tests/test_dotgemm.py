@@ -205,26 +205,26 @@ def test_default_chooses_dot_by_m_bucket():
     assert default_schedule(2, 48, 128).path == "lut"          # group size not a multiple of 32
 
 
-def test_default_path_rule_by_bits_rows_and_k():
-    """dot_preferred: planes vs dots; the W2 tie goes to dot from 32 rows or when the LUT path's
-    tables outgrow L1 (K >= 4096); W1 always LUT; choose_schedule passes K."""
-    from lutc.ops import L1_TABLE_BYTES, choose_schedule, default_schedule, dot_preferred
-    if level_max("host") != 255:
-        pytest.skip("no u8 x s8 dot instruction here: the default stays on the LUT path")
-    for M in (16, 32, 128):
-        assert default_schedule(1, 128, M, K=4096).path == "lut"
-        assert default_schedule(3, 128, M, K=576).path == "dot"
-        assert default_schedule(4, 128, M, K=576).path == "dot"
-    assert default_schedule(2, 128, 16, K=576).path == "lut"
-    assert default_schedule(2, 128, 16, K=1536).path == "lut"
-    assert default_schedule(2, 128, 16, K=4096).path == "dot"
-    assert default_schedule(2, 128, 16).path == "lut"         # K unknown: no table term
-    assert default_schedule(2, 128, 32, K=576).path == "dot"
-    assert choose_schedule(2, 128, 16, 576, 576) == default_schedule(2, 128, 16, K=576)
+def test_default_path_rule_by_bits_and_rows():
+    """dot_preferred: bit-planes vs (1 + residual) x instructions per group dot; ties from 32 rows."""
+    from lutc.ops import DOT_MIN_M, choose_schedule, default_schedule, dot_preferred
+    from lutc.kernels.dotgemm import dot_insns
     s = Schedule(bits=2, group_size=128, mb=2)
-    k_fit = L1_TABLE_BYTES // (2 * 16) * 4 - 4                # mb 2 rows of K / 4 tables of 16 entries
-    assert not dot_preferred(2, 16, k_fit, s) and dot_preferred(2, 16, k_fit + 4, s)
-    assert dot_preferred(2, 16, 576, s.replace(act_residual=False))      # one dot < two planes
+    assert dot_preferred(3, 16, s) and dot_preferred(4, 16, s) and not dot_preferred(1, 128, s)
+    assert not dot_preferred(2, 16, s) and dot_preferred(2, 32, s)                  # the tie
+    assert dot_preferred(2, 16, s.replace(act_residual=False))                      # one dot < two planes
+    assert not dot_preferred(3, 128, s, insns=2) and dot_preferred(4, 32, s, insns=2)
+    assert not dot_preferred(4, 16, s, insns=2)
+    insns = dot_insns("host")
+    for bits in (1, 2, 3, 4):
+        for M in (1, DOT_MIN_M - 1, 16, 32, 128):
+            want = insns is not None and M >= DOT_MIN_M and dot_preferred(bits, M, s, insns)
+            assert (default_schedule(bits, 128, M).path == "dot") == want, (bits, M)
+    assert choose_schedule(4, 128, 16, 576, 576) == default_schedule(4, 128, 16)
+    if native_mismatch(get_target("x86-avx2")) is None:
+        assert dot_insns("x86-avx2") == 2
+        assert [default_schedule(b, 128, 128, "x86-avx2").path for b in (1, 2, 3, 4)] == ["lut"] * 3 + ["dot"]
+        assert default_schedule(4, 128, 16, "x86-avx2").path == "lut"
 
 
 def test_tuner_space_has_the_path_knob():
@@ -273,4 +273,4 @@ def test_host_target_override(monkeypatch):
     t = get_target("host")
     assert t.name == "x86-avx2" and t.is_host and level_max("host") == 127
     from lutc.ops import default_schedule
-    assert default_schedule(2, 128, 128).path == "lut"       # AVX2-only: the dot path measured slower
+    assert default_schedule(2, 128, 128).path == "lut"       # AVX2: two instructions per dot, W2 stays on LUT

@@ -48,6 +48,21 @@ def level_max(target="host") -> int:
     return 127 if plan is not None and plan.insn == "vpmaddubsw" else 255
 
 
+DOT_INSNS = {"vpdpbusd": 1, "sdot": 1, "usdot": 1, "vpmaddubsw": 2}   # instructions per u8 x s8 group dot
+
+
+def dot_insns(target="host") -> int | None:
+    """Instructions one 4-byte group dot of the dot path costs on `target` (vpmaddubsw needs a
+    vpmaddwd after it), or None where tl.dot has no group-dot instruction for it (the portable
+    lowering: the default never takes the dot path there)."""
+    from ..backend.dot import choose
+    from ..backend.target import get_target
+    from ..ir import types as T
+    wmax = level_max(target)
+    plan = choose(get_target(target), T.uint8, 64, (0, wmax), (-128, 127))
+    return None if plan is None else DOT_INSNS.get(plan.insn)
+
+
 @jit
 def _to_i8(q):
     """Integer-valued floats in [-128, 127] as int8, exactly: q + 1.5 * 2**23 holds q in its low

@@ -162,7 +162,7 @@ def estimated_entry(problem, target) -> dict:
     from ..ops import default_schedule
     from ..tuning.db import make_entry
     best_t, best = rank(problem, target)[0]
-    d = estimate(default_schedule(problem.bits, problem.group_size, problem.M, K=problem.K), (problem.M, problem.N, problem.K),
+    d = estimate(default_schedule(problem.bits, problem.group_size, problem.M), (problem.M, problem.N, problem.K),
                  target)["time_s"]
     from ..backend.target import get_target
     return make_entry(best, problem.M, problem.N, problem.K, best_t, d, "estimated", model=MODEL,

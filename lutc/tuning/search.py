@@ -119,7 +119,7 @@ def warm_start(study, p: Problem, space: dict, cores: int, db_path=None, device:
     from ..ops import default_schedule
     from .lookup import load_dbs
     host = host_fingerprint()["id"]
-    seeds = [("default", default_schedule(p.bits, p.group_size, p.M, K=p.K))]
+    seeds = [("default", default_schedule(p.bits, p.group_size, p.M))]
     pool = [e for db in load_dbs() for e in db.entries.values()] if device in (None, host) else []
     if db_path is not None:
         path = db_file(db_path, device or host)
@@ -396,7 +396,7 @@ def verify_entry(e: dict, rounds=5, repeats=7, retries=0, stat="median", cache="
     p = Problem(e["bits"], e["group_size"], e["m_bucket"], e["N"], e["K"], e["kernel"])
     sched = Schedule.from_dict(e["schedule"])
     with MeasureWorker(problem_dict(p, cache), timeout=timeout) as w:
-        d, t = compare(w, [default_schedule(p.bits, p.group_size, p.M, K=p.K), sched], rounds,
+        d, t = compare(w, [default_schedule(p.bits, p.group_size, p.M), sched], rounds,
                        timing_options(repeats, retries, stat))
     return d, t
 
@@ -439,7 +439,7 @@ def tune_problem(p: Problem, *, storage=None, trials=32, timeout=120.0, seed=0, 
             out.note = "no valid configuration"
             out.minutes = (time.time() - t0) / 60
             return out
-        default = default_schedule(p.bits, p.group_size, p.M, K=p.K)
+        default = default_schedule(p.bits, p.group_size, p.M)
         cands = finalists(study, p, finalists_k, space["threads"])
         d, *stats = compare(worker, [default] + cands, final_rounds, timing)
         i = min(range(len(cands)), key=lambda i: stats[i]["value_s"])
