@@ -1,6 +1,9 @@
 """Native tasks and launch entries shared by the thread-pool tests (test_threadpool*.py) and the
 subprocess scripts they run."""
 import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -65,6 +68,16 @@ def counts(n):
 
 def check(arr, n):
     assert np.array_equal(arr[:n], np.arange(1, n + 1, dtype=np.int64))
+
+
+def run_script(template):
+    """Run a test script (template with {tests} = this directory) in a fresh interpreter from the repo
+    root; it must exit 0 and print exactly 'ok'."""
+    here = pathlib.Path(__file__).resolve()
+    proc = subprocess.run([sys.executable, "-c", template.format(tests=str(here.parent))], capture_output=True,
+                          text=True, timeout=LIVENESS_S, cwd=str(here.parents[1]))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
 
 
 def wait_child(pid):

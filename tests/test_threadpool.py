@@ -1,16 +1,13 @@
 """Tests for the native persistent thread pool (lutc.backend.threadpool): task dispatch."""
 import ctypes
 import os
-import pathlib
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 from _liveness import LIVENESS_S, load_note, wait_until
-from _pool_tasks import NESTED_INNER, build_tasks, check as _check, counts as _counts, tp, wait_child
+from _pool_tasks import NESTED_INNER, build_tasks, check as _check, counts as _counts, run_script, tp, wait_child
 
 
 import llvmlite.binding as llvm
@@ -223,12 +220,7 @@ print("ok", flush=True)
 
 
 def test_interpreter_exit_is_clean():
-    here = pathlib.Path(__file__).resolve()
-    script = _EXIT_SCRIPT.format(tests=str(here.parent))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=LIVENESS_S, cwd=str(here.parents[1]))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    run_script(_EXIT_SCRIPT)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

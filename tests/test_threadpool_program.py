@@ -1,15 +1,11 @@
 """Tests for the thread pool's program entry (one publish per program, barriers between launches)
 and lutc.launcher.LaunchProgram."""
 import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from _liveness import LIVENESS_S
 from _pool_tasks import (NESTED_INNER, build_program_kernels, chain as _chain, counts as _counts,
-                         expected_chain as _expected_chain, tp, wait_child)
+                         expected_chain as _expected_chain, run_script, tp, wait_child)
 
 _KEEP = []
 
@@ -118,11 +114,7 @@ print("ok", flush=True)
 def test_program_with_descheduled_walkers():
     """4 threads on one core: walkers are descheduled mid-program all the time; no deadlock, the
     results stay right, and the process exits cleanly (walkers joined at exit)."""
-    here = pathlib.Path(__file__).resolve()
-    proc = subprocess.run([sys.executable, "-c", _OVERSUBSCRIBED_SCRIPT.format(tests=str(here.parent))],
-                          capture_output=True, text=True, timeout=LIVENESS_S, cwd=str(here.parents[1]))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    run_script(_OVERSUBSCRIBED_SCRIPT)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
