@@ -1,0 +1,78 @@
+"""tl.pair_madd / tl.pair_order against numpy on the host, the x86-avx2 target and the portable
+target (AArch64 runs the LUT kernels that use it in tests/test_aarch64_emulated.py)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lutc
+import lutc.language as tl
+from lutc.backend.target import runnable
+from lutc.errors import CompilationError, LaunchError
+from lutc.ir import pair_order
+
+
+@lutc.jit
+def _madd(a, b, r, out, N: tl.constexpr, NATURAL: tl.constexpr):
+    lanes = tl.arange(0, N)
+    ra = tl.load(r).to(tl.uint8)
+    rb = tl.load(r + 1).to(tl.uint8)
+    v = tl.pair_madd(tl.load(a + lanes), tl.load(b + lanes), ra, rb)
+    if NATURAL:
+        v = tl.pair_order(v)
+    tl.store(out + lanes, v)
+
+
+def _ref(a, b, ra, rb):
+    return np.clip(ra * a.astype(np.int64) + rb * b.astype(np.int64), -32768, 32767).astype(np.int16)
+
+
+def _check(n, ra, rb, seed, natural):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-128, 128, n, dtype=np.int8)
+    b = rng.integers(-128, 128, n, dtype=np.int8)
+    a[:2], b[:2] = -128, -128                      # the saturating corner
+    out = np.zeros(n, np.int16)
+    _madd[(1,)](a, b, np.array([ra, rb], np.int32), out, N=n, NATURAL=natural)
+    want = _ref(a, b, ra, rb)
+    np.testing.assert_array_equal(out, want if natural else want[pair_order(n)])
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.sampled_from([16, 32, 48, 64, 128]), ra=st.integers(0, 255), rb=st.integers(0, 255),
+       seed=st.integers(0, 2**31), natural=st.booleans())
+def test_pair_madd_matches_numpy(n, ra, rb, seed, natural):
+    _check(n, ra, rb, seed, natural)
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "generic-x86"])
+def test_pair_madd_named_targets(monkeypatch, target):
+    """The AVX2 (ymm vpmaddubsw) and portable (sign-extend, multiply, saturating add) lowerings."""
+    try:
+        runnable(target)
+    except LaunchError:
+        pytest.skip(f"this CPU cannot run {target}")
+    monkeypatch.setenv("LUTC_HOST_TARGET", target)
+    for i, (n, ra, rb) in enumerate([(16, 1, 1), (32, 255, 255), (48, 64, 3), (64, 0, 200), (128, 7, 129)]):
+        for natural in (False, True):
+            _check(n, ra, rb, i, natural)
+
+
+def test_pair_order_is_an_involution_and_stated_for_32():
+    assert pair_order(32) == [*range(8), *range(16, 24), *range(8, 16), *range(24, 32)]
+    assert pair_order(16) == list(range(16))
+    for n in (16, 32, 48, 64, 128):
+        p = pair_order(n)
+        assert sorted(p) == list(range(n)) and [p[i] for i in p] == list(range(n))
+    with pytest.raises(ValueError):
+        pair_order(24)
+
+
+def test_pair_madd_rejects_bad_operands():
+    @lutc.jit
+    def bad(a, out):
+        lanes = tl.arange(0, 16)
+        tl.store(out + lanes, tl.pair_madd(tl.load(a + lanes), tl.load(a + lanes), 300, 1))
+
+    with pytest.raises(CompilationError, match="0..255"):
+        bad[(1,)](np.zeros(16, np.int8), np.zeros(16, np.int16))
