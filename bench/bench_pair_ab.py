@@ -1,0 +1,111 @@
+"""Pair-sum lookups (Schedule.lut_pair) against single lookups: lut_gemm kernel time, interleaved.
+
+Usage: python bench/bench_pair_ab.py [--shapes 2/4096/4096,...] [--m 1,4] [--threads 1,2] [--out f.json]
+Per (bits, N, K, M, threads): both kernels read the same packed copies (one layout), call by call
+alternating, each call on a copy no recent call read (weights stream as in decode), first/second
+swapped every round; the table launch is run before each GEMM but only the GEMM is timed. Also
+"oldtables" (one scale per group, raw: the pre-issue-10 tables) with and without pairs at W1-W2.
+Prints the median over rounds of per-round medians, its ratio to the unpaired kernel ("single")
+and the same ratio of the 25th percentiles and of the minima of all calls (on a loaded machine
+the minimum is the least disturbed figure).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import conditions, write_json  # noqa: E402
+
+import lutc  # noqa: E402
+import quant  # noqa: E402
+from lutc import Schedule  # noqa: E402
+from lutc.ops import default_mb  # noqa: E402
+
+OLD_TABLES = dict(lut_scale_block=1 << 30, lut_centered=False)
+
+
+def variants(bits):
+    v = {"single": dict(lut_pair=False), "pair": dict(lut_pair=True)}
+    if bits <= 2:
+        v.update({"oldtables": dict(OLD_TABLES, lut_pair=False), "oldtables+pair": dict(OLD_TABLES, lut_pair=True)})
+    return v
+
+
+def run(bits, N, K, M, threads, rounds, calls, stream_mb):
+    gs = 64 if bits <= 2 else 128
+    rng = np.random.default_rng(0)
+    qw = quant.quantize(rng.standard_normal((N, K)).astype(np.float32), bits, gs, method="rtn")
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    y = np.zeros((M, N), np.float32)
+    kerns = {k: lutc.compile(Schedule.make(bits, gs, mb=default_mb(M), **v)) for k, v in variants(bits).items()}
+    p = next(iter(kerns.values())).pack(qw)
+    ncopy = max(2 * len(kerns), -(-stream_mb * 2**20 // p.nbytes))
+    copies = [p] + [dataclasses.replace(p, w=p.w.copy(), sz=p.sz.copy()) for _ in range(ncopy - 1)]
+    plans = {k: [kern.prepare(c, M, x=x, y=y) for c in copies] for k, kern in kerns.items()}
+    for pls in plans.values():
+        for pl in pls:
+            pl.run(threads)
+    names = list(plans)
+    per_round = {k: [] for k in names}
+    every = {k: [] for k in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        ts = {k: [] for k in names}
+        for i in range(calls):
+            for j, k in enumerate(order):
+                pl = plans[k][(i * len(order) + j) % ncopy]
+                pl.tables(threads)
+                t = time.perf_counter()
+                pl.gemm(threads)
+                ts[k].append(time.perf_counter() - t)
+        for k in names:
+            per_round[k].append(float(np.median(ts[k])))
+            every[k] += ts[k]
+    med = {k: float(np.median(v)) for k, v in per_round.items()}
+    p25 = {k: float(np.percentile(v, 25)) for k, v in every.items()}
+    best = {k: float(np.min(v)) for k, v in every.items()}
+    return {"bits": bits, "group_size": gs, "N": N, "K": K, "M": M, "threads": threads, "copies": ncopy,
+            "median_ms": {k: v * 1e3 for k, v in med.items()},
+            "vs_single": {k: med["single"] / v for k, v in med.items()},
+            "p25_ms": {k: v * 1e3 for k, v in p25.items()},
+            "p25_vs_single": {k: p25["single"] / v for k, v in p25.items()},
+            "min_ms": {k: v * 1e3 for k, v in best.items()},
+            "min_vs_single": {k: best["single"] / v for k, v in best.items()},
+            "loadavg": os.getloadavg()[0]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="2/4096/4096,4/4096/4096,2/4096/11008,2/11008/4096,4/4096/11008,4/11008/4096",
+                    help="bits/N/K,...")
+    ap.add_argument("--m", default="1,4")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=24)
+    ap.add_argument("--stream-mb", type=int, default=96, help="bytes of packed copies to rotate through")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    out = {"conditions": conditions(), "target": os.environ.get("LUTC_HOST_TARGET", "host"), "runs": []}
+    for shape in a.shapes.split(","):
+        bits, N, K = (int(v) for v in shape.split("/"))
+        for M in (int(v) for v in a.m.split(",")):
+            for t in (int(v) for v in a.threads.split(",")):
+                r = run(bits, N, K, M, t, a.rounds, a.calls, a.stream_mb)
+                out["runs"].append(r)
+                print(f"W{bits} {N}x{K} M={M} t={t} load={r['loadavg']:.1f}  " + "  ".join(
+                    f"{k} {v:.3f} ms (x{r['vs_single'][k]:.3f}, p25 x{r['p25_vs_single'][k]:.3f}, "
+                    f"min x{r['min_vs_single'][k]:.3f})"
+                    for k, v in r["median_ms"].items()), flush=True)
+    if a.out:
+        write_json(a.out, out)
+
+
+if __name__ == "__main__":
+    main()
