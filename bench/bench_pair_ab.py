@@ -1,6 +1,7 @@
 """Pair-sum lookups (Schedule.lut_pair) against single lookups: lut_gemm kernel time, interleaved.
 
 Usage: python bench/bench_pair_ab.py [--shapes 2/4096/4096,...] [--m 1,4] [--threads 1,2] [--out f.json]
+       python bench/bench_pair_ab.py --decode 2,4 [--threads 1]   (SmolLM2 g128 RTN decode instead)
 Per (bits, N, K, M, threads): both kernels read the same packed copies (one layout), call by call
 alternating, each call on a copy no recent call read (weights stream as in decode), first/second
 swapped every round; the table launch is run before each GEMM but only the GEMM is timed. Also
@@ -38,8 +39,8 @@ def variants(bits):
     return v
 
 
-def run(bits, N, K, M, threads, rounds, calls, stream_mb):
-    gs = 64 if bits <= 2 else 128
+def run(bits, N, K, M, threads, rounds, calls, stream_mb, gs=None):
+    gs = gs or (64 if bits <= 2 else 128)
     rng = np.random.default_rng(0)
     qw = quant.quantize(rng.standard_normal((N, K)).astype(np.float32), bits, gs, method="rtn")
     x = rng.standard_normal((M, K)).astype(np.float32)
@@ -81,25 +82,68 @@ def run(bits, N, K, M, threads, rounds, calls, stream_mb):
             "loadavg": os.getloadavg()[0]}
 
 
+def decode(bits, threads, rounds):
+    """SmolLM2-135M W`bits` g128 RTN decode steps, single vs pair lookups at bn 32 and 64 (every
+    linear), interleaved per round (order swapped every round); per round the 25th percentile
+    of 24 steps, then the median over rounds."""
+    from runtime import LeanDecoder
+    from runtime.models import load_quantized
+    qm = load_quantized("smollm2-135m", bits=bits, group_size=128, method="rtn", progress=False)
+    cfgs = {f"{k} bn{bn}": dict(lut_pair=k == "pair", bn=bn) for bn in (32, 64) for k in ("single", "pair")}
+    decs = {k: LeanDecoder(qm, n_ctx=128, threads=threads, knobs=v) for k, v in cfgs.items()}
+    for d in decs.values():
+        d.reset()
+        d.prefill([1, 2, 3])
+        for _ in range(5):
+            d.decode(5)
+    res = {k: [] for k in decs}
+    for r in range(rounds):
+        items = list(decs.items()) if r % 2 == 0 else list(decs.items())[::-1]
+        for k, d in items:
+            d.reset()
+            d.prefill([1, 2, 3])
+            ts = []
+            for _ in range(24):
+                t = time.perf_counter()
+                d.decode(7)
+                ts.append(time.perf_counter() - t)
+            res[k].append(float(np.percentile(ts, 25)))
+    med = {k: float(np.median(v)) for k, v in res.items()}
+    return {"model": "smollm2-135m", "bits": bits, "group_size": 128, "threads": threads,
+            "tok_s": {k: 1 / v for k, v in med.items()},
+            "vs_single_bn32": {k: med["single bn32"] / v for k, v in med.items()}, "loadavg": os.getloadavg()[0]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="2/4096/4096,4/4096/4096,2/4096/11008,2/11008/4096,4/4096/11008,4/11008/4096",
-                    help="bits/N/K,...")
+                    help="bits/N/K[/group_size],... (group size default: 64 for W1-W2, 128 for W3-W4)")
     ap.add_argument("--m", default="1,4")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=24)
     ap.add_argument("--stream-mb", type=int, default=96, help="bytes of packed copies to rotate through")
+    ap.add_argument("--decode", default=None, help="bits,... : SmolLM2 decode A/B instead of GEMMs")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     out = {"conditions": conditions(), "target": os.environ.get("LUTC_HOST_TARGET", "host"), "runs": []}
+    if a.decode:
+        for bits in (int(v) for v in a.decode.split(",")):
+            for t in (int(v) for v in a.threads.split(",")):
+                r = decode(bits, t, max(a.rounds, 7))
+                out["runs"].append(r)
+                print(f"SmolLM2 W{bits} g128 decode t={t} load={r['loadavg']:.1f}  " + "  ".join(
+                    f"{k} {v:.1f} tok/s (x{r['vs_single_bn32'][k]:.3f})" for k, v in r["tok_s"].items()), flush=True)
+        if a.out:
+            write_json(a.out, out)
+        return
     for shape in a.shapes.split(","):
-        bits, N, K = (int(v) for v in shape.split("/"))
+        bits, N, K, *g = (int(v) for v in shape.split("/"))
         for M in (int(v) for v in a.m.split(",")):
             for t in (int(v) for v in a.threads.split(",")):
-                r = run(bits, N, K, M, t, a.rounds, a.calls, a.stream_mb)
+                r = run(bits, N, K, M, t, a.rounds, a.calls, a.stream_mb, *g)
                 out["runs"].append(r)
-                print(f"W{bits} {N}x{K} M={M} t={t} load={r['loadavg']:.1f}  " + "  ".join(
+                print(f"W{bits} g{r['group_size']} {N}x{K} M={M} t={t} load={r['loadavg']:.1f}  " + "  ".join(
                     f"{k} {v:.3f} ms (x{r['vs_single'][k]:.3f}, p25 x{r['p25_vs_single'][k]:.3f}, "
                     f"min x{r['min_vs_single'][k]:.3f})"
                     for k, v in r["median_ms"].items()), flush=True)

@@ -56,9 +56,10 @@ class Schedule:
     convert to float once per group; the multipliers of a group share a budget that keeps the
     int16 sum in range, see `ratio_budget`; not given: 64 for 1-2-bit, 0 for 3-4-bit weights),
     lut_pair (int8 tables: the two lookups of each packed byte, same rows and scale block, are
-    widened and summed by one tl.pair_madd, which also applies the block's integer ratio; on a
-    512-bit x86 target such kernels stay in 256-bit registers, spec.gemm_target; False is the
-    pre-pair path: widen each lookup, then multiply per block) and threads (None = all cores; it does not change generated code).
+    widened and summed by one tl.pair_madd, which also applies the block's integer ratio; with
+    32-row tiles on a 512-bit x86 target such kernels stay in 256-bit registers, spec.gemm_target;
+    default False, the single-lookup path: widen each lookup, then multiply per block; measured
+    in docs/runtime.md, "Pair-sum lookups") and threads (None = all cores; it does not change generated code).
 
     path chooses the kernel pair: "lut" (table build + lut_gemm, the knobs above) or "dot" (int8
     activations + tl.dot on weight levels decoded from the same packed layout,
@@ -81,7 +82,7 @@ class Schedule:
     lut_scale_block: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][0]
     lut_centered: bool = True
     lut_scale_ratio: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][1]
-    lut_pair: bool = True
+    lut_pair: bool = False
     threads: int | None = None
     path: str = "lut"
     dot_bm: int = 32

@@ -71,8 +71,8 @@ def test_m2_code_matches_reference_under_qemu(workdir, bits, lut_dtype):
     _check(_emulated(workdir, M2_ELF, sched, x, qw), x, qw, sched, "m2 (ELF, qemu max)")
 
 
-@pytest.mark.parametrize("knobs", [dict(lut_dtype="int8", g=2, bn=16), dict(lut_dtype="int8", bn=64, mb=2, lut_pair=False),
-                                   dict(lut_dtype="int8", g=3, bn=128, mb=2), dict(lut_dtype="float16", g=3, mb=2),
+@pytest.mark.parametrize("knobs", [dict(lut_dtype="int8", g=2, bn=16, lut_pair=True), dict(lut_dtype="int8", bn=64, mb=2),
+                                   dict(lut_dtype="int8", g=3, bn=128, mb=2, lut_pair=True), dict(lut_dtype="float16", g=3, mb=2),
                                    dict(lut_dtype="float32", interleave="plane", unroll=1)])
 @pytest.mark.parametrize("bits", [2, 4])
 def test_aarch64_linux_on_cortex_a76(workdir, bits, knobs):

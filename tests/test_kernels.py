@@ -257,10 +257,10 @@ def test_paired_kernels_stay_in_256_bit_registers():
     from lutc.backend.target import get_target
     from lutc.kernels import spec
     t = get_target("x86-avx512")
-    s = Schedule.make(bits=2, group_size=64)
+    s = Schedule.make(bits=2, group_size=64, lut_pair=True)
     assert s.paired and spec.gemm_target(s, t).vector_bits == 256
     assert spec.gemm_target(s.replace(lut_pair=False), t) is t
-    assert spec.gemm_target(s, "x86-avx2") == "x86-avx2"
+    assert spec.gemm_target(s, "x86-avx2") == "x86-avx2" and spec.gemm_target(s.replace(bn=64), t) is t
     asm = lutc.compile(s, target=t).emit("asm")
     assert "zmm" not in asm and "vpmaddubsw" in asm
     assert "zmm" in lutc.compile(s.replace(lut_pair=False), target=t).emit("asm")

@@ -7,9 +7,11 @@ from hypothesis import strategies as st
 
 import lutc
 import lutc.language as tl
-from lutc.backend.target import runnable
+from lutc.backend.pairs import pair_width
+from lutc.backend.target import get_target, runnable
 from lutc.errors import CompilationError, LaunchError
 from lutc.ir import pair_order
+from lutc.ir import types as T
 
 
 @lutc.jit
@@ -27,15 +29,21 @@ def _ref(a, b, ra, rb):
     return np.clip(ra * a.astype(np.int64) + rb * b.astype(np.int64), -32768, 32767).astype(np.int16)
 
 
-def _check(n, ra, rb, seed, natural):
+_SIG = {"a": T.PointerType(T.int8), "b": T.PointerType(T.int8), "r": T.PointerType(T.int32),
+        "out": T.PointerType(T.int16)}
+
+
+def _check(n, ra, rb, seed, natural, target="host"):
     rng = np.random.default_rng(seed)
     a = rng.integers(-128, 128, n, dtype=np.int8)
     b = rng.integers(-128, 128, n, dtype=np.int8)
     a[:2], b[:2] = -128, -128                      # the saturating corner
     out = np.zeros(n, np.int16)
-    _madd[(1,)](a, b, np.array([ra, rb], np.int32), out, N=n, NATURAL=natural)
+    t = runnable(target)
+    fn = _madd.compile(_SIG, dict(N=n, NATURAL=natural), 1, t)
+    fn.launch((1,), [a, b, np.array([ra, rb], np.int32), out])
     want = _ref(a, b, ra, rb)
-    np.testing.assert_array_equal(out, want if natural else want[pair_order(n)])
+    np.testing.assert_array_equal(out, want if natural else want[pair_order(n, pair_width(t))])
 
 
 @settings(max_examples=25, deadline=None)
@@ -45,25 +53,34 @@ def test_pair_madd_matches_numpy(n, ra, rb, seed, natural):
     _check(n, ra, rb, seed, natural)
 
 
-@pytest.mark.parametrize("target", ["x86-avx2", "generic-x86"])
-def test_pair_madd_named_targets(monkeypatch, target):
-    """The AVX2 (ymm vpmaddubsw) and portable (sign-extend, multiply, saturating add) lowerings."""
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512", "generic-x86"])
+def test_pair_madd_named_targets(target):
+    """The AVX2 (ymm vpmaddubsw), AVX-512BW (zmm) and portable (sign-extend, multiply, saturating
+    add) lowerings."""
     try:
         runnable(target)
     except LaunchError:
         pytest.skip(f"this CPU cannot run {target}")
-    monkeypatch.setenv("LUTC_HOST_TARGET", target)
-    for i, (n, ra, rb) in enumerate([(16, 1, 1), (32, 255, 255), (48, 64, 3), (64, 0, 200), (128, 7, 129)]):
+    for i, (n, ra, rb) in enumerate([(16, 1, 1), (32, 255, 255), (48, 64, 3), (64, 0, 200), (128, 7, 129),
+                                     (96, 2, 9)]):
         for natural in (False, True):
-            _check(n, ra, rb, i, natural)
+            _check(n, ra, rb, i, natural, target)
 
 
-def test_pair_order_is_an_involution_and_stated_for_32():
+def test_pair_order_is_a_permutation_and_stated_for_32_and_64():
     assert pair_order(32) == [*range(8), *range(16, 24), *range(8, 16), *range(24, 32)]
-    assert pair_order(16) == list(range(16))
-    for n in (16, 32, 48, 64, 128):
+    assert pair_order(16) == list(range(16)) == pair_order(16, 64)
+    assert pair_order(64, 64)[:16] == [*range(8), *range(16, 24)]
+    assert pair_order(64, 64)[32:40] == list(range(8, 16))
+    assert pair_order(96, 64)[64:] == [64 + v for v in pair_order(32)]     # a 32-lane tail
+    for n in (16, 32, 48, 64, 80, 128):
+        for w in (16, 32, 64):
+            p = pair_order(n, w)
+            assert sorted(p) == list(range(n))
         p = pair_order(n)
-        assert sorted(p) == list(range(n)) and [p[i] for i in p] == list(range(n))
+        assert [p[i] for i in p] == list(range(n))       # width 32: its own inverse
+    assert pair_width(get_target("x86-avx512")) == 64 and pair_width(get_target("x86-avx2")) == 32
+    assert pair_width(get_target("aarch64-linux")) == 32
     with pytest.raises(ValueError):
         pair_order(24)
 

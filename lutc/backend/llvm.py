@@ -267,9 +267,8 @@ class KernelCodegen(ShapeOps):
         return emit_pair_madd(self.b, self.intr, self.target, *args)
 
     def op_pair_order(self, op, args):
-        from ..ir.pairs import pair_order
-        from .pairs import permute
-        return permute(self.b, args[0], pair_order(args[0].type.count))
+        from .pairs import emit_pair_order
+        return emit_pair_order(self.b, self.target, args[0])
 
     def op_bytes_split(self, op, args):
         (table,) = args

@@ -311,7 +311,7 @@ class IRBuilder:
         return self._one("pair_madd", [a, b, ra, rb], [T.BlockType(T.int16, at.size)])
 
     def pair_order(self, x: Value) -> Value:
-        """x's lanes permuted by the pair order (its own inverse)."""
+        """A pair-ordered block back in lane order (the order is the target's: lutc/backend/pairs.py)."""
         t = x.type
         if not isinstance(t, T.BlockType) or t.rank != 1 or t.size % 16:
             raise IRTypeError(f"pair_order needs a 1-D block of a multiple of 16 lanes, got {t}")

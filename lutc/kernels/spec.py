@@ -100,13 +100,14 @@ def constexprs(s, target="host") -> tuple[dict, dict]:
 
 
 def gemm_target(s, target="host"):
-    """The target lut_gemm is compiled for: `target`, except that paired kernels (s.paired) on a
-    512-bit x86 target are held to 256-bit registers. There the pair form's byte shuffles
-    (vpshufb, vpunpck[lh]bw) issue on two ports (p1, p5); any 512-bit op in flight turns p1's
-    vector units off, leaving one (measured: docs/runtime.md, "Pair-sum lookups")."""
+    """The target lut_gemm is compiled for: `target`, except that paired kernels (s.paired) of
+    32-row tiles on a 512-bit x86 target are held to 256-bit registers: their lookups are ymm
+    anyway, and in ymm the pair form's byte shuffles (vpshufb, vpunpck[lh]bw) issue on two ports
+    (p1, p5), while any 512-bit op in flight turns p1's vector units off (docs/runtime.md,
+    "Pair-sum lookups"). Tiles of 64+ rows pair in zmm."""
     from ..backend.target import get_target
     t = get_target(target)
-    if s.path == "lut" and s.paired and t.is_x86 and t.vector_bits > 256:
+    if s.path == "lut" and s.paired and s.bn <= 32 and t.is_x86 and t.vector_bits > 256:
         return dataclasses.replace(t, vector_bits=256)
     return target
 
