@@ -2,13 +2,16 @@
 
 Usage: python bench/bench_pair_ab.py [--shapes 2/4096/4096,...] [--m 1,4] [--threads 1,2] [--out f.json]
        python bench/bench_pair_ab.py --decode 2,4 [--threads 1]   (SmolLM2 g128 RTN decode instead)
-Per (bits, N, K, M, threads): both kernels read the same packed copies (one layout), call by call
-alternating, each call on a copy no recent call read (weights stream as in decode), first/second
-swapped every round; the table launch is run before each GEMM but only the GEMM is timed. Also
-"oldtables" (one scale per group, raw: the pre-issue-10 tables) with and without pairs at W1-W2.
+Per (bits, N, K, M, threads): the kernels of one tile width read the same packed copies, call by
+call alternating, each call on a copy no recent call read (weights stream as in decode), the
+order reversed every round; the table launch is run before each GEMM but only the GEMM is timed.
+Variants: 32-row tiles (the default bn) and 64-row tiles, single and pair lookups; at W1-W2 also
+"oldtables" (one scale per group, raw: the pre-issue-10 tables) with and without pairs.
 Prints the median over rounds of per-round medians, its ratio to the unpaired kernel ("single")
-and the same ratio of the 25th percentiles and of the minima of all calls (on a loaded machine
-the minimum is the least disturbed figure).
+and the same ratio of the 25th percentiles and of the minima of all calls, and at 1 thread of
+the median thread CPU time (time.thread_time(): the GEMM runs on the calling thread, so this
+excludes preemption by other processes; on a loaded machine it and the minimum are the least
+disturbed figures).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ OLD_TABLES = dict(lut_scale_block=1 << 30, lut_centered=False)
 
 
 def variants(bits):
-    v = {"single": dict(lut_pair=False), "pair": dict(lut_pair=True)}
+    v = {"single": dict(lut_pair=False), "pair": dict(lut_pair=True),
+         "single bn64": dict(lut_pair=False, bn=64), "pair bn64": dict(lut_pair=True, bn=64)}
     if bits <= 2:
         v.update({"oldtables": dict(OLD_TABLES, lut_pair=False), "oldtables+pair": dict(OLD_TABLES, lut_pair=True)})
     return v
@@ -46,16 +50,22 @@ def run(bits, N, K, M, threads, rounds, calls, stream_mb, gs=None):
     x = rng.standard_normal((M, K)).astype(np.float32)
     y = np.zeros((M, N), np.float32)
     kerns = {k: lutc.compile(Schedule.make(bits, gs, mb=default_mb(M), **v)) for k, v in variants(bits).items()}
-    p = next(iter(kerns.values())).pack(qw)
-    ncopy = max(2 * len(kerns), -(-stream_mb * 2**20 // p.nbytes))
-    copies = [p] + [dataclasses.replace(p, w=p.w.copy(), sz=p.sz.copy()) for _ in range(ncopy - 1)]
-    plans = {k: [kern.prepare(c, M, x=x, y=y) for c in copies] for k, kern in kerns.items()}
+    first = {}                          # one packed layout per bn, shared by the variants of that bn
+    for kern in kerns.values():
+        first.setdefault(kern.schedule.layout_key, kern.pack(qw))
+    ncopy = max(2 * len(kerns), -(-stream_mb * 2**20 // next(iter(first.values())).nbytes))
+    copies = {lk: [] for lk in first}
+    for _ in range(ncopy):              # allocated interleaved, so no layout gets the better placement
+        for lk, p in first.items():
+            copies[lk].append(dataclasses.replace(p, w=p.w.copy(), sz=p.sz.copy()))
+    plans = {k: [kern.prepare(c, M, x=x, y=y) for c in copies[kern.schedule.layout_key]] for k, kern in kerns.items()}
     for pls in plans.values():
         for pl in pls:
             pl.run(threads)
     names = list(plans)
     per_round = {k: [] for k in names}
     every = {k: [] for k in names}
+    cpu = {k: [] for k in names}
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         ts = {k: [] for k in names}
@@ -63,15 +73,17 @@ def run(bits, N, K, M, threads, rounds, calls, stream_mb, gs=None):
             for j, k in enumerate(order):
                 pl = plans[k][(i * len(order) + j) % ncopy]
                 pl.tables(threads)
-                t = time.perf_counter()
+                c, t = time.thread_time(), time.perf_counter()
                 pl.gemm(threads)
                 ts[k].append(time.perf_counter() - t)
+                cpu[k].append(time.thread_time() - c)
         for k in names:
             per_round[k].append(float(np.median(ts[k])))
             every[k] += ts[k]
     med = {k: float(np.median(v)) for k, v in per_round.items()}
     p25 = {k: float(np.percentile(v, 25)) for k, v in every.items()}
     best = {k: float(np.min(v)) for k, v in every.items()}
+    cpu_med = {k: float(np.median(v)) for k, v in cpu.items()}
     return {"bits": bits, "group_size": gs, "N": N, "K": K, "M": M, "threads": threads, "copies": ncopy,
             "median_ms": {k: v * 1e3 for k, v in med.items()},
             "vs_single": {k: med["single"] / v for k, v in med.items()},
@@ -79,13 +91,16 @@ def run(bits, N, K, M, threads, rounds, calls, stream_mb, gs=None):
             "p25_vs_single": {k: p25["single"] / v for k, v in p25.items()},
             "min_ms": {k: v * 1e3 for k, v in best.items()},
             "min_vs_single": {k: best["single"] / v for k, v in best.items()},
+            "cpu_ms": {k: v * 1e3 for k, v in cpu_med.items()} if threads == 1 else None,
+            "cpu_vs_single": {k: cpu_med["single"] / v for k, v in cpu_med.items()} if threads == 1 else None,
             "loadavg": os.getloadavg()[0]}
 
 
 def decode(bits, threads, rounds):
     """SmolLM2-135M W`bits` g128 RTN decode steps, single vs pair lookups at bn 32 and 64 (every
     linear), interleaved per round (order swapped every round); per round the 25th percentile
-    of 24 steps, then the median over rounds."""
+    of 24 steps (at 1 thread in thread CPU time, which excludes preemption), then the median
+    over rounds."""
     from runtime import LeanDecoder
     from runtime.models import load_quantized
     qm = load_quantized("smollm2-135m", bits=bits, group_size=128, method="rtn", progress=False)
@@ -104,12 +119,13 @@ def decode(bits, threads, rounds):
             d.prefill([1, 2, 3])
             ts = []
             for _ in range(24):
-                t = time.perf_counter()
+                t = time.thread_time() if threads == 1 else time.perf_counter()
                 d.decode(7)
-                ts.append(time.perf_counter() - t)
+                ts.append((time.thread_time() if threads == 1 else time.perf_counter()) - t)
             res[k].append(float(np.percentile(ts, 25)))
     med = {k: float(np.median(v)) for k, v in res.items()}
     return {"model": "smollm2-135m", "bits": bits, "group_size": 128, "threads": threads,
+            "clock": "thread CPU time" if threads == 1 else "wall",
             "tok_s": {k: 1 / v for k, v in med.items()},
             "vs_single_bn32": {k: med["single bn32"] / v for k, v in med.items()}, "loadavg": os.getloadavg()[0]}
 
@@ -145,7 +161,8 @@ def main():
                 out["runs"].append(r)
                 print(f"W{bits} g{r['group_size']} {N}x{K} M={M} t={t} load={r['loadavg']:.1f}  " + "  ".join(
                     f"{k} {v:.3f} ms (x{r['vs_single'][k]:.3f}, p25 x{r['p25_vs_single'][k]:.3f}, "
-                    f"min x{r['min_vs_single'][k]:.3f})"
+                    f"min x{r['min_vs_single'][k]:.3f}"
+                    + (f", cpu x{r['cpu_vs_single'][k]:.3f})" if r["cpu_vs_single"] else ")")
                     for k, v in r["median_ms"].items()), flush=True)
     if a.out:
         write_json(a.out, out)

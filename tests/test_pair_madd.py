@@ -93,3 +93,12 @@ def test_pair_madd_rejects_bad_operands():
 
     with pytest.raises(CompilationError, match="0..255"):
         bad[(1,)](np.zeros(16, np.int8), np.zeros(16, np.int16))
+
+
+def test_default_schedule_pairs_on_avx2_targets_only():
+    from lutc.ops import default_schedule
+    assert default_schedule(2, 64, 1, "x86-avx2").lut_pair and default_schedule(4, 128, 4, "x86-avx2").paired
+    assert not default_schedule(2, 64, 1, "x86-avx512").lut_pair
+    assert not default_schedule(2, 64, 1, "aarch64-linux").lut_pair
+    assert not default_schedule(2, 64, 1, "generic-x86").lut_pair          # no byte shuffle at all
+    assert default_schedule(4, 128, 64, "x86-avx2").path == "lut"          # no dot instruction on AVX2
