@@ -34,7 +34,8 @@ def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> S
     u8 x s8 dot instruction (VNNI, AArch64 dotprod): on AVX2-only hosts (vpmaddubsw) the dot path
     with its residual measured slower than the LUT GEMM (docs/runtime.md), so they stay on LUT.
     Pair-sum lookups (lut_pair) on x86 targets whose vectors are at most 256 bits (AVX2 hosts):
-    1.06-1.46x kernel CPU time there, while on AVX-512 32-row pairs measured no better
+    0.93-1.17x kernel CPU time at M=1 and 1.32-1.46x at M=4 there, while on AVX-512 32-row
+    pairs measured no better
     (docs/runtime.md, "Pair-sum lookups")."""
     from .backend.target import get_target
     from .kernels.dotgemm import level_max
