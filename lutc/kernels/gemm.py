@@ -6,6 +6,8 @@ y[m, n] = sum_groups( sum_blocks sum_b s_b[n, grp] * P_b[m, n, grp, blk] * lut_s
  unit * sum_b s_b * (sum_blocks r * P_b) with the inner sum in int16)
 where P_b sums, over the tables of one scale block of a group, table[idx_b(n, t)] and
 idx_b(n, t) is formed by bit-plane b of the g weights of row n that table t covers.
+With PAIR (Schedule.lut_pair) the two lookups of a packed byte enter those sums together,
+r * (a + b) by one tl.pair_madd; the integers are the same.
 """
 from __future__ import annotations
 
@@ -156,14 +158,13 @@ def _block(acc, scales, w_group, luts_group, lut_scales, c0, blk, row, NG, TABLE
     PAIR with integer ratios: pair_madd multiplies by r itself, so the lookups go straight into
     acc (in pair order); PAIR with float scales: part (pair order, multipliers 1) is put back
     in row order before the float sum."""
-    ones = [1 for _ in tl.static_range(MB)]
     if PAIR and RATIO > 0:
         # r is an exact small integer float: its low byte after adding 1.5 * 2**23
         rs = [tl.bitcast(tl.load(lut_scales + (row + mi * NG) * NS + 1 + blk) + 12582912.0, tl.int32).to(tl.uint8)
               for mi in tl.static_range(MB)]
         part = acc
     else:
-        rs = ones
+        rs = [1 for _ in tl.static_range(MB)]
         part = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
     MAIN: tl.constexpr = NCH - NCH % UNROLL
     for cu in range(0, MAIN, UNROLL):
@@ -190,7 +191,7 @@ def _block(acc, scales, w_group, luts_group, lut_scales, c0, blk, row, NG, TABLE
 
 @jit
 def _natural(v, PAIR: tl.constexpr):
-    """v in row order: pair-ordered sums are permuted back (tl.pair_order is its own inverse)."""
+    """v in row order: sums of tl.pair_madd results are put back by tl.pair_order."""
     if PAIR:
         return tl.pair_order(v)
     return v
