@@ -58,7 +58,8 @@ class Schedule:
     lut_pair (int8 tables: the two lookups of each packed byte, same rows and scale block, are
     widened and summed by one tl.pair_madd, which also applies the block's integer ratio; with
     32-row tiles on a 512-bit x86 target such kernels stay in 256-bit registers, spec.gemm_target;
-    default False, the single-lookup path: widen each lookup, then multiply per block; measured
+    default False, the single-lookup path: widen each lookup, then multiply per block;
+    lutc.ops.default_schedule turns it on for x86 targets of at most 256-bit vectors; measured
     in docs/runtime.md, "Pair-sum lookups") and threads (None = all cores; it does not change generated code).
 
     path chooses the kernel pair: "lut" (table build + lut_gemm, the knobs above) or "dot" (int8
