@@ -32,12 +32,19 @@ def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> S
     DOT_MIN_M rows (output blocks of dot_bm x dot_ns = 128 with the activation residual: three
     accumulator sets fit the 32 AVX-512 registers), where its layout allows and the target has a
     u8 x s8 dot instruction (VNNI, AArch64 dotprod): on AVX2-only hosts (vpmaddubsw) the dot path
-    with its residual measured slower than the LUT GEMM (docs/runtime.md), so they stay on LUT."""
+    with its residual measured slower than the LUT GEMM (docs/runtime.md), so they stay on LUT.
+    Pair-sum lookups (lut_pair) on x86 targets whose vectors are at most 256 bits (AVX2 hosts):
+    0.93-1.17x kernel CPU time at M=1 and 1.32-1.46x at M=4 there, while on AVX-512 32-row
+    pairs measured no better
+    (docs/runtime.md, "Pair-sum lookups")."""
+    from .backend.target import get_target
     from .kernels.dotgemm import level_max
-    s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M))
+    t = get_target(target)
+    pair = t.is_x86 and t.byte_shuffle == "pshufb" and t.vector_bits <= 256
+    s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M), lut_pair=pair)
     if M >= DOT_MIN_M and group_size % 32 == 0 and level_max(target) == 255:
         bm = 16 if M < 32 else 32
-        s = s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True)
+        s = s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True, lut_pair=False)
     return s
 
 
