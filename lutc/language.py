@@ -206,6 +206,19 @@ def lookup(table, idx):
 
 
 @_builtin
+def pair_madd(a, b, ra, rb):
+    """Pair multiply-add of two int8 blocks of n lanes (n a multiple of 16) into int16, in pair
+    order: out[i] = sat16(ra * a[p[i]] + rb * b[p[i]]) with u8 multipliers ra, rb and p = the
+    target's pair order (lutc.ir.pair_order(n, lutc.backend.pairs.pair_width(target)));
+    `pair_order(out)` puts the lanes back in lane order."""
+
+
+@_builtin
+def pair_order(x):
+    """A block in pair order back in lane order: out[p[i]] = x[i] (p as in pair_madd)."""
+
+
+@_builtin
 def static_assert(condition, message=""):
     """A compile-time assertion on constexpr values."""
 

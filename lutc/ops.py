@@ -43,9 +43,14 @@ def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> S
     DOT_MIN_M rows where its layout allows, the target has a group-dot instruction
     (`dotgemm.dot_insns`: VNNI, AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so
     (output blocks of dot_bm x dot_ns = 128 with the activation residual: three accumulator sets
-    fit the 32 AVX-512 registers)."""
+    fit the 32 AVX-512 registers). Pair-sum lookups (lut_pair) on x86 targets whose vectors are
+    at most 256 bits (AVX2 hosts): 0.93-1.17x kernel CPU time at M=1 and 1.32-1.46x at M=4
+    there, while on AVX-512 32-row pairs measured no better (docs/runtime.md, "Pair-sum lookups")."""
+    from .backend.target import get_target
     from .kernels.dotgemm import dot_insns
-    s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M))
+    t = get_target(target)
+    pair = t.is_x86 and t.byte_shuffle == "pshufb" and t.vector_bits <= 256
+    s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M), lut_pair=pair)
     if M >= DOT_MIN_M and group_size % 32 == 0:
         insns = dot_insns(target)
         if insns is not None and dot_preferred(bits, M, s.replace(act_residual=True), insns):
@@ -57,7 +62,7 @@ def default_dot(s: Schedule, M: int) -> Schedule:
     """s on the dot path with the default blocking for M rows (dot_bm 16 below 32 rows, else 32;
     dot_ns = 128 // dot_bm) and the activation residual."""
     bm = 16 if M < 32 else 32
-    return s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True)
+    return s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True, lut_pair=False)
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:

@@ -54,8 +54,13 @@ class Schedule:
     scale, combined in float per block; R >= 1 = a block's scale is an integer multiple r in
     1..R of one unit step per (row, group), so blocks combine with one int16 multiply-add and
     convert to float once per group; the multipliers of a group share a budget that keeps the
-    int16 sum in range, see `ratio_budget`; not given: 64 for 1-2-bit, 0 for 3-4-bit weights)
-    and threads (None = all cores; it does not change generated code).
+    int16 sum in range, see `ratio_budget`; not given: 64 for 1-2-bit, 0 for 3-4-bit weights),
+    lut_pair (int8 tables: the two lookups of each packed byte, same rows and scale block, are
+    widened and summed by one tl.pair_madd, which also applies the block's integer ratio; with
+    32-row tiles on a 512-bit x86 target such kernels stay in 256-bit registers, spec.gemm_target;
+    default False, the single-lookup path: widen each lookup, then multiply per block;
+    lutc.ops.default_schedule turns it on for x86 targets of at most 256-bit vectors; measured
+    in docs/runtime.md, "Pair-sum lookups") and threads (None = all cores; it does not change generated code).
 
     path chooses the kernel pair: "lut" (table build + lut_gemm, the knobs above) or "dot" (int8
     activations + tl.dot on weight levels decoded from the same packed layout,
@@ -78,6 +83,7 @@ class Schedule:
     lut_scale_block: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][0]
     lut_centered: bool = True
     lut_scale_ratio: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][1]
+    lut_pair: bool = False
     threads: int | None = None
     path: str = "lut"
     dot_bm: int = 32
@@ -104,7 +110,7 @@ class Schedule:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")
-        for name in ("lut_centered", "act_residual"):
+        for name in ("lut_centered", "act_residual", "lut_pair"):
             if not isinstance(getattr(self, name), bool):
                 bad(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.lut_scale_ratio < 0:
@@ -208,6 +214,12 @@ class Schedule:
         if self.lut_dtype != "int8" or self.scale_blocks == 1 or self.ratio_budget < 1:
             return 0
         return self.lut_scale_ratio
+
+    @property
+    def paired(self) -> bool:
+        """int8 tables with lut_pair: lut_gemm sums each packed byte's two lookups with one
+        tl.pair_madd (float tables ignore the knob)."""
+        return self.lut_pair and self.lut_dtype == "int8"
 
     @property
     def scale_slots(self) -> int:

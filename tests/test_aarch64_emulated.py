@@ -71,7 +71,8 @@ def test_m2_code_matches_reference_under_qemu(workdir, bits, lut_dtype):
     _check(_emulated(workdir, M2_ELF, sched, x, qw), x, qw, sched, "m2 (ELF, qemu max)")
 
 
-@pytest.mark.parametrize("knobs", [dict(lut_dtype="int8", g=2, bn=16), dict(lut_dtype="float16", g=3, mb=2),
+@pytest.mark.parametrize("knobs", [dict(lut_dtype="int8", g=2, bn=16, lut_pair=True), dict(lut_dtype="int8", bn=64, mb=2),
+                                   dict(lut_dtype="int8", g=3, bn=128, mb=2, lut_pair=True), dict(lut_dtype="float16", g=3, mb=2),
                                    dict(lut_dtype="float32", interleave="plane", unroll=1)])
 @pytest.mark.parametrize("bits", [2, 4])
 def test_aarch64_linux_on_cortex_a76(workdir, bits, knobs):
@@ -99,9 +100,10 @@ def test_hard_activations_every_scale_block_under_qemu(workdir, xkind):
     each scale block, float and integer block scales, as Cortex-A76 NEON code (tbl) under qemu."""
     qw, _ = _problem(2, 64, 45, 200, 3, 3)
     x = activations(np.random.default_rng(3), 3, 200, xkind, 64)
-    for blk, centered, ratio in ((16, True, 16), (16, True, 0), (32, True, 8), (32, False, 0), (64, False, 0)):
+    for blk, centered, ratio, pair in ((16, True, 16, True), (16, True, 16, False), (16, True, 0, True),
+                                       (32, True, 8, True), (32, False, 0, False), (64, False, 0, True)):
         sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2,
-                              lut_scale_ratio=ratio)
+                              lut_scale_ratio=ratio, lut_pair=pair)
         _check(_emulated(workdir, A76, sched, x, qw), x, qw, sched, f"aarch64-linux {xkind}")
 
 

@@ -1,7 +1,7 @@
 """Property tests: every LUT-GEMM schedule against a numpy reference built from dequantize()."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lutc
@@ -21,6 +21,7 @@ def problems(draw):
     knobs["lut_scale_block"] = draw(st.sampled_from(LUT_SCALE_BLOCKS + (8, 24, 1000)))
     knobs["lut_centered"] = draw(st.booleans())
     knobs["lut_scale_ratio"] = draw(st.sampled_from(LUT_SCALE_RATIOS + (1, 3, 100)))
+    knobs["lut_pair"] = draw(st.booleans())
     N = draw(st.integers(1, 150))
     K = draw(st.one_of(st.integers(1, 300), st.sampled_from([gs, 2 * gs, 3 * gs + 1])))
     M = draw(st.sampled_from([1, 2, 7, 33]))
@@ -155,8 +156,8 @@ def test_odd_group_sizes(bits, gs, knobs, N, K, M):
 
 
 @pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512", "generic-x86"])
-@pytest.mark.parametrize("lut_dtype", ["int8", "float32"])
-def test_named_x86_targets_compute_correctly(target, lut_dtype):
+@pytest.mark.parametrize("lut_dtype,pair", [("int8", True), ("int8", False), ("float32", True)])
+def test_named_x86_targets_compute_correctly(target, lut_dtype, pair):
     """Code for other x86 targets (AVX2 vpshufb, the portable select-chain fallback) runs here
     when this CPU has their features; it must match the reference too."""
     from lutc.backend.toolchain import runs_here
@@ -164,7 +165,7 @@ def test_named_x86_targets_compute_correctly(target, lut_dtype):
     if not runs_here(get_target(target)):
         pytest.skip(f"this CPU lacks features of {target}")
     qw, x = _case(3, 64, {}, 70, 150, 3, 11, "hlq")
-    sched = Schedule.make(bits=3, group_size=64, lut_dtype=lut_dtype, bn=64)
+    sched = Schedule.make(bits=3, group_size=64, lut_dtype=lut_dtype, bn=64, lut_pair=pair)
     y = lutc.compile(sched, target=target)(x, qw, threads=2)
     ref, _ = reference(x, qw)
     assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
@@ -210,7 +211,7 @@ def test_hard_activations_every_scale_block(xkind, target):
         for centered in (True, False):
             for ratio in (0, 16):
                 sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2,
-                                      lut_scale_ratio=ratio)
+                                      lut_scale_ratio=ratio, lut_pair=(blk + ratio) % 32 == 16 or centered)
                 y = lutc.compile(sched, target=target)(x, qw, threads=2)
                 assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (xkind, sched)
 
@@ -229,8 +230,37 @@ def test_integer_ratios_stay_in_int16_range(bits, gs, blk, outlier):
     codes = np.full((N, K), (1 << bits) - 1, np.uint8)
     scales = np.ones((bits, N, K // gs), np.float16)
     qw = quant.QuantizedTensor(bits, gs, (N, K), codes, scales, np.zeros((N, K // gs), np.float16))
-    sched = Schedule.make(bits=bits, group_size=gs, lut_scale_block=blk, lut_scale_ratio=64)
-    assert sched.scale_ratio == 64 and sched.acc_dtype == "int16"
-    y = lutc.compile(sched)(x, qw)
     ref, _ = reference(x, qw)
-    assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
+    for pair in (True, False):      # pair_madd saturates at int16: it must never need to
+        sched = Schedule.make(bits=bits, group_size=gs, lut_scale_block=blk, lut_scale_ratio=64, lut_pair=pair)
+        assert sched.scale_ratio == 64 and sched.acc_dtype == "int16"
+        y = lutc.compile(sched)(x, qw)
+        assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(problems())
+def test_pair_sums_are_bit_identical_to_single_lookups(p):
+    """tl.pair_madd sums the same integers as widening each lookup and multiplying per block, and
+    the pair order is undone before the float sums: both int8 paths give bit-identical y."""
+    bits, gs, knobs, N, K, M, seed, method, xkind = p
+    knobs = dict(knobs, lut_dtype="int8")
+    qw, x = _case(*p)
+    ys = [lutc.compile(Schedule.make(bits=bits, group_size=gs, **dict(knobs, lut_pair=pair)))(x, qw)
+          for pair in (True, False)]
+    np.testing.assert_array_equal(ys[0], ys[1])
+
+
+def test_paired_kernels_stay_in_256_bit_registers():
+    """On a 512-bit x86 target, paired kernels are compiled for 256-bit registers (spec.gemm_target);
+    the unpaired ones keep zmm."""
+    from lutc.backend.target import get_target
+    from lutc.kernels import spec
+    t = get_target("x86-avx512")
+    s = Schedule.make(bits=2, group_size=64, lut_pair=True)
+    assert s.paired and spec.gemm_target(s, t).vector_bits == 256
+    assert spec.gemm_target(s.replace(lut_pair=False), t) is t
+    assert spec.gemm_target(s, "x86-avx2") == "x86-avx2" and spec.gemm_target(s.replace(bn=64), t) is t
+    asm = lutc.compile(s, target=t).emit("asm")
+    assert "zmm" not in asm and "vpmaddubsw" in asm
+    assert "zmm" in lutc.compile(s.replace(lut_pair=False), target=t).emit("asm")

@@ -45,6 +45,8 @@ class KernelCodegen(ShapeOps):
         task = ir.Function(self.module, task_ty, f"{self.fn.name}_task")
         task.linkage = "internal"
         task.attributes.add("nounwind")
+        if self.target.is_x86 and self.target.has("avx512f") and self.target.vector_bits < 512:
+            limit_vector_width(task, self.target.vector_bits)
         ctx, pid = task.args
         ctx.add_attribute("noalias")
         self.b = ir.IRBuilder(task.append_basic_block("entry"))
@@ -260,6 +262,14 @@ class KernelCodegen(ShapeOps):
     def op_shuffle_bytes(self, op, args):
         return self.intr.shuffle_bytes(self.b, args[0], args[1])
 
+    def op_pair_madd(self, op, args):
+        from .pairs import emit_pair_madd
+        return emit_pair_madd(self.b, self.intr, self.target, *args)
+
+    def op_pair_order(self, op, args):
+        from .pairs import emit_pair_order
+        return emit_pair_order(self.b, self.target, args[0])
+
     def op_bytes_split(self, op, args):
         (table,) = args
         n = table.type.count
@@ -335,6 +345,16 @@ class KernelCodegen(ShapeOps):
                 phi.add_incoming(vals[i], blk)
             outs.append(phi)
         return outs
+
+
+def limit_vector_width(fn: ir.Function, bits: int):
+    """Keep LLVM's x86 code for `fn` in registers of at most `bits` (LLVM splits wider vectors):
+    the string attributes clang sets for -mprefer-vector-width (llvmlite's attribute set only
+    lists keyword attributes, so it is extended for these two)."""
+    attrs = [f'"min-legal-vector-width"="{bits}"', f'"prefer-vector-width"="{bits}"']
+    fn.attributes._known = frozenset(fn.attributes._known | set(attrs))
+    for a in attrs:
+        fn.attributes.add(a)
 
 
 def build_module(fn: Function, target: Target) -> ir.Module:

@@ -200,6 +200,28 @@ def lookup(gen, node, table, idx):
     return gen.b.lookup(_need_ir(gen, node, table, "table"), _need_ir(gen, node, idx, "idx"))
 
 
+def _u8_arg(gen, node, v, what):
+    """A uint8 kernel scalar, or a compile-time int 0..255 as a constant."""
+    if isinstance(v, Value):
+        if v.type != T.uint8:
+            raise gen.error(node, f"'{what}' must be a uint8 scalar (use .to(tl.uint8)), got {v.type}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
+        raise gen.error(node, f"'{what}' must be a uint8 scalar or an int 0..255, got {v!r}")
+    return gen.b.const(v, T.uint8)
+
+
+@builtin(tl.pair_madd)
+def pair_madd(gen, node, a, b, ra, rb):
+    return gen.b.pair_madd(_need_ir(gen, node, a, "a"), _need_ir(gen, node, b, "b"),
+                           _u8_arg(gen, node, ra, "ra"), _u8_arg(gen, node, rb, "rb"))
+
+
+@builtin(tl.pair_order)
+def pair_order(gen, node, x):
+    return gen.b.pair_order(_need_ir(gen, node, x, "x"))
+
+
 # compile time ---------------------------------------------------------------------------
 @builtin(tl.static_assert)
 def static_assert(gen, node, condition, message):

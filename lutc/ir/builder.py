@@ -299,6 +299,24 @@ class IRBuilder:
             return self.reshape(self.lookup(table, self.reshape(idx, it.size)), it.shape)
         return self._one("lookup", [table, idx], [T.BlockType(tt.elem, it.size)])
 
+    def pair_madd(self, a: Value, b: Value, ra: Value, rb: Value) -> Value:
+        """int16 ra * a + rb * b (saturated) in pair order (lutc/ir/pairs.py)."""
+        at = a.type
+        if not isinstance(at, T.BlockType) or at.rank != 1 or at.elem != T.int8 or b.type != at:
+            raise IRTypeError(f"pair_madd needs two 1-D int8 blocks of one size, got {at} and {b.type}")
+        if at.size % 16:
+            raise IRTypeError(f"pair_madd needs a multiple of 16 lanes, got {at.size}")
+        if ra.type != T.uint8 or rb.type != T.uint8:
+            raise IRTypeError(f"pair_madd multipliers must be uint8 scalars, got {ra.type} and {rb.type}")
+        return self._one("pair_madd", [a, b, ra, rb], [T.BlockType(T.int16, at.size)])
+
+    def pair_order(self, x: Value) -> Value:
+        """A pair-ordered block back in lane order (the order is the target's: lutc/backend/pairs.py)."""
+        t = x.type
+        if not isinstance(t, T.BlockType) or t.rank != 1 or t.size % 16:
+            raise IRTypeError(f"pair_order needs a 1-D block of a multiple of 16 lanes, got {t}")
+        return self._one("pair_order", [x], [t])
+
     def concat(self, a: Value, b: Value) -> Value:
         if not (isinstance(a.type, T.BlockType) and isinstance(b.type, T.BlockType)) or a.type.elem != b.type.elem \
                 or a.type.rank != 1 or b.type.rank != 1:

@@ -67,6 +67,11 @@ def _check_op(op: Op):
         _same(op, o[0].type, T.int1, "condition type")
         for reg in op.regions:
             _check_yield(op, reg, [v.type for v in r])
+    elif name == "pair_madd":
+        _same(op, o[1].type, o[0].type, "pair operand types")
+        _same(op, r[0].type, T.BlockType(T.int16, T.block_size(o[0].type)), "pair_madd result type")
+    elif name == "pair_order":
+        _same(op, r[0].type, o[0].type, "pair_order result type")
     elif name == "lookup" and T.scalar_of(o[0].type) != T.scalar_of(r[0].type):
         _fail(op, "lookup result dtype differs from the table dtype")
 

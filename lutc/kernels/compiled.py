@@ -36,7 +36,8 @@ class CompiledKernel:
         self._cexprs = spec.constexprs(s, target)
         self._fns = KERNELS[s.path]
         self.tables = self._fns[0].compile(self._sigs[0], self._cexprs[0], spec.TABLES_GRID_RANK, target)
-        self.gemm = self._fns[1].compile(self._sigs[1], self._cexprs[1], spec.GEMM_GRID_RANK, target)
+        self.gemm_target = spec.gemm_target(s, target)
+        self.gemm = self._fns[1].compile(self._sigs[1], self._cexprs[1], spec.GEMM_GRID_RANK, self.gemm_target)
         self.lut_np = np.dtype(T.numpy_name(spec.scratch_type(s)))
         self._plan_key = (s.codegen_key, str(target))     # computed once: __call__ is a hot path
         self._steps = {}                                  # (N, K, NG) -> rows per launch
@@ -50,7 +51,7 @@ class CompiledKernel:
         i = 1 if which == "gemm" else 0
         fn = self._fns[i]
         rank = spec.GEMM_GRID_RANK if i else spec.TABLES_GRID_RANK
-        return compiler.emit(fn, self._sigs[i], self._cexprs[i], rank, self.target, kind)
+        return compiler.emit(fn, self._sigs[i], self._cexprs[i], rank, self.gemm_target if i else self.target, kind)
 
     @property
     def objects(self) -> dict:

@@ -6,6 +6,8 @@ y[m, n] = sum_groups( sum_blocks sum_b s_b[n, grp] * P_b[m, n, grp, blk] * lut_s
  unit * sum_b s_b * (sum_blocks r * P_b) with the inner sum in int16)
 where P_b sums, over the tables of one scale block of a group, table[idx_b(n, t)] and
 idx_b(n, t) is formed by bit-plane b of the g weights of row n that table t covers.
+With PAIR (Schedule.lut_pair) the two lookups of a packed byte enter those sums together,
+r * (a + b) by one tl.pair_madd; the integers are the same.
 """
 from __future__ import annotations
 
@@ -102,8 +104,10 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
 def _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
            BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
            SB: tl.constexpr, CPG: tl.constexpr, MB: tl.constexpr, PLANE_MAJOR: tl.constexpr,
-           ACC: tl.constexpr):
-    """Accumulate the lookups of packed byte-chunk c (PB tables) into part[mi * BITS + b]."""
+           ACC: tl.constexpr, PAIR: tl.constexpr, mults):
+    """Accumulate the lookups of packed byte-chunk c (PB tables) into part[mi * BITS + b].
+    PAIR: the lookups of tables s and s + 1 (same rows, same scale block) are summed as
+    tl.pair_madd(a, b, mults[mi], mults[mi]) (part then holds rows in pair order)."""
     TS: tl.constexpr = 1 << G
     MASK: tl.constexpr = (1 << SB) - 1
     tables = [[luts_group for _ in tl.static_range(PB)] for _ in tl.static_range(MB)]
@@ -117,13 +121,28 @@ def _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
         else:
             wp = w_group + (c * BITS + b) * BN
         packed = tl.load(wp + tl.arange(0, BN))
-        for s in tl.static_range(PB):
-            if s == PB - 1:
-                idx = packed >> (s * SB)
-            else:
-                idx = (packed >> (s * SB)) & MASK
-            for mi in tl.static_range(MB):
-                part[mi * BITS + b] += tl.lookup(tables[mi][s], idx).to(ACC)
+        if PAIR:
+            for s in tl.static_range(0, PB, 2):
+                lo = (packed >> (s * SB)) & MASK
+                if s + 1 == PB - 1:
+                    hi = packed >> ((s + 1) * SB)
+                else:
+                    hi = (packed >> ((s + 1) * SB)) & MASK
+                for mi in tl.static_range(MB):
+                    two = tl.pair_madd(tl.lookup(tables[mi][s], lo), tl.lookup(tables[mi][s + 1], hi),
+                                       mults[mi], mults[mi])
+                    if ACC == tl.int16:
+                        part[mi * BITS + b] += two
+                    else:
+                        part[mi * BITS + b] += two.to(ACC)
+        else:
+            for s in tl.static_range(PB):
+                if s == PB - 1:
+                    idx = packed >> (s * SB)
+                else:
+                    idx = (packed >> (s * SB)) & MASK
+                for mi in tl.static_range(MB):
+                    part[mi * BITS + b] += tl.lookup(tables[mi][s], idx).to(ACC)
     return part
 
 
@@ -131,30 +150,51 @@ def _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
 def _block(acc, scales, w_group, luts_group, lut_scales, c0, blk, row, NG, TABLE_STRIDE,
            NCH: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, PB: tl.constexpr,
            SB: tl.constexpr, CPG: tl.constexpr, NS: tl.constexpr, UNROLL: tl.constexpr,
-           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, RATIO: tl.constexpr):
+           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, RATIO: tl.constexpr,
+           PAIR: tl.constexpr):
     """Scale block blk (NCH chunks from c0): integer lookups part_b, then with float block
     scales acc[mi] += (sum_b part_b * s_b) * lut_scales[(row + mi * NG) * NS + blk], with integer
-    ratios acc[mi * BITS + b] += part_b * r (r = lut_scales[(row + mi * NG) * NS + 1 + blk])."""
-    part = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
+    ratios acc[mi * BITS + b] += part_b * r (r = lut_scales[(row + mi * NG) * NS + 1 + blk]).
+    PAIR with integer ratios: pair_madd multiplies by r itself, so the lookups go straight into
+    acc (in pair order); PAIR with float scales: part (pair order, multipliers 1) is put back
+    in row order before the float sum."""
+    if PAIR and RATIO > 0:
+        # r is an exact small integer float: its low byte after adding 1.5 * 2**23
+        rs = [tl.bitcast(tl.load(lut_scales + (row + mi * NG) * NS + 1 + blk) + 12582912.0, tl.int32).to(tl.uint8)
+              for mi in tl.static_range(MB)]
+        part = acc
+    else:
+        rs = [1 for _ in tl.static_range(MB)]
+        part = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
     MAIN: tl.constexpr = NCH - NCH % UNROLL
     for cu in range(0, MAIN, UNROLL):
         for u in tl.static_range(UNROLL):
             part = _chunk(part, w_group, luts_group, c0 + cu + u, TABLE_STRIDE,
-                          BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
+                          BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC, PAIR, rs)
     for c in tl.static_range(MAIN, NCH):
         part = _chunk(part, w_group, luts_group, c0 + c, TABLE_STRIDE,
-                      BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC)
+                      BITS, G, BN, PB, SB, CPG, MB, PLANE_MAJOR, ACC, PAIR, rs)
+    if PAIR and RATIO > 0:
+        return part
     for mi in tl.static_range(MB):
         if RATIO > 0:
             r = tl.load(lut_scales + (row + mi * NG) * NS + 1 + blk).to(ACC)
             for b in tl.static_range(BITS):
                 acc[mi * BITS + b] += part[mi * BITS + b] * r
         else:
-            dot = part[mi * BITS].to(tl.float32) * scales[0]
+            dot = _natural(part[mi * BITS], PAIR).to(tl.float32) * scales[0]
             for b in tl.static_range(1, BITS):
-                dot += part[mi * BITS + b].to(tl.float32) * scales[b]
+                dot += _natural(part[mi * BITS + b], PAIR).to(tl.float32) * scales[b]
             acc[mi] += dot * tl.load(lut_scales + (row + mi * NG) * NS + blk)
     return acc
+
+
+@jit
+def _natural(v, PAIR: tl.constexpr):
+    """v in row order: sums of tl.pair_madd results are put back by tl.pair_order."""
+    if PAIR:
+        return tl.pair_order(v)
+    return v
 
 
 @jit
@@ -163,7 +203,7 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
           SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
           CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr,
-          NS: tl.constexpr, RATIO: tl.constexpr):
+          NS: tl.constexpr, RATIO: tl.constexpr, PAIR: tl.constexpr):
     """MB activation rows (m0 ..) against one weight tile of BN rows."""
     TS: tl.constexpr = 1 << G
     TABLE_STRIDE = NG * TPGP * TS           # elements between consecutive m's tables
@@ -178,22 +218,22 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
             iacc = [tl.zeros((BN,), ACC) for _ in tl.static_range(MB * BITS)]
             for blk in range(NBF):
                 iacc = _block(iacc, scales, w_group, luts_group, lut_scales, blk * CPB, blk, row, NG, TABLE_STRIDE,
-                              CPB, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO)
+                              CPB, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO, PAIR)
             if TAILC > 0:
                 iacc = _block(iacc, scales, w_group, luts_group, lut_scales, NBF * CPB, NBF, row, NG,
-                              TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO)
+                              TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO, PAIR)
             for mi in tl.static_range(MB):
-                dot = iacc[mi * BITS].to(tl.float32) * scales[0]
+                dot = _natural(iacc[mi * BITS], PAIR).to(tl.float32) * scales[0]
                 for b in tl.static_range(1, BITS):
-                    dot += iacc[mi * BITS + b].to(tl.float32) * scales[b]
+                    dot += _natural(iacc[mi * BITS + b], PAIR).to(tl.float32) * scales[b]
                 acc[mi] += dot * tl.load(lut_scales + (row + mi * NG) * NS)
         else:
             for blk in range(NBF):
                 acc = _block(acc, scales, w_group, luts_group, lut_scales, blk * CPB, blk, row, NG, TABLE_STRIDE,
-                             CPB, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO)
+                             CPB, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO, PAIR)
             if TAILC > 0:
                 acc = _block(acc, scales, w_group, luts_group, lut_scales, NBF * CPB, NBF, row, NG,
-                             TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO)
+                             TABLE_STRIDE, TAILC, BITS, G, BN, PB, SB, CPG, NS, UNROLL, MB, PLANE_MAJOR, ACC, RATIO, PAIR)
         zero = tl.load(sz + BITS * BN + tl.arange(0, BN)).to(tl.float32)
         if CENTER:                          # centered tables dropped xsum / 2 from every plane
             for b in tl.static_range(BITS):
@@ -210,7 +250,7 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
              MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
              CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr,
-             NS: tl.constexpr, RATIO: tl.constexpr):
+             NS: tl.constexpr, RATIO: tl.constexpr, PAIR: tl.constexpr):
     """One program per tile of BN weight rows: y[:, tile] for every activation row."""
     tile = tl.program_id(0)
     rows = tile * BN + tl.arange(0, BN)
@@ -219,8 +259,8 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
     MMAIN = M - M % MB
     for m0 in range(0, MMAIN, MB):
         _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO)
+              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO, PAIR)
     if MB > 1:
         for m0 in range(MMAIN, M):
             _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO)
+                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO, PAIR)

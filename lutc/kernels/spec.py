@@ -19,6 +19,8 @@ CompiledKernel.prepare.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..ir import types as T
 
 # What every constexpr of the two kernels means (s = the Schedule):
@@ -48,6 +50,8 @@ CONSTEXPR_LEGEND = {
     "CENTER": "int8 tables centered (s.centered): entries minus half the table's activation sum",
     "TAILC": "chunks of the last, partial scale block = CPG % CPB (0: none)",
     "LUT_DTYPE": "table element type (s.lut_dtype)",
+    "PAIR": "s.paired: the two lookups of a packed byte are summed by tl.pair_madd (int16, pair "
+            "order, times the block's integer ratio or 1) instead of widened one by one",
     "BM": "dot path: s.dot_bm, activation rows per output block (and per block of the xq layout)",
     "BNS": "dot path: s.dot_ns, weight rows per output block",
     "XB": "dot path: activations per int8 activation scale (s.act_scale_block)",
@@ -91,8 +95,21 @@ def constexprs(s, target="host") -> tuple[dict, dict]:
                 TPGP=s.padded_tables, UNROLL=s.unroll, MB=s.mb, PLANE_MAJOR=s.interleave == "plane",
                 ACC=ACC_TYPES[s.acc_dtype], NB=s.scale_blocks, CPB=s.scale_chunks,
                 NBF=s.chunks_per_group // s.scale_chunks, TAILC=s.chunks_per_group % s.scale_chunks,
-                CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio)
+                CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio, PAIR=s.paired)
     return tables, gemm
+
+
+def gemm_target(s, target="host"):
+    """The target lut_gemm is compiled for: `target`, except that paired kernels (s.paired) of
+    32-row tiles on a 512-bit x86 target are held to 256-bit registers: their lookups are ymm
+    anyway, and in ymm the pair form's byte shuffles (vpshufb, vpunpck[lh]bw) issue on two ports
+    (p1, p5), while any 512-bit op in flight turns p1's vector units off (docs/runtime.md,
+    "Pair-sum lookups"). Tiles of 64+ rows pair in zmm."""
+    from ..backend.target import get_target
+    t = get_target(target)
+    if s.path == "lut" and s.paired and s.bn <= 32 and t.is_x86 and t.vector_bits > 256:
+        return dataclasses.replace(t, vector_bits=256)
+    return target
 
 
 def scratch_sizes(s, M: int, NG: int) -> dict:

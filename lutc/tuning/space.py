@@ -6,9 +6,9 @@ import dataclasses
 from ..schedule import (ACT_BLOCKS, DEFAULT_TABLE_SCALES, DOT_KNOB_CHOICES, KNOB_CHOICES, LUT_SCALE_BLOCKS,
                         LUT_SCALE_RATIOS, Schedule)
 
-PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "bn", "unroll", "mb", "interleave",
+PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "bn", "unroll", "mb", "interleave",
           "threads", "path", "dot_bm", "dot_ns", "act_block", "act_residual")
-LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "unroll", "mb")  # the dot path ignores
+LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "unroll", "mb")  # the dot path ignores
 DOT_ONLY = ("dot_bm", "dot_ns", "act_block", "act_residual")                                    # the LUT path ignores
 
 
@@ -47,6 +47,7 @@ def space_for(p: Problem, cores: int) -> dict:
     space["lut_scale_block"] = tuple(b for b in LUT_SCALE_BLOCKS if b < p.group_size) + (p.group_size,)
     space["lut_centered"] = (True, False)
     space["lut_scale_ratio"] = LUT_SCALE_RATIOS
+    space["lut_pair"] = (True, False)
     space["threads"] = thread_choices(cores)
     space["path"] = DOT_KNOB_CHOICES["path"] if p.group_size % 32 == 0 else ("lut",)
     space["dot_bm"] = tuple(v for v in DOT_KNOB_CHOICES["dot_bm"] if v <= max(32, p.M))   # 32: the default
@@ -73,6 +74,8 @@ def invalid_reason(s: Schedule, p: Problem) -> str | None:
                 f"unrolled loop would never run")
     if s.lut_dtype != "int8" and (s.lut_scale_block < s.group_size or not s.lut_centered):
         return f"lut_scale_block and lut_centered only change int8 tables ({s.lut_dtype} tables: a duplicate)"
+    if s.lut_dtype != "int8" and s.lut_pair != Schedule.lut_pair:
+        return f"lut_pair only changes int8 tables ({s.lut_dtype} tables: a duplicate)"
     default_ratio = DEFAULT_TABLE_SCALES.get(s.bits, (32, 0))[1]
     if s.lut_scale_ratio != default_ratio and s.replace(lut_scale_ratio=1).scale_ratio == 0:
         return (f"lut_scale_ratio={s.lut_scale_ratio} has no effect here (float tables, one scale block, or a "
@@ -109,8 +112,8 @@ def suggest(trial, space: dict) -> dict:
 
 
 def describe(s: Schedule) -> str:
-    """A compact one-line knob summary: 'g4 int8/32cr8 bn64 u4 mb1 chunk t2' (int8: activations per
-    table scale, c = centered, rR = integer block ratios up to R); on the dot path
+    """A compact one-line knob summary: 'g4 int8/32cr8p bn64 u4 mb1 chunk t2' (int8: activations per
+    table scale, c = centered, rR = integer block ratios up to R, p = pair-sum lookups); on the dot path
     'dot g4 bn32 bm64 ns4 xb128 chunk t2'."""
     t = "*" if s.threads is None else s.threads
     if s.path == "dot":
@@ -119,5 +122,5 @@ def describe(s: Schedule) -> str:
     tab = s.lut_dtype
     if s.lut_dtype == "int8":
         blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
-        tab += f"/{blk}{'c' if s.centered else ''}{f'r{s.scale_ratio}' if s.scale_ratio else ''}"
+        tab += f"/{blk}{'c' if s.centered else ''}{f'r{s.scale_ratio}' if s.scale_ratio else ''}{'p' if s.paired else ''}"
     return f"g{s.g} {tab} bn{s.bn} u{s.unroll} mb{s.mb} {s.interleave} t{t}"
