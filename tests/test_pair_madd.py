@@ -101,4 +101,6 @@ def test_default_schedule_pairs_on_avx2_targets_only():
     assert not default_schedule(2, 64, 1, "x86-avx512").lut_pair
     assert not default_schedule(2, 64, 1, "aarch64-linux").lut_pair
     assert not default_schedule(2, 64, 1, "generic-x86").lut_pair          # no byte shuffle at all
-    assert default_schedule(4, 128, 64, "x86-avx2").path == "lut"          # no dot instruction on AVX2
+    assert default_schedule(2, 128, 64, "x86-avx2").path == "lut"          # AVX2: W2 stays on LUT (ops.dot_preferred)
+    w4 = default_schedule(4, 128, 64, "x86-avx2")                           # W4 from 32 rows: dot, no pairs
+    assert w4.path == "dot" and not w4.lut_pair
