@@ -190,3 +190,62 @@ def test_block_types_keep_1d_identity_and_print_2d_shapes():
     text = outer.emit({"x": "*f32", "y": "*f32", "out": "*f32", "M": "i32", "N": "i32"},
                       dict(BM=8, BN=8), 1, kind="ir")
     assert "reshape" in text and "broadcast" in text and "<8x8xf32>" in text
+
+
+@lutc.jit
+def two_col_blocks(x, y, K, BM: tl.constexpr, W: tl.constexpr):
+    rows = tl.arange(0, BM)
+    lane = tl.arange(0, W)
+    off = K - 2 * W                                   # a runtime column offset, from the row stride
+    v = tl.load(x + rows[:, None] * K + (off + lane)[None, :])
+    v2 = tl.load(x + rows[:, None] * K + (off + lane + W)[None, :])
+    tl.store(y + rows, tl.sum(v, axis=1) + tl.sum(v2, axis=1))
+
+
+@lutc.jit
+def two_col_blocks_folded(x, y, K, BM: tl.constexpr, W: tl.constexpr):
+    rows = tl.arange(0, BM)
+    lane = tl.arange(0, W)
+    base = x + (K - 2 * W)                            # the same offset, folded into the pointer
+    v = tl.load(base + rows[:, None] * K + lane[None, :])
+    v2 = tl.load(base + rows[:, None] * K + (lane + W)[None, :])
+    tl.store(y + rows, tl.sum(v, axis=1) + tl.sum(v2, axis=1))
+
+
+@pytest.mark.parametrize("target", [
+    "x86-avx2",
+    pytest.param("x86-avx512", marks=pytest.mark.xfail(strict=True, reason=(
+        "LLVM 22 x86 AVX-512 miscompile: row-access loads with runtime column offsets lose the row stride"))),
+])
+def test_row_loads_with_runtime_column_offsets(target):
+    """Known LLVM 22 x86 AVX-512 miscompile (not lutc's: the optimized LLVM IR is right and the AVX2
+    code is right): two row-access loads whose column offsets are a runtime splat plus constants lose
+    the row stride, so every row reads row 0. No lutc kernel has this shape (their column offsets
+    come from program ids and constants); write such a kernel with the offset folded into the row
+    pointer (x + off + rows[:, None] * K + lane[None, :]) instead. Strict xfail: when LLVM fixes
+    it, this test says so."""
+    from lutc.backend.target import get_target
+    from lutc.backend.toolchain import runs_here
+    if not runs_here(get_target(target)):
+        pytest.skip(f"{target} code does not run on this host")
+    W, BM = 8, 2
+    x = np.random.default_rng(0).standard_normal((BM, 2 * W)).astype(np.float32)
+    y = np.zeros(BM, np.float32)
+    fn = two_col_blocks.compile({"x": "*f32", "y": "*f32", "K": "i32"}, dict(BM=BM, W=W), target=target)
+    fn.bind((1,), [x, y, 2 * W])(1)
+    np.testing.assert_allclose(y, x.sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_row_loads_with_the_offset_folded_into_the_pointer():
+    """The workaround named above gives numpy's row sums on every x86 target that runs here."""
+    from lutc.backend.target import get_target
+    from lutc.backend.toolchain import runs_here
+    for target in ("x86-avx2", "x86-avx512"):
+        if not runs_here(get_target(target)):
+            continue
+        for W, BM in ((8, 2), (16, 4), (32, 3)):
+            x = np.random.default_rng(W).standard_normal((BM, 2 * W)).astype(np.float32)
+            y = np.zeros(BM, np.float32)
+            fn = two_col_blocks_folded.compile({"x": "*f32", "y": "*f32", "K": "i32"}, dict(BM=BM, W=W), target=target)
+            fn.bind((1,), [x, y, 2 * W])(1)
+            np.testing.assert_allclose(y, x.sum(1), rtol=1e-5, atol=1e-5)
