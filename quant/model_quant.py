@@ -126,7 +126,7 @@ class _SequentialGPTQ:
             acc = HessianAccumulator(x.shape[-1])
             for part in x.split(8192):
                 acc.add(part)
-            self._quantize_group(names, acc.H)
+            self._quantize_group(names, acc)  # gptq_quantize takes acc's H and frees it early
         return pre
 
     def remove(self):
@@ -258,7 +258,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                 if pes is not None:
                     pe = pes[config.layer_types[i]]
 
-                def quantize_group(names, H, prefix=prefix, mods=mods):
+                def quantize_group(names, H, prefix=prefix, mods=mods):  # H: a HessianAccumulator
                     w = torch.cat([mods[n].weight for n in names]) if len(names) > 1 else mods[names[0]].weight
                     qt, gi = gptq_quantize(w, H, bits, group_size, fit=fit, damp=damp, act_order=act_order,
                                            rounds=rounds)
@@ -309,7 +309,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                 acc.add(norm(part))
             del h
             linears["lm_head"], info["lm_head"] = gptq_quantize(
-                w_head, acc.H, lm_head_bits, lm_head_group_size, fit=fit, damp=damp, act_order=act_order,
+                w_head, acc, lm_head_bits, lm_head_group_size, fit=fit, damp=damp, act_order=act_order,
                 rounds=rounds)
         else:
             linears["lm_head"] = quantize(w_head.detach().numpy(), lm_head_bits, lm_head_group_size, method, rounds)
