@@ -13,7 +13,7 @@ from .tensor import bitplanes, code_values
 
 __all__ = ["hlq_fit"]
 
-_CHUNK_ELEMS = 1 << 19  # weights per row chunk: bounds memory and keeps the working set in cache
+_CHUNK_ELEMS = 1 << 18  # weights per row chunk: bounds memory and keeps the working set in cache
 _SEARCH_BLOCK_BYTES = 1 << 19  # binary search: rows per block whose table (float32) fits in L2
 _MAX_THREADS = 8  # row chunks are independent; numpy (bincount, ufuncs, solve) releases the GIL
 _RIDGE = 1e-4  # proximal ridge: pulls undetermined directions (empty or all-ones plane) to the previous fit
@@ -119,6 +119,7 @@ class _SortedGroups:
         self.csum = np.empty((n * g, gs + 1), np.float64)
         self.csum[:, 0] = 0.0
         self.csum[:, 1:] = np.cumsum(w64, axis=-1)  # contiguous last-axis cumsum: the fast layout
+        self.csum_base = (np.arange(n * g, dtype=np.intp) * (gs + 1))[:, None]
         self.nvalid = np.full((n, g), gs, np.intp)
         self.nvalid[:, -1] = valid_last
         self.shape, self.gs = (n, g), gs
@@ -148,7 +149,7 @@ class _SortedGroups:
         bounds[:, 0] = 0
         bounds[:, 1:-1] = self._count_le(mid)
         bounds[:, -1] = self.nvalid.reshape(-1)
-        sums = np.take_along_axis(self.csum, bounds, axis=-1)
+        sums = self.csum.reshape(-1)[self.csum_base + bounds]
         cnt = np.diff(bounds, axis=-1).astype(np.float64).reshape(n, g, c)
         sw = np.diff(sums, axis=-1).reshape(n, g, c)
         out_cnt, out_sw = np.empty_like(cnt), np.empty_like(sw)
