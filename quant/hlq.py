@@ -65,7 +65,7 @@ def _nearest_ranks(wg: np.ndarray, values: np.ndarray):
 
 
 class _Stats:
-    """Per (row, group, code) count and weight sum, via bincounts over a flat (row, group, rank) index."""
+    """Per (row, group, code) count and weight sum, via bincounts over a flat (row, group, code) index."""
 
     def __init__(self, wg: np.ndarray, valid_last: int, ncodes: int):
         n, g, gs = wg.shape
@@ -122,7 +122,7 @@ class _SortedGroups:
         self.csum_base = (np.arange(n * g, dtype=np.intp) * (gs + 1))[:, None]
         self.nvalid = np.full((n, g), gs, np.intp)
         self.nvalid[:, -1] = valid_last
-        self.shape, self.gs = (n, g), gs
+        self.shape = (n, g)
 
     def _count_le(self, mid: np.ndarray) -> np.ndarray:
         """#(w <= mid) per (row, group) for mid (n*G, J), by branch-free binary search over the sorted
