@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ class HessianAccumulator:
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
+        if self.H is None:
+            raise ValueError("HessianAccumulator: H was already taken")
         x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
         if x.shape[1] != self.k:
             raise ValueError(f"x: expected last dimension {self.k}, got {x.shape[1]}")
@@ -41,32 +44,71 @@ class HessianAccumulator:
         x = x * math.sqrt(2.0 / self.n)
         self.H.addmm_(x.T, x)
 
+    def take(self) -> torch.Tensor:
+        """H, handed over: the accumulator drops its reference (and accepts no more inputs), so
+        gptq_quantize(w, acc, ...) can free the K x K matrix as soon as it has its own copy."""
+        H, self.H = self.H, None
+        if H is None:
+            raise ValueError("HessianAccumulator: H was already taken")
+        return H
 
-def _inverse_cholesky(H: torch.Tensor, damp: float):
-    """Upper Cholesky factor of H^-1 after dampening H += damp * mean(diag H) * I.
 
+def _inverse_cholesky(A: torch.Tensor, damp: float):
+    """The upper Cholesky factor U of H^-1 (U^T U = H^-1), as M = flip(U), from A = flip(H) (rows and
+    columns reversed), after dampening H += damp * mean(diag H) * I. A is consumed: dampened in place,
+    its storage released once factored (A.set_()), so at most two K x K buffers exist at a time.
+
+    With J the reversal, J H J = A = L L^T gives H^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is
+    upper triangular: U = J M J with M = L^-1. One Cholesky and one triangular solve (the former
+    route, H^-1 = L^-T L^-1 and then a second Cholesky, added a K^3 product and a second
+    factorization and held about eight K x K copies; at K = 11008 each is 485 MB).
     If the factorization fails (H numerically indefinite), dampening grows tenfold per try.
-    Returns (factor, damp actually used).
+    Returns (M = L^-1, lower triangular; damp actually used). Read U through _u_block.
     """
-    k = H.shape[0]
-    mean_diag = float(torch.diagonal(H).mean())
+    k = A.shape[0]
+    mean_diag = float(torch.diagonal(A).mean())
     if not math.isfinite(mean_diag):
         raise ValueError("Hessian has non-finite entries (NaN/inf calibration activations?)")
-    d = damp
+    d, added = damp, 0.0
     for _ in range(_MAX_DAMP_RETRIES):
-        Hd = H.clone()
-        Hd.diagonal().add_(d * mean_diag)
-        L, info = torch.linalg.cholesky_ex(Hd)
+        A.diagonal().add_(d * mean_diag - added)
+        added = d * mean_diag
+        L, info = torch.linalg.cholesky_ex(A)
         if int(info) == 0:
-            # H^-1 = L^-T L^-1; cholesky_inverse (LAPACK potri) is 10-30x slower on CPU here
-            Linv = torch.linalg.solve_triangular(L, torch.eye(k, dtype=L.dtype), upper=False)
-            Hinv = Linv.T @ Linv
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info) == 0 and torch.isfinite(U).all():
-                return U, d
+            A.set_()  # release H's copy: only L and L^-1 from here
+            # L^-1 in place of the identity (LAPACK trsm works in place; tests check the result)
+            M = torch.eye(k, dtype=L.dtype)
+            torch.linalg.solve_triangular(L, M, upper=False, out=M)
+            if torch.isfinite(M.sum()):
+                return M, d
+            del M
+            A.set_(L @ L.T)  # rare: L^-1 overflowed; rebuild the dampened matrix and damp more
+        del L
         d = d * 10 if d > 0 else 1e-6
     raise ValueError(f"Hessian ({k}x{k}) is not positive definite even with dampening {d / 10:g} "
                      "x mean(diag); check the calibration activations")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch intra-op threads set to n inside (restored after). The per-column ops of GPTQ's inner
+    loop touch one column (N floats, about 100 kB): split over threads they cost 10-500x their
+    single-thread time in synchronization, measured on a loaded 2-core machine."""
+    old = torch.get_num_threads()
+    if old == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _u_block(M: torch.Tensor, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+    """U[r0:r1, c0:c1] of U = J M J (see _inverse_cholesky): a reversed copy of M's mirrored block."""
+    k = M.shape[0]
+    return torch.flip(M[k - r1:k - r0, k - c1:k - c0], (0, 1))
 
 
 def _fit_group(wg: np.ndarray, bits: int, group_size: int, fit: str, rounds: int):
@@ -94,6 +136,8 @@ def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp
                   act_order: bool = False, block_size: int = 128, rounds: int = 15):
     """GPTQ of an (N, K) weight matrix given the (K, K) input Hessian H; returns (QuantizedTensor, info).
 
+    H: a tensor (not modified) or a HessianAccumulator, whose H is taken (see its take()).
+
     fit="rtn": uniform min/max parameters per group (method "gptq"); fit="hlq": the ELUTQ
     HLQ fit per group (method "hlq-gptq"). Without act-order each group's parameters are fit
     when GPTQ reaches it, on the error-compensated weights. With act-order, columns are taken
@@ -106,36 +150,44 @@ def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp
     if not 1 <= int(bits) <= 4:
         raise ValueError(f"bits: expected an int in 1..4, got {bits!r}")
     W = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w)
-    W = W.detach().to(torch.float32).clone()
+    W = W.detach()
     if W.ndim != 2:
         raise ValueError(f"w: expected a 2-D (N, K) matrix, got shape {tuple(W.shape)}")
     n, k = W.shape
-    H = torch.as_tensor(H).detach().to(torch.float32).clone()
+    if isinstance(H, HessianAccumulator):
+        H = H.take()
+    H = torch.as_tensor(H).detach()
     if H.shape != (k, k):
         raise ValueError(f"H: expected shape ({k}, {k}) for w of shape ({n}, {k}), got {tuple(H.shape)}")
-    if not torch.isfinite(W).all():
-        raise ValueError("w: expected finite values")
     method = "gptq" if fit == "rtn" else "hlq-gptq"
 
     dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else None
-    if perm is not None:
-        H = H[perm][:, perm]
-    U, used_damp = _inverse_cholesky(H, damp)
+    Wt = W.to(torch.float32).T.contiguous()  # (K, N), a copy: column i of W is the contiguous row Wt[i]
+    del W
+    if not np.isfinite(Wt.numpy()).all():  # numpy: one thread, no intra-op sync (see _torch_threads)
+        raise ValueError("w: expected finite values")
+    Wt[dead] = 0.0
+    perm = torch.argsort(torch.diagonal(H).masked_fill(dead, 1.0), descending=True) if act_order else None
+    # A = flip(H[perm][:, perm]) in float32: the one K x K copy GPTQ keeps of H (see _inverse_cholesky)
+    if perm is None:
+        A = torch.flip(H.to(torch.float32), (0, 1))
+    else:
+        rev = perm.flip(0)
+        A = H[rev[:, None], rev[None, :]].to(torch.float32)
+    del H  # the caller's H (or a consumed HessianAccumulator's) is no longer needed here
+    A.diagonal()[torch.diagonal(A) == 0] = 1.0  # dead inputs: H_ii = 1
+    M, used_damp = _inverse_cholesky(A, damp)
+    del A
 
     g = math.ceil(k / group_size)
     scales = np.empty((bits, n, g), np.float16)
     zeros = np.empty((n, g), np.float16)
     if perm is not None:  # static groups: parameters from the (dead-zeroed) original weights
-        scales[...], zeros[...] = _fit_group(W.numpy(), bits, group_size, fit, rounds)
+        scales[...], zeros[...] = _fit_group(np.ascontiguousarray(Wt.T.numpy()), bits, group_size, fit, rounds)
         values = torch.from_numpy(np.ascontiguousarray(
-            np.moveaxis(code_values(scales, zeros), 1, 0)))  # (G, N, C)
-        W = W[:, perm]
+            code_values(scales, zeros).transpose(1, 2, 0)))  # (G, C, N)
+        Wt = Wt[perm]
         col_group = (perm // group_size).tolist()
-    Wt = W.T.contiguous()  # (K, N): column i of W is the contiguous row Wt[i]
-    del W
     codes_t = torch.empty((k, n), dtype=torch.uint8)
     loss = torch.zeros((), dtype=torch.float64)
 
@@ -152,24 +204,26 @@ def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp
             g1 = min(g0 + group_size, k)
             s, z = _fit_group(np.ascontiguousarray(Wt[g0:g1].T.numpy()), bits, group_size, fit, rounds)
             scales[:, :, g0 // group_size], zeros[:, g0 // group_size] = s[:, :, 0], z[:, 0]
-            V = torch.from_numpy(code_values(s[:, :, 0], z[:, 0]))  # (N, C)
+            V = torch.from_numpy(np.ascontiguousarray(code_values(s[:, :, 0], z[:, 0]).T))  # (C, N)
         W1 = Wt[b0:b1]
-        Hinv1 = U[b0:b1, b0:b1]
+        Hinv1 = _u_block(M, b0, b1, b0, b1)
         Err1 = torch.empty_like(W1)
-        for i in range(b1 - b0):
-            if perm is not None:
-                V = values[col_group[b0 + i]]
-            w = W1[i]
-            code = torch.argmin((w[:, None] - V).abs_(), dim=1)
-            q = V.gather(1, code[:, None])[:, 0]
-            codes_t[b0 + i] = code.to(torch.uint8)
-            d = Hinv1[i, i]
-            err = (w - q) / d
-            loss += err.square().sum().double() / 2
-            W1[i:].addmm_(Hinv1[i, i:, None], err[None], alpha=-1.0)  # addmm: far faster than addr
-            Err1[i] = err
+        with _torch_threads(1):
+            for i in range(b1 - b0):
+                if perm is not None:
+                    V = values[col_group[b0 + i]]
+                w = W1[i]
+                # nearest code: min over the outer axis of (C, N) (an argmin over a size-C inner axis
+                # was several times slower); the first minimum's index, as argmin gives
+                code = (w[None] - V).abs_().min(0)[1]
+                q = V.gather(0, code[None])[0]
+                codes_t[b0 + i] = code.to(torch.uint8)
+                err = (w - q) / Hinv1[i, i]
+                loss += err.square().sum().double() / 2
+                W1[i + 1:].addmm_(Hinv1[i, i + 1:, None], err[None], alpha=-1.0)  # addmm: far faster than addr
+                Err1[i] = err
         if b1 < k:
-            Wt[b1:].addmm_(U[b0:b1, b1:].T, Err1, alpha=-1.0)
+            Wt[b1:].addmm_(_u_block(M, b0, b1, b1, k).T, Err1, alpha=-1.0)
     if perm is not None:
         inv = torch.argsort(perm)
         codes_t = codes_t[inv]

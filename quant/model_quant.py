@@ -65,10 +65,8 @@ def offload_codes(qt: QuantizedTensor, folder, name: str) -> QuantizedTensor:
     return new
 
 
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc malloc_trim). Streaming frees a block's weights
-    and temporaries every block; glibc's adaptive mmap threshold otherwise keeps them in the heap,
-    and the resident size grows with the number of blocks."""
+def _libc():
+    """glibc through ctypes, or False (another C library, or not found)."""
     global _LIBC
     if _LIBC is None:
         import ctypes
@@ -76,10 +74,31 @@ def _trim_heap() -> None:
         try:
             _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         except (OSError, AttributeError):
             _LIBC = False
-    if _LIBC:
+    return _LIBC
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc malloc_trim). Streaming frees a block's weights
+    and temporaries every block; glibc's adaptive mmap threshold otherwise keeps them in the heap,
+    and the resident size grows with the number of blocks."""
+    if _libc():
         _LIBC.malloc_trim(0)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_STREAM_MMAP_THRESHOLD = 1 << 20
+
+
+def _fix_mmap_threshold() -> None:
+    """Streaming: serve every allocation of 1 MiB or more by its own mmap, returned to the OS when
+    freed (glibc mallopt M_MMAP_THRESHOLD; this also turns off the adaptive threshold, which after
+    the first large free keeps arrays up to 32 MiB in the heap). Process-wide and permanent.
+    Measured on the 16-block streaming test model with hlq-gptq: peak RssAnon +108 MB -> +68 MB."""
+    if _libc():
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, _STREAM_MMAP_THRESHOLD)
 
 
 _LIBC = None
@@ -126,7 +145,7 @@ class _SequentialGPTQ:
             acc = HessianAccumulator(x.shape[-1])
             for part in x.split(8192):
                 acc.add(part)
-            self._quantize_group(names, acc.H)
+            self._quantize_group(names, acc)  # gptq_quantize takes acc's H and frees it early
         return pre
 
     def remove(self):
@@ -199,7 +218,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     over the scales only (quant.finetune; knobs in `ft`: an FTConfig or its kwargs).
     offload_dir: a directory; each finished block's codes go there as .npy files and come back
     memory-mapped (not resident), so a model larger than RAM streams from a safetensors directory
-    with about one float block, the calibration activations and the fp16 scales in memory.
+    with about one float block, the calibration activations and the fp16 scales in memory
+    (glibc's heap is also trimmed per block and its mmap threshold fixed at 1 MiB, process-wide).
     """
     _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
     if method == "hlq-ft":
@@ -210,6 +230,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
         ft = None
     from transformers import AutoModelForCausalLM
 
+    if offload_dir is not None:
+        _fix_mmap_threshold()
     src = open_source(model_or_path, tokenizer)
     config = src.config
     n_layers = int(config.num_hidden_layers)
@@ -258,7 +280,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                 if pes is not None:
                     pe = pes[config.layer_types[i]]
 
-                def quantize_group(names, H, prefix=prefix, mods=mods):
+                def quantize_group(names, H, prefix=prefix, mods=mods):  # H: a HessianAccumulator
                     w = torch.cat([mods[n].weight for n in names]) if len(names) > 1 else mods[names[0]].weight
                     qt, gi = gptq_quantize(w, H, bits, group_size, fit=fit, damp=damp, act_order=act_order,
                                            rounds=rounds)
@@ -309,7 +331,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                 acc.add(norm(part))
             del h
             linears["lm_head"], info["lm_head"] = gptq_quantize(
-                w_head, acc.H, lm_head_bits, lm_head_group_size, fit=fit, damp=damp, act_order=act_order,
+                w_head, acc, lm_head_bits, lm_head_group_size, fit=fit, damp=damp, act_order=act_order,
                 rounds=rounds)
         else:
             linears["lm_head"] = quantize(w_head.detach().numpy(), lm_head_bits, lm_head_group_size, method, rounds)

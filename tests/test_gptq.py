@@ -141,3 +141,54 @@ def test_bad_inputs():
         gptq_quantize(w, h, 5, 16)
     with pytest.raises(ValueError, match="non-finite"):
         gptq_quantize(w, h * float("nan"), 2, 16)
+
+
+# ----- equivalence with the former implementation (tests/_quant_reference.py) ----------------
+def test_inverse_cholesky_factor_matches_former_route_and_inverts_h():
+    from _quant_reference import inverse_cholesky_reference
+    from quant.gptq import _inverse_cholesky, _u_block
+
+    for k, damp in ((50, 0.01), (130, 0.1)):
+        h = hessian(correlated_inputs(k, 400, seed=k))
+        m, used = _inverse_cholesky(torch.flip(h, (0, 1)).contiguous(), damp)
+        assert used == damp
+        u = _u_block(m, 0, k, 0, k)
+        assert torch.equal(u, torch.triu(u)) and (torch.diagonal(u) > 0).all()
+        hd = h.double() + damp * float(torch.diagonal(h).mean()) * torch.eye(k, dtype=torch.float64)
+        torch.testing.assert_close(u.double().T @ u.double() @ hd, torch.eye(k, dtype=torch.float64),
+                                   atol=2e-3, rtol=0)
+        torch.testing.assert_close(u, inverse_cholesky_reference(h, damp), rtol=2e-3, atol=2e-4 * float(u.abs().max()))
+        np.testing.assert_array_equal(_u_block(m, 3, 20, 10, 40).numpy(), u[3:20, 10:40].numpy())
+
+
+@pytest.mark.parametrize("fit", ["rtn", "hlq"])
+@pytest.mark.parametrize("bits,n,k,gs", [(2, 64, 256, 64), (3, 37, 200, 64), (4, 20, 130, 128), (1, 16, 96, 32)])
+def test_gptq_matches_former_implementation(fit, bits, n, k, gs):
+    """Same codes and parameters as the former GPTQ loop, loss equal up to float noise."""
+    from _quant_reference import gptq_reference
+
+    x = correlated_inputs(k, 1024, seed=bits)
+    x[:, 5] = 0.0  # a dead channel
+    w, h = weights(n, k, seed=n), hessian(x)
+    ref, ref_loss = gptq_reference(w, h, bits, gs, fit=fit)
+    qt, info = gptq_quantize(w, h, bits, gs, fit=fit)
+    assert (qt.codes == ref.codes).mean() > 0.995  # flips only where float noise moves a near-tie
+    np.testing.assert_array_equal(qt.scales[:, :, 0], ref.scales[:, :, 0])  # group 0: before any compensation
+    assert abs(info["loss"] - ref_loss) <= 1e-3 * ref_loss
+    assert abs(out_err(x, w, qt) - out_err(x, w, ref)) <= 1e-3 * out_err(x, w, ref)
+
+
+def test_hessian_accumulator_is_taken_by_gptq():
+    x, w = correlated_inputs(64, 500), weights(16, 64)
+    acc = HessianAccumulator(64)
+    acc.add(x)
+    h = acc.H.clone()
+    a, _ = gptq_quantize(w, acc, 2, 32, fit="hlq")
+    b, _ = gptq_quantize(w, h, 2, 32, fit="hlq")
+    assert acc.H is None
+    np.testing.assert_array_equal(a.codes, b.codes)
+    np.testing.assert_array_equal(a.scales, b.scales)
+    with pytest.raises(ValueError, match="already taken"):
+        acc.add(x)
+    with pytest.raises(ValueError, match="already taken"):
+        gptq_quantize(w, acc, 2, 32)

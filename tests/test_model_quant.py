@@ -67,8 +67,8 @@ def test_calibration_runs_through_quantized_linears(model, monkeypatch):
     seen = []
     real = gptq_mod.gptq_quantize
 
-    def spy(w, H, *a, **k):
-        seen.append(H.clone())
+    def spy(w, H, *a, **k):  # quantize_model hands over HessianAccumulators (their H is taken)
+        seen.append((H.H if isinstance(H, gptq_mod.HessianAccumulator) else H).clone())
         return real(w, H, *a, **k)
     monkeypatch.setattr("quant.model_quant.gptq_quantize", spy)
     ids = token_ids(4, 32)
