@@ -2,11 +2,16 @@
 same bytes: kernel time at M=1, interleaved.
 
 Usage: python bench/bench_prefetch_ab.py [--shapes 2/4096/4096,...] [--threads 1] [--pf 0,1,2,4] [--out f.json]
+       python bench/bench_prefetch_ab.py --decode 2:2,4 4:1   (7B-shape decode, 1 thread, instead)
 Per (bits, N, K, threads): the default schedule (ops.default_schedule, M=1) with prefetch 0 / 1 /
 2 / 4 groups ahead, all reading the same packed copies (cycled: each call reads a copy no recent
 call read, so weights stream as in decode), call by call alternating with "stream" (the roofline
 probe of bench_e2e.py reading float32 arrays of the packed weights' + scales' bytes, cycled the
 same way), order reversed every round; the table launch runs before each GEMM, untimed.
+--decode bits:D,..: bench_e2e.py's llama7b model (LLaMA-2-7B shapes, 4 layers, g128) at 1 thread,
+prefetch 0 and each D on the same packed weights, 32 steps per decoder per round, interleaved
+(order swapped every round); per decoder the median over rounds of per-round median step times,
+wall and thread CPU time, as a fraction of bench_e2e.bandwidth (512 MB probe, before and after).
 Prints per variant the median over rounds of per-round medians, the 25th percentile and the
 minimum of all calls, the median thread CPU time at 1 thread (the GEMM runs on the calling thread),
 and each as a fraction of the stream probe's figure of the same kind (bytes / time).
@@ -90,6 +95,48 @@ def run(bits, N, K, threads, pfs, rounds, calls, stream_mb, gs=None):
             "loadavg": os.getloadavg()}
 
 
+def _steps(dec, n):
+    dec.reset()
+    dec.prefill([1, 2, 3, 4])
+    tok, ts, cs = 5, [], []
+    for _ in range(n):
+        t, c = time.perf_counter(), time.thread_time()
+        logits = dec.decode(tok)
+        ts.append(time.perf_counter() - t)
+        cs.append(time.thread_time() - c)
+        tok = int(np.argmax(logits))
+    return float(np.median(ts)), float(np.median(cs))
+
+
+def decode(bits, pfs, rounds, steps=32):
+    from bench_e2e import bandwidth, lutc_model
+    from runtime import LeanDecoder
+    base = LeanDecoder(lutc_model("llama7b", bits), n_ctx=64, threads=1)
+    decs = {"pf0": base}
+    for d in pfs:
+        decs[f"pf{d}"] = LeanDecoder(base.to_packed_model(), n_ctx=64, threads=1, knobs={"prefetch": d})
+    for d in decs.values():
+        _steps(d, 4)
+    bw_cpu = {}
+    bw = bandwidth([1], 5, cpu_out=bw_cpu)[1]
+    wall, cpu = ({k: [] for k in decs} for _ in range(2))
+    for r in range(rounds):
+        for k in (list(decs) if r % 2 == 0 else list(decs)[::-1]):
+            w, c = _steps(decs[k], steps)
+            wall[k].append(w)
+            cpu[k].append(c)
+    bw = max(bw, bandwidth([1], 5, cpu_out=bw_cpu)[1])
+    wb = base.weight_bytes
+    w = {k: float(np.median(v)) for k, v in wall.items()}
+    c = {k: float(np.median(v)) for k, v in cpu.items()}
+    return {"model": "llama7b (4 layers)", "bits": bits, "group_size": 128, "threads": 1, "weight_bytes": wb,
+            "bandwidth_GBs": bw, "bandwidth_cpu_GBs": bw_cpu[1], "wall_ms": {k: v * 1e3 for k, v in w.items()},
+            "cpu_ms": {k: v * 1e3 for k, v in c.items()},
+            "roofline_frac": {k: wb / v / (bw * 1e9) for k, v in w.items()},
+            "roofline_frac_cpu": {k: wb / v / (bw_cpu[1] * 1e9) for k, v in c.items()},
+            "loadavg": os.getloadavg()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="2/4096/4096,2/11008/4096,2/4096/11008,4/4096/4096,4/11008/4096,4/4096/11008",
@@ -99,9 +146,24 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=16)
     ap.add_argument("--stream-mb", type=int, default=96, help="bytes of packed copies to rotate through")
+    ap.add_argument("--decode", nargs="*", default=None, help="bits:D,D ... : 7B-shape decode A/B instead")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     out = {"conditions": conditions(), "target": os.environ.get("LUTC_HOST_TARGET", "host"), "runs": []}
+    if a.decode:
+        for spec in a.decode:
+            bits, ds = spec.split(":")
+            r = decode(int(bits), [int(v) for v in ds.split(",")], a.rounds)
+            out["runs"].append(r)
+            print(f"W{bits} g128 7B-shape decode t=1 load {r['loadavg'][0]:.1f} probe {r['bandwidth_GBs']:.1f} GB/s "
+                  f"(cpu {r['bandwidth_cpu_GBs']:.1f})", flush=True)
+            for k in r["wall_ms"]:
+                print(f"  {k:5s} wall {r['wall_ms'][k]:.2f} ms ({100 * r['roofline_frac'][k]:.0f}%, "
+                      f"x{r['wall_ms']['pf0'] / r['wall_ms'][k]:.3f})  cpu {r['cpu_ms'][k]:.2f} ms "
+                      f"({100 * r['roofline_frac_cpu'][k]:.0f}%, x{r['cpu_ms']['pf0'] / r['cpu_ms'][k]:.3f})", flush=True)
+        if a.out:
+            write_json(a.out, out)
+        return
     pfs = [int(v) for v in a.pf.split(",")]
     for shape in a.shapes.split(","):
         bits, N, K, *g = (int(v) for v in shape.split("/"))
