@@ -6,8 +6,8 @@ import dataclasses
 from ..schedule import (ACT_BLOCKS, DEFAULT_TABLE_SCALES, DOT_KNOB_CHOICES, KNOB_CHOICES, LUT_SCALE_BLOCKS,
                         LUT_SCALE_RATIOS, Schedule)
 
-PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "prefetch", "bn", "unroll", "mb", "interleave",
-          "threads", "path", "dot_bm", "dot_ns", "act_block", "act_residual")
+PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "prefetch", "bn", "unroll",
+          "mb", "interleave", "threads", "path", "dot_bm", "dot_ns", "act_block", "act_residual")
 LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "prefetch", "unroll", "mb")  # the dot path ignores
 DOT_ONLY = ("dot_bm", "dot_ns", "act_block", "act_residual")                                    # the LUT path ignores
 
