@@ -90,6 +90,13 @@ def store(pointer, value, mask=None):
 
 
 @_builtin
+def prefetch(pointer, locality=3):
+    """A hint to bring the cache line at a scalar pointer closer (a read): locality 0 (streaming,
+    x86 prefetchnta) .. 3 (keep in all levels, prefetcht0). Never faults, so the address may lie
+    past the buffer; no code on targets without a prefetch instruction."""
+
+
+@_builtin
 def where(condition, x, y):
     """Lane-wise select."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .ir import IRBuilder, Region, verify, walk_region
 from .ir import types as T
 
-_SIDE_EFFECTS = {"store", "for", "if", "yield"}
+_SIDE_EFFECTS = {"store", "prefetch", "for", "if", "yield"}
 
 
 def _rewrite(region: Region, rewrite_op, subst: dict):

@@ -16,6 +16,7 @@ KNOB_CHOICES = {
     "unroll": (1, 2, 4, 8),
     "mb": (1, 2, 4),
     "interleave": INTERLEAVES,
+    "prefetch": (0, 1, 2, 4, 8, 16),
 }
 DOT_KNOB_CHOICES = {         # the path knob and the dot path's own knobs
     "path": PATHS,
@@ -60,7 +61,9 @@ class Schedule:
     32-row tiles on a 512-bit x86 target such kernels stay in 256-bit registers, spec.gemm_target;
     default False, the single-lookup path: widen each lookup, then multiply per block;
     lutc.ops.default_schedule turns it on for x86 targets of at most 256-bit vectors; measured
-    in docs/runtime.md, "Pair-sum lookups") and threads (None = all cores; it does not change generated code).
+    in docs/runtime.md, "Pair-sum lookups"), prefetch (lut path: lut_gemm prefetches the packed weights and scales
+    of the weight group this many groups ahead, running on into the next tile; 0 = off, the
+    default; docs/runtime.md, "Software prefetch") and threads (None = all cores; it does not change generated code).
 
     path chooses the kernel pair: "lut" (table build + lut_gemm, the knobs above) or "dot" (int8
     activations + tl.dot on weight levels decoded from the same packed layout,
@@ -84,6 +87,7 @@ class Schedule:
     lut_centered: bool = True
     lut_scale_ratio: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][1]
     lut_pair: bool = False
+    prefetch: int = 0
     threads: int | None = None
     path: str = "lut"
     dot_bm: int = 32
@@ -106,7 +110,7 @@ class Schedule:
         def bad(msg):
             raise ValueError(f"invalid schedule: {msg}")
         for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block", "lut_scale_ratio",
-                     "act_block"):
+                     "act_block", "prefetch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")

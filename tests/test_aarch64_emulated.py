@@ -73,7 +73,8 @@ def test_m2_code_matches_reference_under_qemu(workdir, bits, lut_dtype):
 
 @pytest.mark.parametrize("knobs", [dict(lut_dtype="int8", g=2, bn=16, lut_pair=True), dict(lut_dtype="int8", bn=64, mb=2),
                                    dict(lut_dtype="int8", g=3, bn=128, mb=2, lut_pair=True), dict(lut_dtype="float16", g=3, mb=2),
-                                   dict(lut_dtype="float32", interleave="plane", unroll=1)])
+                                   dict(lut_dtype="float32", interleave="plane", unroll=1),
+                                   dict(lut_dtype="int8", prefetch=4)])
 @pytest.mark.parametrize("bits", [2, 4])
 def test_aarch64_linux_on_cortex_a76(workdir, bits, knobs):
     qw, x = _problem(bits, 32, 50, 97, 3, 10 + bits, "rtn")

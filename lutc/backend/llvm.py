@@ -200,6 +200,13 @@ class KernelCodegen(ShapeOps):
         phi.add_incoming(other, pred)
         return phi
 
+    def op_prefetch(self, op, args):
+        """llvm.prefetch(ptr, read, locality, data): prefetch* on x86, prfm on AArch64 (LLVM drops it
+        on targets without such an instruction)."""
+        fn = self.intr.declare("llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+        self.b.call(fn, [args[0], ir.Constant(I32, 0), ir.Constant(I32, op.attrs["locality"]), ir.Constant(I32, 1)])
+        return None
+
     def op_store(self, op, args):
         ptr, val = args[0], args[1]
         mask = args[2] if len(args) > 2 else None

@@ -101,6 +101,17 @@ def store(gen, node, pointer, value, mask):
     gen.b.store(pointer, value, None if mask is None else gen.to_ir(mask))
 
 
+@builtin(tl.prefetch)
+def prefetch(gen, node, pointer, locality):
+    pointer = _need_ir(gen, node, pointer, "pointer")
+    locality = _const_int(gen, node, locality, "prefetch locality")
+    if not 0 <= locality <= 3:
+        raise gen.error(node, f"prefetch locality must be 0..3, got {locality}")
+    if not isinstance(pointer.type, T.PointerType):
+        raise gen.error(node, f"prefetch() takes one scalar pointer (a cache line), got {pointer.type}")
+    gen.b.prefetch(pointer, locality)
+
+
 # lane-wise and reductions ---------------------------------------------------------------
 @builtin(tl.where)
 def where(gen, node, condition, x, y):

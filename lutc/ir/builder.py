@@ -266,6 +266,13 @@ class IRBuilder:
             operands.append(self._check_mask(mask, ptr))
         self._emit("store", operands, [])
 
+    def prefetch(self, ptr: Value, locality: int):
+        if not isinstance(ptr.type, T.PointerType):
+            raise IRTypeError(f"prefetch() needs a scalar pointer, got {ptr.type}")
+        if not 0 <= locality <= 3:
+            raise IRTypeError(f"prefetch locality must be 0..3, got {locality}")
+        self._emit("prefetch", [ptr], [], {"locality": locality})
+
     def _check_mask(self, mask, ptr):
         if T.scalar_of(mask.type) != T.int1:
             raise IRTypeError(f"mask must be boolean, got {mask.type}")

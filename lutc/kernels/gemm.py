@@ -203,12 +203,21 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
           SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
           MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
           CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr,
-          NS: tl.constexpr, RATIO: tl.constexpr, PAIR: tl.constexpr):
-    """MB activation rows (m0 ..) against one weight tile of BN rows."""
+          NS: tl.constexpr, RATIO: tl.constexpr, PAIR: tl.constexpr, PF: tl.constexpr):
+    """MB activation rows (m0 ..) against one weight tile of BN rows. PF > 0: each group first
+    prefetches the packed weights and scales of group grp + PF, which past the tile's last group
+    are the next tile's first (tiles are contiguous; prefetches never fault past the buffer)."""
     TS: tl.constexpr = 1 << G
     TABLE_STRIDE = NG * TPGP * TS           # elements between consecutive m's tables
     acc = [tl.zeros((BN,), tl.float32) for _ in tl.static_range(MB)]
+    WG: tl.constexpr = CPG * BITS * BN      # packed bytes per tile and group
+    SZG: tl.constexpr = (BITS + 1) * BN     # float16 scales and zeros per tile and group
     for grp in range(NG):
+        if PF > 0:
+            for i in tl.static_range(0, WG, 64):
+                tl.prefetch(w_tile + (grp + PF) * WG + i, 3)
+            for i in tl.static_range(0, SZG, 32):
+                tl.prefetch(sz_tile + (grp + PF) * SZG + i, 3)
         w_group = w_tile + grp * (CPG * BITS * BN)
         luts_group = luts + (m0 * NG + grp) * (TPGP * TS)
         sz = sz_tile + grp * ((BITS + 1) * BN)
@@ -250,7 +259,7 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              SB: tl.constexpr, CPG: tl.constexpr, TPGP: tl.constexpr, UNROLL: tl.constexpr,
              MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
              CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr,
-             NS: tl.constexpr, RATIO: tl.constexpr, PAIR: tl.constexpr):
+             NS: tl.constexpr, RATIO: tl.constexpr, PAIR: tl.constexpr, PF: tl.constexpr):
     """One program per tile of BN weight rows: y[:, tile] for every activation row."""
     tile = tl.program_id(0)
     rows = tile * BN + tl.arange(0, BN)
@@ -259,8 +268,8 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
     MMAIN = M - M % MB
     for m0 in range(0, MMAIN, MB):
         _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO, PAIR)
+              BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO, PAIR, PF)
     if MB > 1:
         for m0 in range(MMAIN, M):
             _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
-                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO, PAIR)
+                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 1, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO, PAIR, PF)

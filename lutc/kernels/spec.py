@@ -52,6 +52,7 @@ CONSTEXPR_LEGEND = {
     "LUT_DTYPE": "table element type (s.lut_dtype)",
     "PAIR": "s.paired: the two lookups of a packed byte are summed by tl.pair_madd (int16, pair "
             "order, times the block's integer ratio or 1) instead of widened one by one",
+    "PF": "s.prefetch: lut_gemm prefetches the weights and scales of the group PF groups ahead (0: off)",
     "BM": "dot path: s.dot_bm, activation rows per output block (and per block of the xq layout)",
     "BNS": "dot path: s.dot_ns, weight rows per output block",
     "XB": "dot path: activations per int8 activation scale (s.act_scale_block)",
@@ -95,7 +96,7 @@ def constexprs(s, target="host") -> tuple[dict, dict]:
                 TPGP=s.padded_tables, UNROLL=s.unroll, MB=s.mb, PLANE_MAJOR=s.interleave == "plane",
                 ACC=ACC_TYPES[s.acc_dtype], NB=s.scale_blocks, CPB=s.scale_chunks,
                 NBF=s.chunks_per_group // s.scale_chunks, TAILC=s.chunks_per_group % s.scale_chunks,
-                CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio, PAIR=s.paired)
+                CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio, PAIR=s.paired, PF=s.prefetch)
     return tables, gemm
 
 

@@ -6,9 +6,9 @@ import dataclasses
 from ..schedule import (ACT_BLOCKS, DEFAULT_TABLE_SCALES, DOT_KNOB_CHOICES, KNOB_CHOICES, LUT_SCALE_BLOCKS,
                         LUT_SCALE_RATIOS, Schedule)
 
-PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "bn", "unroll", "mb", "interleave",
-          "threads", "path", "dot_bm", "dot_ns", "act_block", "act_residual")
-LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "unroll", "mb")  # the dot path ignores
+PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "prefetch", "bn", "unroll",
+          "mb", "interleave", "threads", "path", "dot_bm", "dot_ns", "act_block", "act_residual")
+LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "prefetch", "unroll", "mb")  # the dot path ignores
 DOT_ONLY = ("dot_bm", "dot_ns", "act_block", "act_residual")                                    # the LUT path ignores
 
 
@@ -112,8 +112,9 @@ def suggest(trial, space: dict) -> dict:
 
 
 def describe(s: Schedule) -> str:
-    """A compact one-line knob summary: 'g4 int8/32cr8p bn64 u4 mb1 chunk t2' (int8: activations per
-    table scale, c = centered, rR = integer block ratios up to R, p = pair-sum lookups); on the dot path
+    """A compact one-line knob summary: 'g4 int8/32cr8p bn64 u4 mb1 pf1 chunk t2' (int8: activations per
+    table scale, c = centered, rR = integer block ratios up to R, p = pair-sum lookups; pfD = prefetch
+    D groups ahead, left out when off); on the dot path
     'dot g4 bn32 bm64 ns4 xb128 chunk t2'."""
     t = "*" if s.threads is None else s.threads
     if s.path == "dot":
@@ -123,4 +124,5 @@ def describe(s: Schedule) -> str:
     if s.lut_dtype == "int8":
         blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
         tab += f"/{blk}{'c' if s.centered else ''}{f'r{s.scale_ratio}' if s.scale_ratio else ''}{'p' if s.paired else ''}"
-    return f"g{s.g} {tab} bn{s.bn} u{s.unroll} mb{s.mb} {s.interleave} t{t}"
+    pf = f" pf{s.prefetch}" if s.prefetch else ""
+    return f"g{s.g} {tab} bn{s.bn} u{s.unroll} mb{s.mb}{pf} {s.interleave} t{t}"
