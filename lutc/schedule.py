@@ -63,7 +63,7 @@ class Schedule:
     lutc.ops.default_schedule turns it on for x86 targets of at most 256-bit vectors; measured
     in docs/runtime.md, "Pair-sum lookups"), prefetch (lut path: lut_gemm prefetches the packed weights and scales
     of the weight group this many groups ahead, running on into the next tile; 0 = off, the
-    default; docs/runtime.md, "Software prefetch") and threads (None = all cores; it does not change generated code).
+    Schedule default; lutc.ops.default_prefetch sets ~2 KB ahead at W1-W2; docs/runtime.md, "Software prefetch") and threads (None = all cores; it does not change generated code).
 
     path chooses the kernel pair: "lut" (table build + lut_gemm, the knobs above) or "dot" (int8
     activations + tl.dot on weight levels decoded from the same packed layout,
