@@ -203,7 +203,11 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     """
     _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
     if method == "hlq-ft":
-        ft = ft if isinstance(ft, FTConfig) else FTConfig.for_bits(bits, **{"seed": seed, **(ft or {})})
+        if not isinstance(ft, FTConfig):
+            knobs = {"seed": seed, **(ft or {})}
+            if offload_dir is not None:  # a default e2e pass (W4) is skipped when streaming; an explicit one is refused
+                knobs.setdefault("e2e_epochs", 0)
+            ft = FTConfig.for_bits(bits, **knobs)
         if ft.e2e_epochs and offload_dir is not None:
             raise ValueError("hlq-ft e2e_epochs > 0 trains the whole model at once: not with offload_dir")
     else:

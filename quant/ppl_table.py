@@ -71,8 +71,8 @@ def markdown(results: dict) -> str:
         cells = []
         for b, g in cols:
             r = results.get(f"{m}-W{b}-g{g}")
-            cells.append(f"{r['ppl']:.2f} ({r['quant_seconds']:.0f} s / {r['quant_cpu_seconds']:.0f} cpu-s)"
-                         if r else "-")
+            wall = f"{r['quant_seconds']:.0f} s" if r and r.get("quant_seconds") is not None else "? s"
+            cells.append(f"{r['ppl']:.2f} ({wall} / {r['quant_cpu_seconds']:.0f} cpu-s)" if r else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ import torch
 from .gptq import _inverse_cholesky
 from .tensor import QuantizedTensor, code_values
 
-__all__ = ["rechoose_codes", "layer_hessians", "layer_objective", "refit_params", "refit_layer"]
+__all__ = ["rechoose_codes", "layer_hessians"]
 
 
 def rechoose_codes(w, H, qt: QuantizedTensor, damp: float = 0.01, block_size: int = 128) -> QuantizedTensor:
@@ -80,60 +80,3 @@ def layer_hessians(layer, names, run, x: torch.Tensor, batch: int) -> dict:
             h.remove()
     return {n: (2.0 / max(c, 1) * s).to(torch.float32) for n, (s, c) in acc.items()}
 
-
-def layer_objective(w, H, qt: QuantizedTensor) -> float:
-    """GPTQ's objective tr((W_hat - W) H (W_hat - W)^T) of qt's dequantized weights against float w."""
-    D = torch.from_numpy(qt.dequantize()) - torch.as_tensor(w).to(torch.float32)
-    return float(((D @ torch.as_tensor(H).to(torch.float32)) * D).sum(dtype=torch.float64))
-
-
-def refit_params(w, H, qt: QuantizedTensor, ridge: float = 1e-6, chunk: int = 1024) -> QuantizedTensor:
-    """Least-squares scales and zeros for qt's fixed codes under H: per row, the (bits + 1) * G parameters
-    minimizing (P theta - w) H (P theta - w)^T (P: the row's bit-planes and group indicators), with a
-    ridge of `ridge` x mean(diag) pulling undetermined directions to qt's parameters; rounded to fp16
-    (non-finite results keep qt's)."""
-    n, k = qt.shape
-    bits, gs, g = qt.bits, qt.group_size, qt.num_groups
-    W = torch.as_tensor(w).detach().to(torch.float64)
-    Hd = torch.as_tensor(H).detach().to(torch.float64)
-    planes = torch.from_numpy(np.ascontiguousarray(
-        np.stack([(qt.codes >> i) & 1 for i in range(bits)] + [np.ones_like(qt.codes)], -1)))  # (N, K, bits+1)
-    col_group = torch.arange(k) // gs
-    onehot = torch.nn.functional.one_hot(col_group, g).to(torch.float64)  # (K, G)
-    theta0 = torch.from_numpy(np.concatenate([np.moveaxis(qt.scales, 0, -1), qt.zeros[..., None]], -1)
-                              .astype(np.float64))  # (N, G, bits+1)
-    out = np.empty((n, g, bits + 1), np.float16)
-    for r0 in range(0, n, chunk):
-        r1 = min(n, r0 + chunk)
-        # P (rows, K, G*(bits+1)): column (group, plane) is the plane's bits inside the group
-        P = (onehot[None, :, :, None] * planes[r0:r1, :, None, :].to(torch.float64)).reshape(r1 - r0, k, -1)
-        HP = torch.einsum("kj,rjp->rkp", Hd, P)
-        A = P.transpose(1, 2) @ HP  # (rows, p, p)
-        b = torch.einsum("rk,rkp->rp", W[r0:r1], HP)
-        lam = ridge * A.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
-        eye = torch.eye(A.shape[-1], dtype=torch.float64)
-        t0 = theta0[r0:r1].reshape(r1 - r0, -1)
-        theta = torch.linalg.solve(A + lam * eye, b + lam[..., 0] * t0)
-        with np.errstate(over="ignore", invalid="ignore"):
-            t16 = theta.reshape(r1 - r0, g, bits + 1).numpy().astype(np.float16)
-        ok = np.isfinite(t16).all(-1, keepdims=True)
-        out[r0:r1] = np.where(ok, t16, theta0[r0:r1].numpy().astype(np.float16))
-    return QuantizedTensor(bits=bits, group_size=gs, shape=qt.shape, codes=qt.codes,
-                           scales=np.ascontiguousarray(np.moveaxis(out[..., :-1], -1, 0)),
-                           zeros=np.ascontiguousarray(out[..., -1]), method=qt.method)
-
-
-def refit_layer(w, H, qt: QuantizedTensor, rounds: int = 2, damp: float = 0.01):
-    """Alternate least-squares scales/zeros (refit_params) and GPTQ code re-choice (rechoose_codes) under
-    H, `rounds` times; returns (the best QuantizedTensor by layer_objective, qt included, and the list of
-    objectives: qt's, then after each refit and each re-choice)."""
-    best, best_obj = qt, layer_objective(w, H, qt)
-    trace, cur = [best_obj], qt
-    for _ in range(rounds):
-        for step in (lambda q: refit_params(w, H, q), lambda q: rechoose_codes(w, H, q, damp=damp)):
-            cur = step(cur)
-            obj = layer_objective(w, H, cur)
-            trace.append(obj)
-            if obj < best_obj:
-                best, best_obj = cur, obj
-    return best, trace

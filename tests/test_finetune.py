@@ -245,3 +245,15 @@ def test_bits_defaults_apply_and_knobs_override(monkeypatch):
     monkeypatch.setitem(qf.BITS_DEFAULTS, 4, {"epochs": 5, "schedule": "cosine"})
     assert FTConfig.for_bits(4).epochs == 5 and FTConfig.for_bits(4).schedule == "cosine"
     assert FTConfig.for_bits(4, epochs=1).epochs == 1 and FTConfig.for_bits(3).epochs == FTConfig().epochs
+
+
+def test_w4_defaults_include_the_e2e_pass_except_when_streaming(model, ids, tmp_path):
+    from quant.finetune import BITS_DEFAULTS
+    qm = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft={"samples": 4})
+    ft = qm.meta["ft"]
+    assert {k: ft[k] for k in BITS_DEFAULTS[4]} == BITS_DEFAULTS[4] and ft["e2e_epochs"] == 1 and "e2e" in ft
+    streamed = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft={"samples": 4},
+                              offload_dir=tmp_path / "codes")
+    assert streamed.meta["ft"]["e2e_epochs"] == 0 and "e2e" not in streamed.meta["ft"]
+    assert quantize_model(model, 3, 32, "hlq-ft", calib=ids, progress=False,
+                          ft={"samples": 4}).meta["ft"]["e2e_epochs"] == 0
