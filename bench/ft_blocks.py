@@ -37,7 +37,8 @@ def main(argv=None) -> int:
             for kw in configs:
                 c0 = time.process_time()
                 _, info, _ = orig(layer, qts, x, target, run, FTConfig(**kw), block_index, False, y_before, w_float)
-                row = {"block": block_index, "bits": args.bits, "config": kw, "cpu_s": round(time.process_time() - c0, 1),
+                row = {"block": block_index, "bits": args.bits, "config": kw,
+                       "cpu_s": round(time.process_time() - c0, 1),
                        **{k: info[k] for k in ("loss_before", "loss_after", "kept", "steps")},
                        "rechoose": info.get("rechoose")}
                 print(json.dumps(row), flush=True)
