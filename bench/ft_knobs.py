@@ -50,12 +50,13 @@ def main(argv=None) -> int:
 
     ft = json.loads(args.ft)
     cpu0 = time.process_time()
-    qm = quantize_model(src, args.bits, args.group_size, "hlq-ft", tokenizer=tok, ft=ft)
+    # block-wise only (no e2e pass, also where BITS_DEFAULTS has one): the e2e variants come below
+    qm = quantize_model(src, args.bits, args.group_size, "hlq-ft", tokenizer=tok, ft={**ft, "e2e_epochs": 0})
     report("block-wise " + json.dumps(ft), qm, {"ft": qm.meta["ft"], "quant_cpu_seconds": qm.meta["cpu_seconds"]})
     calib, _ = calibration_ids(tok, None, 32, 512, 0)
     for v in filter(None, args.e2e.split(",")):
         e, lr = v.split(":")
-        cfg = FTConfig(**{**ft, "e2e_epochs": int(e), "e2e_lr": float(lr)})
+        cfg = FTConfig.for_bits(args.bits, **{**ft, "e2e_epochs": int(e), "e2e_lr": float(lr)})
         c0 = time.process_time()
         new, info = finetune_e2e(qm, calib, cfg)
         report(f"+ e2e {e}:{lr}", dataclasses.replace(qm, linears=new),
