@@ -11,7 +11,8 @@ __all__ = ["register", "USER_ERRORS"]
 USER_ERRORS = (ValueError, OSError)
 
 
-_FT_KNOBS = ("epochs", "lr", "batch", "samples", "e2e_epochs", "e2e_lr")  # --ft-* flags; unset: FTConfig's defaults
+# --ft-* flags; unset: FTConfig's defaults
+_FT_KNOBS = ("epochs", "lr", "batch", "samples", "e2e_epochs", "e2e_lr", "rechoose", "schedule")
 
 
 def cmd_quantize(args) -> int:
@@ -32,6 +33,8 @@ def cmd_quantize(args) -> int:
 
 
 def register(subparsers) -> None:
+    import argparse
+
     from .model_quant import MODEL_METHODS
     q = subparsers.add_parser("quantize", help="quantize a LLaMA-family model into a lutc checkpoint directory")
     q.add_argument("model", help='"smollm2-135m", a .gguf file or a Hugging Face model directory')
@@ -56,6 +59,10 @@ def register(subparsers) -> None:
     q.add_argument("--ft-e2e-epochs", type=int, default=None,
                    help="hlq-ft: epochs of the end-to-end pass over the scales only (0: none)")
     q.add_argument("--ft-e2e-lr", type=float, default=None, help="hlq-ft: Adam learning rate of the end-to-end pass")
+    q.add_argument("--ft-schedule", choices=("constant", "cosine"), default=None,
+                   help="hlq-ft: block-wise learning-rate schedule")
+    q.add_argument("--ft-rechoose", action=argparse.BooleanOptionalAction, default=None,
+                   help="hlq-ft: re-choose the codes after every epoch (GPTQ over the trained grid)")
     q.add_argument("--offload-dir", default=None,
                    help="write each finished block's codes here and memory-map them back (models larger than RAM)")
     q.add_argument("--quiet", action="store_true", help="no progress output")

@@ -4,9 +4,10 @@ Per decoder block, after hlq-gptq has chosen the codes, the per-bit-plane scales
 per-group zeros of every quantized linear of the block are trained (Adam, fp32) to minimize
 the mean squared error between the block's output on the quantized model's calibration
 activations and the float block's output on the float model's activations. Codes stay
-fixed, so the result is an ordinary QuantizedTensor: the parameters are rounded to fp16 at
-the end and the loss is measured again after rounding; a block whose rounded loss is not
-lower than before keeps its hlq-gptq parameters.
+fixed, or (cfg.rechoose) re-chosen after every epoch by GPTQ over the trained grid
+(quant.rechoose), kept only where that lowers the block loss. The result is an ordinary
+QuantizedTensor: the parameters are rounded to fp16 at the end and the loss is measured again
+after rounding; a block whose rounded loss is not lower than before keeps its hlq-gptq parameters.
 
 Parametrization (so one learning rate fits every layer): s_i = s0_i * (1 + a_i) and
 z = z0 + r * c, with r = sum_i |s0_i| the group's code range; a and c start at 0.
@@ -14,21 +15,30 @@ z = z0 + r * c, with r = sum_i |s0_i| the group's code range; a and c start at 0
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 
+from .rechoose import layer_hessians, rechoose_codes
 from .tensor import QuantizedTensor, bitplanes
 
-__all__ = ["FTConfig", "FTLinear", "finetune_block", "finetune_e2e"]
+__all__ = ["FTConfig", "FTLinear", "finetune_block", "finetune_e2e", "SCHEDULES", "BITS_DEFAULTS"]
+
+# Per-bit-width defaults that differ from FTConfig's (measured on SmolLM2-135M, docs/quantization.md).
+# W4: one epoch at batch 1 (16 steps per block) then one epoch of the end-to-end scale pass was
+# the best measured on the knob-selection text (docs/quantization.md, "W4 g128: knob selection").
+BITS_DEFAULTS: dict = {4: {"epochs": 1, "batch": 1, "e2e_epochs": 1}}
+SCHEDULES = ("constant", "cosine")  # block-wise lr: constant, or cosine decay from lr to 0 over all steps
 
 
 class FTConfig:
     """Knobs of the block-wise fine-tuning (defaults measured on SmolLM2-135M, docs/quantization.md)."""
 
     def __init__(self, epochs: int = 2, lr: float = 1e-3, batch: int = 4, samples: int | None = 16,
-                 seed: int = 0, e2e_epochs: int = 0, e2e_lr: float = 1e-4):
+                 seed: int = 0, e2e_epochs: int = 0, e2e_lr: float = 1e-4, rechoose: bool = False,
+                 schedule: str = "constant"):
         for name, v, lo in (("epochs", epochs, 0), ("batch", batch, 1), ("e2e_epochs", e2e_epochs, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"ft {name}: expected an int >= {lo}, got {v!r}")
@@ -38,11 +48,21 @@ class FTConfig:
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"ft {name}: expected a finite float > 0, got {v!r}")
         self.epochs, self.lr, self.batch, self.samples, self.seed = epochs, float(lr), batch, samples, seed
-        self.e2e_epochs, self.e2e_lr = e2e_epochs, float(e2e_lr)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"ft schedule: expected one of {SCHEDULES}, got {schedule!r}")
+        if not isinstance(rechoose, bool):
+            raise ValueError(f"ft rechoose: expected a bool, got {rechoose!r}")
+        self.e2e_epochs, self.e2e_lr, self.rechoose, self.schedule = e2e_epochs, float(e2e_lr), rechoose, schedule
+
+    @classmethod
+    def for_bits(cls, bits: int, **knobs) -> "FTConfig":
+        """The config with BITS_DEFAULTS[bits] (if any) in place of the plain defaults; knobs override both."""
+        return cls(**{**BITS_DEFAULTS.get(int(bits), {}), **knobs})
 
     def as_dict(self) -> dict:
         return {"epochs": self.epochs, "lr": self.lr, "batch": self.batch, "samples": self.samples,
-                "seed": self.seed, "e2e_epochs": self.e2e_epochs, "e2e_lr": self.e2e_lr}
+                "seed": self.seed, "e2e_epochs": self.e2e_epochs, "e2e_lr": self.e2e_lr,
+                "rechoose": self.rechoose, "schedule": self.schedule}
 
 
 class FTLinear(torch.nn.Module):
@@ -51,11 +71,7 @@ class FTLinear(torch.nn.Module):
     def __init__(self, qt: QuantizedTensor, bias: torch.Tensor | None = None):
         super().__init__()
         self.qt = qt
-        planes = torch.from_numpy(bitplanes(qt.codes, qt.bits)).to(torch.float32)  # (bits, N, K)
-        g = -(-qt.K // qt.group_size)
-        if g * qt.group_size != qt.K:  # ragged last group: zero-padded to whole groups
-            planes = torch.nn.functional.pad(planes, (0, g * qt.group_size - qt.K))
-        self.register_buffer("planes", planes.view(qt.bits, qt.N, g, qt.group_size), persistent=False)
+        self.register_buffer("planes", self._planes(qt), persistent=False)
         s0 = torch.from_numpy(qt.scales.astype(np.float32))  # (bits, N, G)
         z0 = torch.from_numpy(qt.zeros.astype(np.float32))  # (N, G)
         self.register_buffer("s0", s0, persistent=False)
@@ -64,6 +80,19 @@ class FTLinear(torch.nn.Module):
         self.a = torch.nn.Parameter(torch.zeros_like(s0))
         self.c = torch.nn.Parameter(torch.zeros_like(z0))
         self.bias = bias
+
+    @staticmethod
+    def _planes(qt: QuantizedTensor) -> torch.Tensor:
+        planes = torch.from_numpy(bitplanes(qt.codes, qt.bits)).to(torch.float32)  # (bits, N, K)
+        g = -(-qt.K // qt.group_size)
+        if g * qt.group_size != qt.K:  # ragged last group: zero-padded to whole groups
+            planes = torch.nn.functional.pad(planes, (0, g * qt.group_size - qt.K))
+        return planes.view(qt.bits, qt.N, g, qt.group_size)
+
+    def set_codes(self, codes: np.ndarray) -> None:
+        """Replace the (fixed) codes; the trainable parameters and their optimizer state stay."""
+        self.qt = dataclasses.replace(self.qt, codes=codes)
+        self.planes = self._planes(self.qt)
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Current fp32 (scales (bits, N, G), zeros (N, G))."""
@@ -102,16 +131,22 @@ def _outputs(run, x, batch) -> torch.Tensor:
 
 
 def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run, cfg: FTConfig,
-                   block_index: int = 0, progress: bool = False, y_before: torch.Tensor | None = None):
+                   block_index: int = 0, progress: bool = False, y_before: torch.Tensor | None = None,
+                   w_float: dict | None = None):
     """Fine-tune the HLQ scales/zeros of `layer`'s quantized linears; returns (new QuantizedTensors, info, y).
 
     layer: the decoder block (its float linears are swapped for FTLinears during training and
     restored after). qts: module name in `layer` -> QuantizedTensor (hlq-gptq result).
     x: (n, seq, hidden) inputs from the quantized model; target: the float block's outputs.
     run(layer, x) -> block output. y_before: the block's output on x with `qts` if the caller
-    has it (saves a pass). info: MSE over all of x before and after (fp16-rounded), steps, kept.
+    has it (saves a pass). w_float: module name -> float weight (N, K), needed by cfg.rechoose.
+    info: MSE over all of x before and after (fp16-rounded), steps, kept; with cfg.rechoose also
+    "rechoose": per epoch [MSE on the fine-tuning windows with the old codes, with the re-chosen
+    ones, whether those were kept], and "rechosen": how many re-choices were kept.
     y: the block's output on x with the returned tensors (the next block's input).
     """
+    if cfg.rechoose and (w_float is None or set(w_float) < set(qts)):
+        raise ValueError("ft rechoose: needs w_float, the float weight of every quantized linear")
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + block_index)
     n = x.shape[0] if cfg.samples is None else min(cfg.samples, x.shape[0])
     pick = torch.randperm(x.shape[0], generator=gen)[:n].sort().values if n < x.shape[0] else None
@@ -131,6 +166,8 @@ def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run,
         params = [p for m in ft.values() for p in (m.a, m.c)]
         opt = torch.optim.Adam(params, lr=cfg.lr)
         steps = cfg.epochs * math.ceil(n / cfg.batch)
+        sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+                 if cfg.schedule == "cosine" else None)
         bar = _bar(steps, f"block {block_index}", progress)
         with torch.enable_grad():
             for _ in range(cfg.epochs):
@@ -141,10 +178,14 @@ def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run,
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if sched is not None:
+                        sched.step()
                     info["steps"] += 1
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
                         bar.update(1)
+                if cfg.rechoose:
+                    _rechoose(layer, ft, w_float, xs, ts, run, cfg.batch, info)
         if bar is not None:
             bar.close()
         new = {name: m.rounded() for name, m in ft.items()}
@@ -162,6 +203,28 @@ def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run,
     if not info["kept"]:
         new, y_after = dict(qts), y_before
     return new, info, y_after
+
+
+def _rechoose(layer, ft: dict, w_float: dict, xs, ts, run, batch: int, info: dict) -> None:
+    """Re-choose every FTLinear's codes by GPTQ over its current fp16-rounded grid, with the
+    Hessians of the block's current inputs; keep the new codes only if the block's MSE on the
+    fine-tuning windows falls (else restore the old ones)."""
+    def mse():
+        return float(torch.nn.functional.mse_loss(_outputs(lambda b: run(layer, b), xs, batch), ts))
+
+    with torch.no_grad():
+        old = {name: m.qt.codes for name, m in ft.items()}
+        before = mse()
+        H = layer_hessians(layer, list(ft), run, xs, 2 * batch)
+        for name, m in ft.items():
+            m.set_codes(rechoose_codes(w_float[name], H[name], m.rounded()).codes)
+        after = mse()
+    kept = after < before
+    info.setdefault("rechoose", []).append([before, after, kept])
+    info["rechosen"] = info.get("rechosen", 0) + kept
+    if not kept:
+        for name, m in ft.items():
+            m.set_codes(old[name])
 
 
 _E2E_CHECK = 8  # calibration samples the keep-or-revert check of the e2e pass runs on (a forward each)

@@ -153,13 +153,13 @@ class _SequentialGPTQ:
             h.remove()
 
 
-def _finetune(layer, mods, linears, prefix, h_in, h_out, target, pos, pe, ft, index, info, progress):
+def _finetune(layer, mods, linears, prefix, h_in, h_out, target, pos, pe, ft, index, info, progress, w_float=None):
     """hlq-ft for one block: train its scales/zeros (quant.finetune), write the result into
     `linears` and the block's fake-quant weights; returns the block's output on h_in.
     h_out: the block's output with the hlq-gptq weights (from the true-sequential GPTQ pass)."""
     qts = {n: linears[prefix + n] for n in mods if prefix + n in linears}
     new, info[prefix + "ft"], y = finetune_block(layer, qts, h_in, target, lambda m, x: _run_layer(m, x, pos, pe),
-                                                 ft, index, progress, y_before=h_out)
+                                                 ft, index, progress, y_before=h_out, w_float=w_float)
     for n, qt in new.items():
         linears[prefix + n] = dataclasses.replace(qt, method="hlq-ft")
         mods[n].weight.copy_(torch.from_numpy(qt.dequantize()))
@@ -223,7 +223,11 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     """
     _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
     if method == "hlq-ft":
-        ft = ft if isinstance(ft, FTConfig) else FTConfig(**{"seed": seed, **(ft or {})})
+        if not isinstance(ft, FTConfig):
+            knobs = {"seed": seed, **(ft or {})}
+            if offload_dir is not None:  # a default e2e pass (W4) is skipped when streaming; an explicit one is refused
+                knobs.setdefault("e2e_epochs", 0)
+            ft = FTConfig.for_bits(bits, **knobs)
         if ft.e2e_epochs and offload_dir is not None:
             raise ValueError("hlq-ft e2e_epochs > 0 trains the whole model at once: not with offload_dir")
     else:
@@ -294,14 +298,17 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                 if ft is not None:
                     h_fp = _run_layer(layer, h_fp, pos, pe)  # float block on float inputs, before GPTQ
                 h_in = h
+                w_float = ({n: m.weight.detach().clone() for n, m in mods.items()}  # GPTQ overwrites them
+                           if ft is not None and ft.rechoose else None)
                 seq = _SequentialGPTQ(mods, groups, quantize_group)
                 try:
                     h = _run_layer(layer, h, pos, pe)
                 finally:
                     seq.remove()
                 if ft is not None:
-                    h = _finetune(layer, mods, linears, prefix, h_in, h, h_fp, pos, pe, ft, i, info, prog.enabled)
-                del h_in
+                    h = _finetune(layer, mods, linears, prefix, h_in, h, h_fp, pos, pe, ft, i, info, prog.enabled,
+                                  w_float)
+                del h_in, w_float
             else:
                 unused = list(mods)
             for n in unused:  # no calibration (plain method), or a linear the forward never calls
@@ -362,6 +369,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
         meta["ft"] = {**ft.as_dict(), "blocks_kept": sum(v["kept"] for v in fts),
                       "mse_before": [round(v["loss_before"], 8) for v in fts],
                       "mse_after": [round(v["loss_after"], 8) for v in fts]}
+        if ft.rechoose:
+            meta["ft"]["rechosen"] = [v.get("rechosen", 0) for v in fts]
         if e2e is not None:
             meta["ft"]["e2e"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in e2e.items()}
     return QuantizedModel(config=cfg, linears=linears, tensors=tensors, tokenizer_dir=tok_dir, meta=meta)

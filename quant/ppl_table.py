@@ -71,8 +71,8 @@ def markdown(results: dict) -> str:
         cells = []
         for b, g in cols:
             r = results.get(f"{m}-W{b}-g{g}")
-            cells.append(f"{r['ppl']:.2f} ({r['quant_seconds']:.0f} s / {r['quant_cpu_seconds']:.0f} cpu-s)"
-                         if r else "-")
+            wall = f"{r['quant_seconds']:.0f} s" if r and r.get("quant_seconds") is not None else "? s"
+            cells.append(f"{r['ppl']:.2f} ({wall} / {r['quant_cpu_seconds']:.0f} cpu-s)" if r else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,6 +94,10 @@ def main(argv=None) -> int:
     p.add_argument("--ft-lr", type=float, default=None, help="hlq-ft cells: learning rate")
     p.add_argument("--ft-e2e-epochs", type=int, default=None, help="hlq-ft cells: epochs of the end-to-end scale pass")
     p.add_argument("--ft-e2e-lr", type=float, default=None, help="hlq-ft cells: learning rate of the end-to-end pass")
+    p.add_argument("--ft-rechoose", action="store_true", default=None,
+                   help="hlq-ft cells: re-choose the codes after every epoch (GPTQ over the trained grid)")
+    p.add_argument("--ft-schedule", default=None, help="hlq-ft cells: block-wise lr schedule (constant, cosine)")
+    p.add_argument("--ft-batch", type=int, default=None, help="hlq-ft cells: windows per step")
     p.add_argument("--text", action="append", default=[],
                    help="another held-out text file to evaluate every cell on (repeatable)")
     args = p.parse_args(argv)
@@ -127,7 +131,9 @@ def main(argv=None) -> int:
                 continue
         t0 = time.perf_counter()
         ft = {k: v for k, v in (("epochs", args.ft_epochs), ("samples", args.ft_samples), ("lr", args.ft_lr),
-                                ("e2e_epochs", args.ft_e2e_epochs), ("e2e_lr", args.ft_e2e_lr)) if v is not None}
+                                ("e2e_epochs", args.ft_e2e_epochs), ("e2e_lr", args.ft_e2e_lr),
+                                ("rechoose", args.ft_rechoose), ("batch", args.ft_batch),
+                                ("schedule", args.ft_schedule)) if v is not None}
         qm = quantize_model(src, b, g, m, tokenizer=tok, **qkw, **({"ft": ft} if m == "hlq-ft" else {}))
         qsec = time.perf_counter() - t0
         r = results.get(key) or {"quant_seconds": round(qsec, 1), "quant_cpu_seconds": qm.meta["cpu_seconds"],

@@ -123,7 +123,8 @@ def test_e2e_needs_the_model_in_memory(model, ids, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0.0}, {"batch": 0}, {"samples": 0}, {"lr": float("nan")},
-                                 {"e2e_epochs": -1}, {"e2e_lr": 0.0}, {"e2e_lr": True}])
+                                 {"e2e_epochs": -1}, {"e2e_lr": 0.0}, {"e2e_lr": True}, {"rechoose": 1},
+                                 {"schedule": "linear"}])
 def test_bad_knobs(model, ids, bad):
     with pytest.raises(ValueError, match="ft "):
         quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=bad)
@@ -139,12 +140,120 @@ def test_cli_quantize_hlq_ft(tmp_path, capsys):
     rc = main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--group-size", "32", "--method", "hlq-ft",
                "--out", str(out), "--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--quiet",
                "--ft-epochs", "1", "--ft-samples", "4", "--ft-lr", "2e-3", "--ft-batch", "2", "--ft-e2e-epochs", "1",
-               "--ft-e2e-lr", "1e-3"])
+               "--ft-e2e-lr", "1e-3", "--ft-schedule", "cosine", "--ft-rechoose"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     back = quant.load_checkpoint(out)
     assert back.meta["method"] == "hlq-ft"
     assert back.meta["ft"]["epochs"] == 1 and back.meta["ft"]["lr"] == 2e-3 and back.meta["ft"]["samples"] == 4
     assert back.meta["ft"]["e2e_epochs"] == 1 and back.meta["ft"]["e2e_lr"] == 1e-3 and "e2e" in back.meta["ft"]
+    assert back.meta["ft"]["schedule"] == "cosine" and back.meta["ft"]["rechoose"] is True
     assert main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--method", "hlq-ft", "--out", str(tmp_path / "x"),
                  "--calib", str(calib), "--ft-lr", "-1", "--quiet"]) == 2
     assert "ft lr" in capsys.readouterr().err
+
+
+# ----- code re-choice (quant.rechoose; FTConfig rechoose) -------------------------------------------
+
+def test_rechoose_codes_reproduces_gptq_on_its_own_grid():
+    """On the grid hlq-gptq chose, GPTQ's column order and compensation pick the same codes again."""
+    from quant.gptq import gptq_quantize
+    from quant.rechoose import rechoose_codes
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(24, 96)).astype(np.float32)
+    x = rng.normal(size=(400, 96)).astype(np.float32) @ rng.normal(size=(96, 96)).astype(np.float32)
+    H = torch.from_numpy(2 / 400 * x.T @ x)
+    qt, _ = gptq_quantize(w, H, 3, 32, fit="hlq")
+    again = rechoose_codes(w, H, qt, block_size=32)
+    np.testing.assert_array_equal(again.codes, qt.codes)
+    assert again.scales is qt.scales and again.zeros is qt.zeros
+
+
+def test_rechoose_codes_with_identity_hessian_is_the_nearest_level():
+    from quant.rechoose import rechoose_codes
+    from quant.tensor import code_values
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(16, 40)).astype(np.float32)
+    qt = quant.quantize(w + rng.normal(scale=0.3, size=w.shape).astype(np.float32), 4, 16, method="hlq")
+    new = rechoose_codes(w, torch.eye(40), qt, damp=0.0)
+    v = code_values(qt.scales, qt.zeros)  # (N, G, 16): exhaustive nearest per weight
+    g = np.arange(40) // 16
+    best = np.abs(w[:, :, None] - v[:, g, :]).argmin(-1)
+    np.testing.assert_array_equal(new.codes, best)
+    assert ((new.dequantize() - w) ** 2).sum() < ((qt.dequantize() - w) ** 2).sum()
+
+
+def test_rechoose_never_raises_the_block_loss_and_is_kept_when_it_helps():
+    """Codes fitted to a perturbed weight: re-choosing them on the trained grid lowers the loss and is
+    kept; every re-choice step leaves the block loss no higher than before it."""
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 48, bias=False))
+    w = lin[0].weight.detach().clone()
+    qt = quant.quantize((w + 0.3 * w.std() * torch.randn_like(w)).numpy(), 4, 16, method="hlq")
+    x = torch.randn(16, 8, 64)
+    target = lin(x).detach()
+    lin[0].weight.data.copy_(torch.from_numpy(qt.dequantize()))
+    cfg = FTConfig(epochs=3, batch=4, lr=1e-2, rechoose=True)
+    new, info, y = finetune_block(lin, {"0": qt}, x, target, lambda m, b: m(b), cfg, w_float={"0": w})
+    assert len(info["rechoose"]) == 3 and info["rechosen"] >= 1
+    for before, cand, kept in info["rechoose"]:
+        assert kept == (cand < before)
+    assert info["kept"] and (new["0"].codes != qt.codes).any()
+    fixed, finfo, _ = finetune_block(lin, {"0": qt}, x, target, lambda m, b: m(b), FTConfig(epochs=3, batch=4, lr=1e-2))
+    assert info["loss_after"] < finfo["loss_after"]
+    ref = torch.nn.functional.linear(x, torch.from_numpy(new["0"].dequantize()))
+    assert float(torch.nn.functional.mse_loss(ref, target)) == pytest.approx(info["loss_after"], rel=1e-4)
+    with pytest.raises(ValueError, match="w_float"):
+        finetune_block(lin, {"0": qt}, x, target, lambda m, b: m(b), cfg)
+
+
+def test_rechoose_model_is_deterministic_and_round_trips(model, ids, tmp_path):
+    knobs = {**FT, "rechoose": True}
+    qm = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft=knobs)
+    assert len(qm.meta["ft"]["rechosen"]) == 2 and qm.meta["ft"]["rechoose"] is True
+    again = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft=knobs)
+    for name, qt in qm.linears.items():
+        for f in ("codes", "scales", "zeros"):
+            assert getattr(qt, f).tobytes() == getattr(again.linears[name], f).tobytes()
+    quant.save_checkpoint(qm, tmp_path / "ck")
+    back = quant.load_checkpoint(tmp_path / "ck")
+    assert back.meta["ft"]["rechoose"] is True
+    assert logits_err(model, back, ids) == logits_err(model, qm, ids)
+
+
+def test_cosine_schedule_lowers_the_loss_and_decays_to_zero(monkeypatch):
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(32, 24, bias=False))
+    qt = quant.quantize(lin[0].weight.detach().numpy(), 2, 16, method="hlq")
+    x = torch.randn(8, 4, 32)
+    target = lin(x).detach()
+    lrs = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    cfg = FTConfig(epochs=4, batch=2, lr=1e-2, schedule="cosine")
+    _, info, _ = finetune_block(lin, {"0": qt}, x, target, lambda m, b: m(b), cfg)
+    assert info["kept"] and info["loss_after"] < info["loss_before"] and info["steps"] == 16
+    assert lrs[0] == pytest.approx(1e-2) and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 1e-3
+
+
+def test_bits_defaults_apply_and_knobs_override(monkeypatch):
+    import quant.finetune as qf
+    monkeypatch.setitem(qf.BITS_DEFAULTS, 4, {"epochs": 5, "schedule": "cosine"})
+    assert FTConfig.for_bits(4).epochs == 5 and FTConfig.for_bits(4).schedule == "cosine"
+    assert FTConfig.for_bits(4, epochs=1).epochs == 1 and FTConfig.for_bits(3).epochs == FTConfig().epochs
+
+
+def test_w4_defaults_include_the_e2e_pass_except_when_streaming(model, ids, tmp_path):
+    from quant.finetune import BITS_DEFAULTS
+    qm = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft={"samples": 4})
+    ft = qm.meta["ft"]
+    assert {k: ft[k] for k in BITS_DEFAULTS[4]} == BITS_DEFAULTS[4] and ft["e2e_epochs"] == 1 and "e2e" in ft
+    streamed = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft={"samples": 4},
+                              offload_dir=tmp_path / "codes")
+    assert streamed.meta["ft"]["e2e_epochs"] == 0 and "e2e" not in streamed.meta["ft"]
+    assert quantize_model(model, 3, 32, "hlq-ft", calib=ids, progress=False,
+                          ft={"samples": 4}).meta["ft"]["e2e_epochs"] == 0
