@@ -133,7 +133,7 @@ def _fit_group(wg: np.ndarray, bits: int, group_size: int, fit: str, rounds: int
 
 
 def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp: float = 0.01,
-                  act_order: bool = False, block_size: int = 128, rounds: int = 15):
+                  act_order: bool = False, block_size: int = 128, rounds: int = 15, grid=None):
     """GPTQ of an (N, K) weight matrix given the (K, K) input Hessian H; returns (QuantizedTensor, info).
 
     H: a tensor (not modified) or a HessianAccumulator, whose H is taken (see its take()).
@@ -144,6 +144,8 @@ def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp
     in decreasing diag(H) order; because the format's groups are contiguous in K, the group
     parameters are then fit once up front ("static groups") and GPTQ chooses the codes.
     Dead inputs (diag(H) == 0) get H_ii = 1 and weight 0. info: loss (GPTQ objective), damp used.
+    grid=(scales (bits, N, G), zeros (N, G)): no fit; GPTQ only chooses the codes on this fixed grid
+    (hlq-ft's code re-choice, quant.rechoose); the result carries these arrays.
     """
     if fit not in GROUP_FITS:
         raise ValueError(f"fit: expected one of {GROUP_FITS}, got {fit!r}")
@@ -180,12 +182,21 @@ def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp
     del A
 
     g = math.ceil(k / group_size)
-    scales = np.empty((bits, n, g), np.float16)
-    zeros = np.empty((n, g), np.float16)
-    if perm is not None:  # static groups: parameters from the (dead-zeroed) original weights
+    if grid is not None:
+        scales, zeros = grid
+        if scales.shape != (bits, n, g) or zeros.shape != (n, g):
+            raise ValueError(f"grid: expected scales {(bits, n, g)} and zeros {(n, g)}, "
+                             f"got {scales.shape} and {zeros.shape}")
+    else:
+        scales = np.empty((bits, n, g), np.float16)
+        zeros = np.empty((n, g), np.float16)
+    values = None
+    if perm is not None and grid is None:  # static groups: parameters from the (dead-zeroed) original weights
         scales[...], zeros[...] = _fit_group(np.ascontiguousarray(Wt.T.numpy()), bits, group_size, fit, rounds)
+    if perm is not None or grid is not None:
         values = torch.from_numpy(np.ascontiguousarray(
             code_values(scales, zeros).transpose(1, 2, 0)))  # (G, C, N)
+    if perm is not None:
         Wt = Wt[perm]
         col_group = (perm // group_size).tolist()
     codes_t = torch.empty((k, n), dtype=torch.uint8)
@@ -200,7 +211,9 @@ def gptq_quantize(w, H, bits: int, group_size: int = 128, fit: str = "hlq", damp
         starts = [(None, b0, min(b0 + block_size, k)) for b0 in range(0, k, block_size)]
     V = None
     for g0, b0, b1 in starts:
-        if g0 is not None and b0 == g0:
+        if g0 is not None and b0 == g0 and values is not None:
+            V = values[g0 // group_size]
+        elif g0 is not None and b0 == g0:
             g1 = min(g0 + group_size, k)
             s, z = _fit_group(np.ascontiguousarray(Wt[g0:g1].T.numpy()), bits, group_size, fit, rounds)
             scales[:, :, g0 // group_size], zeros[:, g0 // group_size] = s[:, :, 0], z[:, 0]

@@ -13,47 +13,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .gptq import _inverse_cholesky
-from .tensor import QuantizedTensor, code_values
+from .gptq import gptq_quantize
+from .tensor import QuantizedTensor
 
 __all__ = ["rechoose_codes", "layer_hessians"]
 
 
 def rechoose_codes(w, H, qt: QuantizedTensor, damp: float = 0.01, block_size: int = 128) -> QuantizedTensor:
-    """The codes GPTQ picks for float w (N, K) under H (K, K) on qt's fixed grid; scales/zeros unchanged."""
-    W = torch.as_tensor(w).detach().to(torch.float32).clone()
-    n, k = W.shape
-    if (n, k) != tuple(qt.shape):
-        raise ValueError(f"w: expected shape {tuple(qt.shape)}, got {tuple(W.shape)}")
-    H = torch.as_tensor(H).detach().to(torch.float32).clone()
-    if H.shape != (k, k):
-        raise ValueError(f"H: expected shape ({k}, {k}), got {tuple(H.shape)}")
-    if not (torch.isfinite(W).all() and torch.isfinite(H).all()):
-        raise ValueError("w and H must be finite")
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    U, _ = _inverse_cholesky(H, damp)
-    values = torch.from_numpy(np.ascontiguousarray(np.moveaxis(code_values(qt.scales, qt.zeros), 1, 0)))  # (G, N, C)
-    gs = qt.group_size
-    Wt = W.T.contiguous()  # (K, N)
-    codes_t = torch.empty((k, n), dtype=torch.uint8)
-    for b0 in range(0, k, block_size):
-        b1 = min(b0 + block_size, k)
-        W1, Hinv1 = Wt[b0:b1], U[b0:b1, b0:b1]
-        Err1 = torch.empty_like(W1)
-        for i in range(b1 - b0):
-            V = values[(b0 + i) // gs]
-            w_col = W1[i]
-            code = torch.argmin((w_col[:, None] - V).abs_(), dim=1)  # exhaustive over the 2^bits levels
-            q = V.gather(1, code[:, None])[:, 0]
-            codes_t[b0 + i] = code.to(torch.uint8)
-            err = (w_col - q) / Hinv1[i, i]
-            W1[i:].addmm_(Hinv1[i, i:, None], err[None], alpha=-1.0)
-            Err1[i] = err
-        if b1 < k:
-            Wt[b1:].addmm_(U[b0:b1, b1:].T, Err1, alpha=-1.0)
-    return QuantizedTensor(bits=qt.bits, group_size=gs, shape=qt.shape, codes=np.ascontiguousarray(codes_t.T.numpy()),
+    """The codes GPTQ picks for float w (N, K) under H (K, K) on qt's fixed grid; scales/zeros unchanged
+    (the same arrays). GPTQ's own column loop (quant.gptq.gptq_quantize with grid=)."""
+    if tuple(np.shape(w)) != tuple(qt.shape):
+        raise ValueError(f"w: expected shape {tuple(qt.shape)}, got {tuple(np.shape(w))}")
+    new, _ = gptq_quantize(w, H, qt.bits, qt.group_size, damp=damp, block_size=block_size,
+                           grid=(qt.scales, qt.zeros))
+    return QuantizedTensor(bits=qt.bits, group_size=qt.group_size, shape=qt.shape, codes=new.codes,
                            scales=qt.scales, zeros=qt.zeros, method=qt.method)
 
 
