@@ -125,8 +125,9 @@ def gguf_bytes_per_token(path) -> int:
 
 
 # ------------------------------------------------------------------------------ timing
-def time_lutc(dec, prompt, n_decode, prefill_ids):
-    """(median decode step, prefill, median decode step CPU time of the calling thread, prefill's) in s."""
+def decode_steps(dec, prompt, n_decode):
+    """(median wall, median thread CPU time) in s of n_decode greedy decode steps of a lutc decoder
+    after a fresh prefill of prompt."""
     dec.reset()
     dec.prefill(prompt)
     tok, ts, cs = 5, [], []
@@ -136,10 +137,16 @@ def time_lutc(dec, prompt, n_decode, prefill_ids):
         ts.append(time.perf_counter() - t)
         cs.append(time.thread_time() - c)
         tok = int(np.argmax(logits))
+    return float(np.median(ts)), float(np.median(cs))
+
+
+def time_lutc(dec, prompt, n_decode, prefill_ids):
+    """(median decode step, prefill, median decode step CPU time of the calling thread, prefill's) in s."""
+    step, step_cpu = decode_steps(dec, prompt, n_decode)
     dec.reset()
     t, c = time.perf_counter(), time.thread_time()
     dec.prefill(prefill_ids)
-    return float(np.median(ts)), time.perf_counter() - t, float(np.median(cs)), time.thread_time() - c
+    return step, time.perf_counter() - t, step_cpu, time.thread_time() - c
 
 
 def time_llama(llm, prompt, n_decode, prefill_ids):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import conditions, write_json  # noqa: E402
+from common import conditions, time_interleaved, write_json  # noqa: E402
 
 import lutc  # noqa: E402
 import quant  # noqa: E402
@@ -62,24 +61,9 @@ def run(bits, N, K, M, threads, rounds, calls, stream_mb, gs=None):
     for pls in plans.values():
         for pl in pls:
             pl.run(threads)
-    names = list(plans)
-    per_round = {k: [] for k in names}
-    every = {k: [] for k in names}
-    cpu = {k: [] for k in names}
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        ts = {k: [] for k in names}
-        for i in range(calls):
-            for j, k in enumerate(order):
-                pl = plans[k][(i * len(order) + j) % ncopy]
-                pl.tables(threads)
-                c, t = time.thread_time(), time.perf_counter()
-                pl.gemm(threads)
-                ts[k].append(time.perf_counter() - t)
-                cpu[k].append(time.thread_time() - c)
-        for k in names:
-            per_round[k].append(float(np.median(ts[k])))
-            every[k] += ts[k]
+    per_round, every, cpu = time_interleaved(
+        {k: (lambda c, pls=pls: pls[c].tables(threads), lambda c, pls=pls: pls[c].gemm(threads))
+         for k, pls in plans.items()}, rounds, calls, ncopy)
     med = {k: float(np.median(v)) for k, v in per_round.items()}
     p25 = {k: float(np.percentile(v, 25)) for k, v in every.items()}
     best = {k: float(np.min(v)) for k, v in every.items()}

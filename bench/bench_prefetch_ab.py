@@ -22,13 +22,12 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_e2e import _stream_kernel  # noqa: E402
-from common import conditions, write_json  # noqa: E402
+from common import conditions, time_interleaved, write_json  # noqa: E402
 
 import lutc  # noqa: E402
 import quant  # noqa: E402
@@ -61,26 +60,10 @@ def run(bits, N, K, threads, pfs, rounds, calls, stream_mb, gs=None):
         if not np.array_equal(ref, y):
             raise AssertionError(f"{k} differs from {next(iter(plans))}")
     names = list(plans) + ["stream"]
-    per_round, every, cpu = ({k: [] for k in names} for _ in range(3))
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        ts = {k: [] for k in names}
-        for i in range(calls):
-            for j, k in enumerate(order):
-                c = (i * len(order) + j + 1) % ncopy     # copy 0 is warm from the check above
-                if k == "stream":
-                    t0, c0 = time.perf_counter(), time.thread_time()
-                    skern[(sout.size,)](sarr[c], sout, CH=STREAM_CH, threads=threads)
-                else:
-                    pl = plans[k][c]
-                    pl.tables(threads)
-                    t0, c0 = time.perf_counter(), time.thread_time()
-                    pl.gemm(threads)
-                ts[k].append(time.perf_counter() - t0)
-                cpu[k].append(time.thread_time() - c0)
-        for k in names:
-            per_round[k].append(float(np.median(ts[k])))
-            every[k] += ts[k]
+    timed = {k: (lambda c, pls=pls: pls[c].tables(threads), lambda c, pls=pls: pls[c].gemm(threads))
+             for k, pls in plans.items()}
+    timed["stream"] = (None, lambda c: skern[(sout.size,)](sarr[c], sout, CH=STREAM_CH, threads=threads))
+    per_round, every, cpu = time_interleaved(timed, rounds, calls, ncopy, first_copy=1)  # copy 0 is warm
     sbytes = ns * 4
     stat = {"median": {k: float(np.median(v)) for k, v in per_round.items()},
             "p25": {k: float(np.percentile(v, 25)) for k, v in every.items()},
@@ -95,34 +78,21 @@ def run(bits, N, K, threads, pfs, rounds, calls, stream_mb, gs=None):
             "loadavg": os.getloadavg()}
 
 
-def _steps(dec, n):
-    dec.reset()
-    dec.prefill([1, 2, 3, 4])
-    tok, ts, cs = 5, [], []
-    for _ in range(n):
-        t, c = time.perf_counter(), time.thread_time()
-        logits = dec.decode(tok)
-        ts.append(time.perf_counter() - t)
-        cs.append(time.thread_time() - c)
-        tok = int(np.argmax(logits))
-    return float(np.median(ts)), float(np.median(cs))
-
-
 def decode(bits, pfs, rounds, steps=32):
-    from bench_e2e import bandwidth, lutc_model
+    from bench_e2e import bandwidth, decode_steps, lutc_model
     from runtime import LeanDecoder
     base = LeanDecoder(lutc_model("llama7b", bits), n_ctx=64, threads=1)
     decs = {"pf0": base}
     for d in pfs:
         decs[f"pf{d}"] = LeanDecoder(base.to_packed_model(), n_ctx=64, threads=1, knobs={"prefetch": d})
     for d in decs.values():
-        _steps(d, 4)
+        decode_steps(d, [1, 2, 3, 4], 4)
     bw_cpu = {}
     bw = bandwidth([1], 5, cpu_out=bw_cpu)[1]
     wall, cpu = ({k: [] for k in decs} for _ in range(2))
     for r in range(rounds):
         for k in (list(decs) if r % 2 == 0 else list(decs)[::-1]):
-            w, c = _steps(decs[k], steps)
+            w, c = decode_steps(decs[k], [1, 2, 3, 4], steps)
             wall[k].append(w)
             cpu[k].append(c)
     bw = max(bw, bandwidth([1], 5, cpu_out=bw_cpu)[1])

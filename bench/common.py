@@ -117,6 +117,35 @@ def time_calls(fn, n: int, warmup: int = 2):
     return ts, sw, cpu
 
 
+def time_interleaved(variants: dict, rounds: int, calls: int, ncopy: int, first_copy: int = 0):
+    """Interleaved A/B timing of kernels that stream their data from rotating copies.
+
+    variants: name -> (setup(copy) or None, timed(copy)); setup runs untimed right before timed.
+    Each call of each variant uses the next copy (copy (first_copy + call number) % ncopy, calls
+    numbered across variants, so no recent call read it); the order of the variants is reversed
+    every round. Returns per_round (name -> median of each round's calls), every (name -> all
+    call times) and cpu (name -> all calls' thread CPU times) in seconds."""
+    names = list(variants)
+    per_round, every, cpu = ({k: [] for k in names} for _ in range(3))
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        ts = {k: [] for k in names}
+        for i in range(calls):
+            for j, k in enumerate(order):
+                c = (first_copy + i * len(order) + j) % ncopy
+                setup, timed = variants[k]
+                if setup is not None:
+                    setup(c)
+                t0, c0 = time.perf_counter(), time.thread_time()
+                timed(c)
+                ts[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.thread_time() - c0)
+        for k in names:
+            per_round[k].append(float(np.median(ts[k])))
+            every[k] += ts[k]
+    return per_round, every, cpu
+
+
 def stats(ts, sw=None, cpu=None, threads: int = 1, min_clean: int = 10) -> dict:
     """median/p10/p90/min of call times; with sw and cpu also the share of preempted calls, the
     median cores the process had, and 'median_uncontended': the median over calls that were not
