@@ -218,9 +218,9 @@ def _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
                 tl.prefetch(w_tile + (grp + PF) * WG + i, 3)
             for i in tl.static_range(0, SZG, 32):
                 tl.prefetch(sz_tile + (grp + PF) * SZG + i, 3)
-        w_group = w_tile + grp * (CPG * BITS * BN)
+        w_group = w_tile + grp * WG
         luts_group = luts + (m0 * NG + grp) * (TPGP * TS)
-        sz = sz_tile + grp * ((BITS + 1) * BN)
+        sz = sz_tile + grp * SZG
         scales = [tl.load(sz + b * BN + tl.arange(0, BN)).to(tl.float32) for b in tl.static_range(BITS)]
         row = m0 * NG + grp                 # (row + mi * NG) indexes lut_scales / NS and xsums
         if RATIO > 0:                       # integer block ratios: one int16 sum per plane and group
