@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .gptq import gptq_quantize
+from .gptq import HessianAccumulator, gptq_quantize
 from .tensor import QuantizedTensor
 
 __all__ = ["rechoose_codes", "layer_hessians"]
@@ -31,19 +31,18 @@ def rechoose_codes(w, H, qt: QuantizedTensor, damp: float = 0.01, block_size: in
 
 
 def layer_hessians(layer, names, run, x: torch.Tensor, batch: int) -> dict:
-    """H = 2/n * sum x_t x_t^T of the inputs of each linear `names` of `layer` while run(layer, x) runs."""
-    acc = {n: [torch.zeros(()), 0] for n in names}
-    hooks = []
+    """H = 2/n * sum x_t x_t^T of the inputs of each linear `names` of `layer` while run(layer, x)
+    runs (one quant.gptq.HessianAccumulator per linear, as GPTQ builds them)."""
+    acc = {}
 
     def hook(name):
         def record(module, inputs):
-            a = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
-            acc[name][0] = acc[name][0] + a.T @ a
-            acc[name][1] += a.shape[0]
+            if name not in acc:
+                acc[name] = HessianAccumulator(inputs[0].shape[-1])
+            acc[name].add(inputs[0])
         return record
 
-    for n in names:
-        hooks.append(layer.get_submodule(n).register_forward_pre_hook(hook(n)))
+    hooks = [layer.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     try:
         with torch.no_grad():
             for i in range(0, x.shape[0], batch):
@@ -51,5 +50,4 @@ def layer_hessians(layer, names, run, x: torch.Tensor, batch: int) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    return {n: (2.0 / max(c, 1) * s).to(torch.float32) for n, (s, c) in acc.items()}
-
+    return {n: a.take() for n, a in acc.items()}
