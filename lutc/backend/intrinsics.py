@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
+from .irutil import splat
+
 I1, I8, I32 = ir.IntType(1), ir.IntType(8), ir.IntType(32)
 
 
@@ -131,9 +133,7 @@ class Intrinsics:
         out = ir.Constant(idx.type, [0] * n)
         for e in range(16):
             entry = b.extract_element(table, ir.Constant(I32, e))
-            ins = b.insert_element(ir.Constant(idx.type, ir.Undefined), entry, ir.Constant(I32, 0))
-            spl = b.shuffle_vector(ins, ir.Constant(idx.type, ir.Undefined),
-                                   ir.Constant(ir.VectorType(I32, n), [0] * n))
+            spl = splat(b, entry, n)
             hit = b.icmp_unsigned("==", idx, ir.Constant(idx.type, [e] * n))
             out = b.select(hit, spl, out)
         return out

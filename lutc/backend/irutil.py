@@ -9,13 +9,20 @@ I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 
-__all__ = ["I64", "PTR", "PtrTo", "for_range", "repeat_call_function", "const_vec", "concat_rows"]
+__all__ = ["I64", "PTR", "PtrTo", "for_range", "repeat_call_function", "const_vec", "concat_rows", "splat"]
 
 
 def const_vec(ty, values):
     """A constant vector of `ty` lanes holding `values`."""
     values = list(values)
     return ir.Constant(ir.VectorType(ty, len(values)), values)
+
+
+def splat(b: ir.IRBuilder, v, n: int):
+    """A vector of n lanes, each v (insertelement into lane 0, then a zero-mask shuffle)."""
+    vt = ir.VectorType(v.type, n)
+    tmp = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(I32, 0))
+    return b.shuffle_vector(tmp, ir.Constant(vt, ir.Undefined), const_vec(I32, [0] * n))
 
 
 def concat_rows(b: ir.IRBuilder, parts):

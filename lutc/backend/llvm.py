@@ -6,6 +6,7 @@ import llvmlite.ir as ir
 from ..ir import Function
 from ..ir import types as T
 from .intrinsics import Intrinsics
+from .irutil import const_vec, splat
 from .launch_abi import GRID_SLOTS, LAUNCH_FNTY, launch_symbol
 from .shapes import ShapeOps
 from .target import Target
@@ -23,10 +24,6 @@ def llvm_type(t):
     if t.is_float:
         return {16: ir.HalfType(), 32: ir.FloatType(), 64: ir.DoubleType()}[t.bits]
     return ir.IntType(t.bits)
-
-
-def _const_vec(ty, values):
-    return ir.Constant(ir.VectorType(ty, len(values)), list(values))
 
 
 class KernelCodegen(ShapeOps):
@@ -109,12 +106,10 @@ class KernelCodegen(ShapeOps):
         return self.grid[op.attrs["axis"]]
 
     def op_arange(self, op, args):
-        return _const_vec(I32, range(op.attrs["start"], op.attrs["end"]))
+        return const_vec(I32, range(op.attrs["start"], op.attrs["end"]))
 
     def splat(self, v, n):
-        vt = ir.VectorType(v.type, n)
-        tmp = self.b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(I32, 0))
-        return self.b.shuffle_vector(tmp, ir.Constant(vt, ir.Undefined), _const_vec(I32, [0] * n))
+        return splat(self.b, v, n)
 
     def op_splat(self, op, args):
         return self.splat(args[0], op.results[0].type.size)
@@ -183,7 +178,7 @@ class KernelCodegen(ShapeOps):
         if access == "uniform" and mask is None:
             return self.splat(self.b.load(self._lane0(ptr), typ=lt.element, align=align), rt.size)
         if mask is None:
-            mask = _const_vec(I1, [1] * rt.size)
+            mask = const_vec(I1, [1] * rt.size)
             passthru = ir.Constant(lt, ir.Undefined)
         else:
             passthru = args[2]
@@ -229,7 +224,7 @@ class KernelCodegen(ShapeOps):
         if op.attrs.get("access") == "rows":
             return self.store_rows(vt, ptr, val, mask, align)
         if mask is None:
-            mask = _const_vec(I1, [1] * vt.size)
+            mask = const_vec(I1, [1] * vt.size)
         self.intr.masked_scatter(self.b, val, ptr, mask, align)
         return None
 
@@ -239,19 +234,19 @@ class KernelCodegen(ShapeOps):
         if v.type.count == n:
             return v
         idx = list(range(v.type.count)) + [0] * (n - v.type.count)
-        return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), _const_vec(I32, idx))
+        return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), const_vec(I32, idx))
 
     def op_concat(self, op, args):
         a, b_ = args
         na, nb = a.type.count, b_.type.count
         w = max(na, nb)
         lanes = list(range(na)) + [w + j for j in range(nb)]
-        return self.b.shuffle_vector(self._widen(a, w), self._widen(b_, w), _const_vec(I32, lanes))
+        return self.b.shuffle_vector(self._widen(a, w), self._widen(b_, w), const_vec(I32, lanes))
 
     def op_slice(self, op, args):
         (v,) = args
         s, n = op.attrs["start"], op.attrs["size"]
-        return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), _const_vec(I32, range(s, s + n)))
+        return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), const_vec(I32, range(s, s + n)))
 
     def op_lut_build(self, op, args):
         (xs,) = args
@@ -263,7 +258,7 @@ class KernelCodegen(ShapeOps):
             n = table.type.count
             xj = b.extract_element(xs, ir.Constant(I32, j))
             plus = b.fadd(table, self.splat(xj, n))
-            table = b.shuffle_vector(table, plus, _const_vec(I32, range(2 * n)))
+            table = b.shuffle_vector(table, plus, const_vec(I32, range(2 * n)))
         return table
 
     def op_shuffle_bytes(self, op, args):
@@ -283,7 +278,7 @@ class KernelCodegen(ShapeOps):
         width = op.operands[0].type.elem.nbytes
         raw = self.b.bitcast(table, ir.VectorType(I8, n * width))
         undef = ir.Constant(raw.type, ir.Undefined)
-        return [self.b.shuffle_vector(raw, undef, _const_vec(I32, range(p, n * width, width)))
+        return [self.b.shuffle_vector(raw, undef, const_vec(I32, range(p, n * width, width)))
                 for p in range(width)]
 
     def op_bytes_combine(self, op, args):

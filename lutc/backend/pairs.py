@@ -18,7 +18,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from ..ir.pairs import inverse, pair_order
-from .irutil import const_vec
+from .irutil import const_vec, splat
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _MADDUBS = {16: "llvm.x86.ssse3.pmadd.ub.sw.128", 32: "llvm.x86.avx2.pmadd.ub.sw",
@@ -38,12 +38,6 @@ def emit_pair_order(b, target, v):
     return permute(b, v, inverse(pair_order(v.type.count, pair_width(target))))
 
 
-def _splat(b, v, n):
-    vt = ir.VectorType(v.type, n)
-    tmp = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(I32, 0))
-    return b.shuffle_vector(tmp, ir.Constant(vt, ir.Undefined), const_vec(I32, [0] * n))
-
-
 def permute(b, v, p):
     """out[i] = v[p[i]]."""
     return b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), const_vec(I32, p))
@@ -56,7 +50,7 @@ def emit_pair_madd(b, intr, target, a, bv, ra, rb):
     wide = ir.VectorType(I16, n)
     prods = []
     for v, r in ((a, ra), (bv, rb)):
-        prods.append(b.mul(b.sext(v, wide), _splat(b, b.zext(r, I16), n)))
+        prods.append(b.mul(b.sext(v, wide), splat(b, b.zext(r, I16), n)))
     fn = intr.declare(f"llvm.sadd.sat.v{n}i16", wide, [wide, wide])
     return permute(b, b.call(fn, prods), pair_order(n, pair_width(target)))
 
@@ -77,7 +71,7 @@ def _x86(b, intr, target, a, bv, ra, rb, n):
         idx = list(range(base, base + w))
         pa = permute(b, a, idx)
         pb = permute(b, bv, idx)
-        mult = b.bitcast(_splat(b, mult16, w // 2), ir.VectorType(I8, w))
+        mult = b.bitcast(splat(b, mult16, w // 2), ir.VectorType(I8, w))
         fn = intr.declare(_MADDUBS[w], ir.VectorType(I16, w // 2), [mult.type, mult.type])
         for half in (0, 8):           # vpunpcklbw, vpunpckhbw: bytes 0-7 / 8-15 of each 16-byte lane
             lanes = [lane + half + j for lane in range(0, w, 16) for j in range(8)]
