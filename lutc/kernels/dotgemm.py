@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import lutc.language as tl
 from lutc.jitfunction import jit
+from lutc.kernels.gemm import round_i8
 
 QB = 32        # columns per decoded weight slice and per xq block
 
@@ -64,14 +65,6 @@ def dot_insns(target="host") -> int | None:
 
 
 @jit
-def _to_i8(q):
-    """Integer-valued floats in [-128, 127] as int8, exactly: q + 1.5 * 2**23 holds q in its low
-    mantissa bits, so a bitcast and a subtraction give q as int32, truncated to int8 (a float -> int
-    cast would saturate, which LLVM scalarizes on x86)."""
-    return (tl.bitcast(q + 12582912.0, tl.int32) - 0x4B400000).to(tl.int8)
-
-
-@jit
 def quantize_x(x, luts, lut_scales, xsums, K, NG, GS: tl.constexpr, BM: tl.constexpr, XB: tl.constexpr,
                RES: tl.constexpr):
     """Program (m, grp): row m's GS activations of group grp as int8, one scale per XB of them, and
@@ -97,14 +90,14 @@ def quantize_x(x, luts, lut_scales, xsums, K, NG, GS: tl.constexpr, BM: tl.const
             kb = grp * (GS // QB) + sb * CPS + c
             k = kb * QB + lane
             v = tl.load(x + m * K + k, mask=k < K, other=0.0)
-            # (QB / 4, 4) rows of 4 bytes: one 4-byte store each; _to_i8 keeps the conversion vectorized
+            # (QB / 4, 4) rows of 4 bytes: one 4-byte store each; round_i8 keeps the conversion vectorized
             dst = luts + (mb * NG * (GS // QB) + kb) * (QB * BM * (1 + RES)) + mi * 4 \
                 + (tl.arange(0, QB // 4) * (4 * BM))[:, None] + tl.arange(0, 4)[None, :]
             q = tl.round(v / safe)
-            tl.store(dst, tl.reshape(_to_i8(q), (QB // 4, 4)))
+            tl.store(dst, tl.reshape(round_i8(q), (QB // 4, 4)))
             if RES:
                 r = tl.round((v - q * s) / (safe * (1.0 / 254.0)))
-                tl.store(dst + QB * BM, tl.reshape(_to_i8(r), (QB // 4, 4)))
+                tl.store(dst + QB * BM, tl.reshape(round_i8(r), (QB // 4, 4)))
         tl.store(lut_scales + ((mb * NG + grp) * SPG + sb) * BM + mi, s)
     tl.store(xsums + (mb * NG + grp) * BM + mi, xsum)
 

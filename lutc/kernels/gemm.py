@@ -16,6 +16,15 @@ from lutc.jitfunction import jit
 
 
 @jit
+def round_i8(q):
+    """Floats with |q| <= 127.5 rounded to nearest (ties to even) as int8, exactly: q + 1.5 * 2**23
+    holds round(q) in its low mantissa bits, so a bitcast and a subtraction give it as int32,
+    truncated to int8 (a saturating float -> int8 cast is scalarized by LLVM on x86: 16 scalar
+    conversions per table). Also the dot path's activation quantizer (dotgemm.quantize_x)."""
+    return (tl.bitcast(q + 12582912.0, tl.int32) - 0x4B400000).to(tl.int8)
+
+
+@jit
 def _table_amax(xs, CENTER: tl.constexpr):
     """Largest |entry| of the table over activations xs (zero-padded lanes)."""
     if CENTER:
@@ -86,10 +95,7 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
             if CENTER:
                 table = table - 0.5 * tl.sum(xs)
             if LUT_DTYPE == tl.int8:
-                # round to nearest (ties to even) by the float32 magic number 1.5 * 2**23: |table * inv|
-                # <= 127, so the low mantissa bits are the integer; a vector add and a truncation
-                # (a saturating float->int8 conversion would be 16 scalar conversions per table)
-                q = (tl.bitcast(table * inv + 12582912.0, tl.int32) - 0x4B400000).to(tl.int8)
+                q = round_i8(table * inv)                 # |table * inv| <= 127
             else:
                 q = table.to(LUT_DTYPE)
             tl.store(dst + t * TS + tl.arange(0, TS), q)
@@ -159,8 +165,8 @@ def _block(acc, scales, w_group, luts_group, lut_scales, c0, blk, row, NG, TABLE
     acc (in pair order); PAIR with float scales: part (pair order, multipliers 1) is put back
     in row order before the float sum."""
     if PAIR and RATIO > 0:
-        # r is an exact small integer float: its low byte after adding 1.5 * 2**23
-        rs = [tl.bitcast(tl.load(lut_scales + (row + mi * NG) * NS + 1 + blk) + 12582912.0, tl.int32).to(tl.uint8)
+        # r is an exact integer float in 1..64
+        rs = [round_i8(tl.load(lut_scales + (row + mi * NG) * NS + 1 + blk)).to(tl.uint8)
               for mi in tl.static_range(MB)]
         part = acc
     else:
