@@ -151,7 +151,7 @@ class Scratch:
     def __init__(self, sizes: dict, max_m: int):
         """sizes: elements of each buffer, `luts` in 4-byte units (the widest table type). Zeroed: the
         dot path computes whole blocks of dot_bm rows and reads the scales of rows past M, where
-        leftover heap bytes (NaNs, denormals) made its GEMMs 4-20x slower (SmolLM2 20-token
+        leftover heap bytes (NaNs, denormals) made its GEMMs 3-4x slower (SmolLM2 20-token
         prefill 1.25x)."""
         self.max_m = max_m
         self.luts = np.zeros(sizes["luts"] * 4, np.uint8)         # viewed as the schedule's scratch type
