@@ -5,8 +5,8 @@ HTTP API (http, SmolLM2 only), next to llama-cpp-python's server on the same mac
 checkpoint), llama7b = LLaMA-2-7B shapes W2 (4 layers, random weights, 4-bit lm_head), llama7b-w4.
 
 Usage: python bench/bench_serve.py [--models smollm2,llama7b] [--threads 2] [--streams 1,2,4,8]
-                                   [--tokens 64] [--no-http] [--no-llama] [--quick] [--ratio-only]
-Writes bench/results/serve.json (serve_steps.json with --ratio-only). llama.cpp's server runs when
+                                   [--tokens 64] [--no-http] [--no-llama] [--quick] [--ratio-only] [--out FILE]
+Writes bench/results/serve.json (serve_steps.json with --ratio-only) unless --out says otherwise. llama.cpp's server runs when
 `import llama_cpp.server` works; this script never builds it.
 """
 from __future__ import annotations
@@ -60,18 +60,32 @@ def run_engine(sched, reqs_prompts, tokens):
     return reqs, steps
 
 
-def engine_streams(sched, dec, n, tokens):
-    ps = prompts(n, 16, dec.cfg.vocab_size, seed=n)
-    run_engine(sched, ps, 4)                                    # warm-up: builds the step programs
-    t0 = time.perf_counter()
-    reqs, steps = run_engine(sched, ps, tokens)
-    wall = time.perf_counter() - t0
-    full = [s for d, p, s in steps if d == n and p == 0]
-    step = statistics.median(full)
-    return dict(streams=n, aggregate_tps=n / step, step_ms=1e3 * step,
-                per_stream_tps=statistics.median((r.completion_tokens - 1) / (r.t_done - r.t_first) for r in reqs),
-                ttft_ms=1e3 * statistics.median(r.t_first - r.t_submit for r in reqs),
-                wall_tps=sum(r.completion_tokens for r in reqs) / wall)
+def engine_streams(sched, dec, streams, tokens, rounds=3):
+    """Every stream count of `streams` through the scheduler, interleaved over `rounds` (so load
+    changes hit every N alike): aggregate tok/s from the median full decode step (N decode rows,
+    no prefill), per-stream tok/s, TTFT and tok/s of the whole run (prefill included), medians."""
+    ps = {n: prompts(n, 16, dec.cfg.vocab_size, seed=n) for n in streams}
+    for n in streams:
+        run_engine(sched, ps[n], 4)                             # warm-up: builds the step programs
+    full, per, ttft, wall_tps = ({n: [] for n in streams} for _ in range(4))
+    for _ in range(rounds):
+        for n in streams:
+            t0 = time.perf_counter()
+            reqs, steps = run_engine(sched, ps[n], tokens)
+            wall = time.perf_counter() - t0
+            full[n] += [s for d, p, s in steps if d == n and p == 0]
+            per[n] += [(r.completion_tokens - 1) / (r.t_done - r.t_first) for r in reqs]
+            ttft[n] += [r.t_first - r.t_submit for r in reqs]
+            wall_tps[n].append(sum(r.completion_tokens for r in reqs) / wall)
+    out = []
+    for n in streams:
+        step = statistics.median(full[n])
+        out.append(dict(streams=n, aggregate_tps=n / step, step_ms=1e3 * step, rounds=rounds,
+                        per_stream_tps=statistics.median(per[n]), ttft_ms=1e3 * statistics.median(ttft[n]),
+                        wall_tps=statistics.median(wall_tps[n])))
+    for r in out:
+        r["x_single"] = r["aggregate_tps"] / out[0]["aggregate_tps"]
+    return out
 
 
 def step_ratio(dec, streams, rounds=15, ctx_pos=32):
@@ -244,6 +258,7 @@ def main():
     ap.add_argument("--no-llama", action="store_true", help="skip llama-cpp-python's server")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ratio-only", action="store_true", help="only the interleaved step-time ratios")
+    ap.add_argument("--out", help="results file (default bench/results/serve.json, serve_steps.json with --ratio-only)")
     args = ap.parse_args()
     from runtime.scheduler import BatchScheduler
     streams = [int(s) for s in args.streams.split(",")]
@@ -265,12 +280,11 @@ def main():
         dec.set_threads(args.threads)
         if args.ratio_only:
             continue
-        res["engine"][model] = []
-        for n in streams:
-            r = engine_streams(sched, dec, n, tokens)
-            res["engine"][model].append(r)
-            print(f"{model} engine {n} streams: aggregate {r['aggregate_tps']:.1f} tok/s (step {r['step_ms']:.2f} ms)"
-                  f", per stream {r['per_stream_tps']:.1f}, TTFT {r['ttft_ms']:.0f} ms", flush=True)
+        res["engine"][model] = engine_streams(sched, dec, streams, tokens, 1 if args.quick else 3)
+        for r in res["engine"][model]:
+            print(f"{model} engine {r['streams']} streams: aggregate {r['aggregate_tps']:.1f} tok/s (step "
+                  f"{r['step_ms']:.2f} ms, x{r['x_single']:.2f} the first stream count's), per stream "
+                  f"{r['per_stream_tps']:.1f}, TTFT {r['ttft_ms']:.0f} ms", flush=True)
         res["ttft"][model] = t = ttft_128(sched, dec, 1 if args.quick else 3)
         print(f"{model} TTFT 128-token prompt: idle {t['idle_ms']:.0f} ms, 3 streams decoding "
               f"{t['loaded_ms']:.0f} ms (x{t['ratio']:.2f})", flush=True)
@@ -303,7 +317,8 @@ def main():
             th.join()
         del sched, dec
     res["conditions_end"] = conditions()
-    write_json(RESULTS / ("serve_steps.json" if args.ratio_only else "serve.json"), res)
+    write_json(pathlib.Path(args.out) if args.out else RESULTS / ("serve_steps.json" if args.ratio_only else "serve.json"),
+               res)
     print(res["llama_cpp"])
 
 

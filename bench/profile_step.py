@@ -3,7 +3,8 @@ one by one, grouped (table builds, LUT GEMMs, attention, norms/RoPE/glue, lm_hea
 whole program's time and the Python overhead of `forward_batch` and of a scheduler step.
 
 Usage: python bench/profile_step.py [--models smollm2,llama7b] [--rows 1,2,4,8] [--threads 1,2] [--reps 15]
-Writes bench/results/profile_step.json. Rows are decode rows of distinct sequences at position 32.
+                                   [--out bench/results/profile_step.json]
+Wall and process CPU time per group. Rows are decode rows of distinct sequences at position 32.
 """
 from __future__ import annotations
 
@@ -28,35 +29,38 @@ def group_of(launch) -> str:
 
 def profile(dec, m, reps):
     """Median ms per group over reps, each launch timed alone (ctypes call included), the lm_head
-    separately; and the whole program's native time and forward_batch's wall time."""
+    separately; and the whole program's native time and forward_batch's wall time. The same in
+    process CPU time under "cpu" (at 1 thread the work itself, which preemption on a loaded
+    machine does not inflate; at 2 threads it includes the pool's spinning waits)."""
     rows = (list(range(m)), [32] * m, [5] * m, list(range(m)))
     dec.forward_batch(*rows)
     prog = dec._programs[(m, m, dec.threads)]
     recs = list(zip(prog.launches, prog.records[:, 3]))
     n_lm = 2                                                  # the last two launches are lm_head's
-    groups = {}
+    groups, cpus = {}, {}
     for _ in range(reps):
-        tot = {}
+        tot, ctot = {}, {}
         for i, (launch, thr) in enumerate(recs):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             launch(int(thr))
-            dt = time.perf_counter() - t
+            dt, dc = time.perf_counter() - t, time.process_time() - c
             g = "lm_head" if i >= len(recs) - n_lm else group_of(launch)
             tot[g] = tot.get(g, 0.0) + dt
-        for g, v in tot.items():
-            groups.setdefault(g, []).append(v)
-    whole, fb = [], []
-    for _ in range(reps):
-        t = time.perf_counter()
-        prog.run()
-        whole.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        dec.forward_batch(*rows)
-        fb.append(time.perf_counter() - t)
-    out = {g: 1e3 * statistics.median(v) for g, v in groups.items()}
-    out["sum_of_launches"] = sum(out.values())
-    out["program"] = 1e3 * statistics.median(whole)
-    out["forward_batch"] = 1e3 * statistics.median(fb)
+            ctot[g] = ctot.get(g, 0.0) + dc
+        for g in tot:
+            groups.setdefault(g, []).append(tot[g])
+            cpus.setdefault(g, []).append(ctot[g])
+    for name, fn in (("program", prog.run), ("forward_batch", lambda: dec.forward_batch(*rows))):
+        for _ in range(reps):
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            groups.setdefault(name, []).append(time.perf_counter() - t)
+            cpus.setdefault(name, []).append(time.process_time() - c)
+    med = lambda d: {g: 1e3 * statistics.median(v) for g, v in d.items()}  # noqa: E731
+    out, cpu = med(groups), med(cpus)
+    for d in (out, cpu):
+        d["sum_of_launches"] = sum(v for g, v in d.items() if g not in ("program", "forward_batch"))
+    out["cpu"] = cpu
     out["launches"] = len(recs)
     return out
 
@@ -97,6 +101,7 @@ def main():
     ap.add_argument("--rows", default="1,2,4,8")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--out", default=str(RESULTS / "profile_step.json"))
     args = ap.parse_args()
     from bench.bench_serve import load
     rows = [int(r) for r in args.rows.split(",")]
@@ -112,11 +117,12 @@ def main():
                 p = profile(dec, m, args.reps)
                 p["scheduler_python"] = scheduler_overhead(dec, tok, m)
                 per[m] = p
-                print(model, f"{thr}T", f"M={m}", " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                                                           for k, v in p.items()), flush=True)
+                print(model, f"{thr}T", f"M={m}", "wall:", " ".join(f"{k}={v:.2f}" if isinstance(v, float) else
+                                                                    f"{k}={v}" for k, v in p.items() if k != "cpu"),
+                      "| cpu:", " ".join(f"{k}={v:.2f}" for k, v in p["cpu"].items()), flush=True)
         del dec
     res["conditions_end"] = conditions()
-    write_json(RESULTS / "profile_step.json", res)
+    write_json(pathlib.Path(args.out), res)
 
 
 if __name__ == "__main__":

@@ -45,13 +45,15 @@ def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> S
     DOT_MIN_M rows where its layout allows, the target has a group-dot instruction
     (`dotgemm.dot_insns`: VNNI, AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so
     (output blocks of dot_bm x dot_ns = 128 with the activation residual: three accumulator sets
-    fit the 32 AVX-512 registers). Pair-sum lookups (lut_pair) on x86 targets whose vectors are
-    at most 256 bits (AVX2 hosts): 0.93-1.17x kernel CPU time at M=1 and 1.32-1.46x at M=4
-    there, while on AVX-512 32-row pairs measured no better (docs/runtime.md, "Pair-sum lookups")."""
+    fit the 32 AVX-512 registers). Pair-sum lookups (lut_pair; bit-identical to single lookups) on
+    x86 targets with a byte shuffle: at every M where vectors are at most 256 bits (AVX2 hosts:
+    0.93-1.17x kernel CPU time at M=1, 1.32-1.46x at M=4), from 2 rows on AVX-512 (M=1 measured
+    no better, 0.75-1.01x; M=2-32 1.10-1.23x with the tables: docs/runtime.md, "Pair-sum lookups",
+    docs/serving.md)."""
     from .backend.target import get_target
     from .kernels.dotgemm import dot_insns
     t = get_target(target)
-    pair = t.is_x86 and t.byte_shuffle == "pshufb" and t.vector_bits <= 256
+    pair = t.is_x86 and t.byte_shuffle == "pshufb" and (t.vector_bits <= 256 or M >= 2)
     s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M), lut_pair=pair)
     s = s.replace(prefetch=default_prefetch(s))
     if M >= DOT_MIN_M and group_size % 32 == 0:

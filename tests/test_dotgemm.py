@@ -275,3 +275,15 @@ def test_host_target_override(monkeypatch):
     assert t.name == "x86-avx2" and t.is_host and level_max("host") == 127
     from lutc.ops import default_schedule
     assert default_schedule(2, 128, 128).path == "lut"       # AVX2: two instructions per dot, W2 stays on LUT
+
+
+def test_scratch_starts_zeroed():
+    """Fresh scratch holds zeros: a dot block of dot_bm rows reads the scales of rows past M, and
+    leftover heap bytes there (NaNs, denormals) made dot GEMMs 3-4x slower (results were masked)."""
+    from lutc.kernels.compiled import Scratch
+    s = Schedule(bits=4, group_size=128).replace(path="dot", dot_bm=16, dot_ns=8)
+    for _ in range(3):
+        junk = np.full(1 << 16, 0xFF, np.uint8)       # leave non-zero bytes in freed heap memory
+        del junk
+        sc = Scratch.for_schedules([s], 16, 8)
+        assert not sc.luts.any() and not sc.lut_scales.any() and not sc.xsums.any()

@@ -95,10 +95,12 @@ def test_pair_madd_rejects_bad_operands():
         bad[(1,)](np.zeros(16, np.int8), np.zeros(16, np.int16))
 
 
-def test_default_schedule_pairs_on_avx2_targets_only():
+def test_default_schedule_pairs_on_x86_avx2_and_avx512_batches():
     from lutc.ops import default_schedule
     assert default_schedule(2, 64, 1, "x86-avx2").lut_pair and default_schedule(4, 128, 4, "x86-avx2").paired
-    assert not default_schedule(2, 64, 1, "x86-avx512").lut_pair
+    assert not default_schedule(2, 64, 1, "x86-avx512").lut_pair          # one row: single lookups
+    assert all(default_schedule(b, 128, m, "x86-avx512").paired for b in (2, 4) for m in (2, 4, 8))
+    assert not default_schedule(2, 64, 4, "aarch64-linux").lut_pair
     assert not default_schedule(2, 64, 1, "aarch64-linux").lut_pair
     assert not default_schedule(2, 64, 1, "generic-x86").lut_pair          # no byte shuffle at all
     assert default_schedule(2, 128, 64, "x86-avx2").path == "lut"          # AVX2: W2 stays on LUT (ops.dot_preferred)
