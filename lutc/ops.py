@@ -42,8 +42,9 @@ def dot_preferred(bits: int, M: int, s: Schedule, insns: int = 1) -> bool:
 def default_layout(target="host") -> dict:
     """The untuned packed tile height (bn) and lookup form (lut_pair) of a target, by measurement
     (docs/runtime.md, "Pair-sum lookups"): pair-sum lookups on x86 targets with pshufb, in 64-row
-    tiles where vectors are 512 bits (AVX-512: the pairs run in zmm; batched M=4 GEMMs 1.1-1.3x and
-    SmolLM2 W4 decode ~1.14x the former 32-row single lookups) and in 32-row tiles at <= 256 bits
+    tiles where vectors are 512 bits (AVX-512: the pairs run in zmm; batched M=4 GEMMs 1.16-1.35x,
+    M=1 1.00-1.09x, SmolLM2 W4 decode 1.07-1.12x the former 32-row single lookups, W2 decode
+    within noise) and in 32-row tiles at <= 256 bits
     (AVX2: 1.32-1.46x at M=4, 0.93-1.17x at M=1); elsewhere single lookups in 32-row tiles. Every M
     bucket of a matrix shares bucket 1's layout (runtime.linear.bucket_schedules), and the runtime's
     pack cache is keyed by this layout (runtime.packcache.cache_path)."""
