@@ -1,4 +1,4 @@
-"""Interleaved A/B of int8 table settings, end-to-end decode (SmolLM2 W2 g128 RTN): the host's default
+"""Interleaved A/B of int8 table settings, end-to-end decode (SmolLM2 W2 g128 RTN, or --model llama7b): the host's default
 schedule, the default tables (block 16, integer ratios) with single and pair-sum lookups in 32- and
 64-row tiles, block 32 / block 16 with float scales, and the pre-issue-10 tables (one scale per
 group, not centered) on the pre-pair kernel in 32-row tiles ("old", the reference: pinned, so a new
@@ -7,7 +7,7 @@ a loaded machine's preemption does not inflate), at 2+ threads in wall time; con
 interleaved a few steps at a time (common.decode_interleaved), medians and 25th percentiles over
 all steps. Each configuration keeps the default prefetch distance of its tile height.
 
-Usage: python bench/bench_table_ab.py [--threads 1,2] [--rounds 60] [--bits 2] [--out f.json]
+Usage: python bench/bench_table_ab.py [--threads 1,2] [--rounds 60] [--bits 2] [--model smollm2|llama7b] [--out f.json]
 """
 import argparse
 import os
@@ -22,7 +22,7 @@ from lutc import Schedule  # noqa: E402
 from lutc.ops import default_layout, default_prefetch, default_schedule  # noqa: E402
 from lutc.tuning.space import describe  # noqa: E402
 from runtime import LeanDecoder  # noqa: E402
-from runtime.models import load_quantized  # noqa: E402
+from bench_e2e import lutc_model  # noqa: E402
 
 OLD = dict(lut_scale_block=1 << 30, lut_centered=False, lut_pair=False, bn=32)
 CFGS = {"default": None,
@@ -60,6 +60,8 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--bits", type=int, default=2)
+    ap.add_argument("--model", default="smollm2", choices=("smollm2", "llama7b"),
+                    help="llama7b: bench_e2e's LLaMA-2-7B-shaped random model (4 layers)")
     ap.add_argument("--configs", default=",".join(CFGS), help="names of CFGS to run ('old' always runs)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -68,13 +70,13 @@ def main():
     if unknown:
         ap.error(f"unknown config(s) {sorted(unknown)}; known: {list(CFGS)}")
     names += [] if "old" in names else ["old"]
-    qm = load_quantized("smollm2-135m", bits=a.bits, group_size=128, method="rtn", progress=False)
-    out = {"conditions": conditions(), "target": os.environ.get("LUTC_HOST_TARGET", "host"), "bits": a.bits,
+    qm = lutc_model(a.model, a.bits)
+    out = {"conditions": conditions(), "target": os.environ.get("LUTC_HOST_TARGET", "host"), "bits": a.bits, "model": a.model,
            "runs": []}
     for t in (int(v) for v in a.threads.split(",")):
         r = run(qm, a.bits, t, a.rounds, names)
         out["runs"].append(r)
-        print(f"SmolLM2 W{a.bits} g128 RTN, {t} thread(s), {r['clock']}, load {r['loadavg'][0]:.2f}")
+        print(f"{a.model} W{a.bits} g128 RTN, {t} thread(s), {r['clock']}, load {r['loadavg'][0]:.2f}")
         for k in names:
             print(f"  {k:22s} {r['tok_s'][k]:7.1f} tok/s  vs old x{r['vs_old'][k]:.3f}  (p25 x{r['p25_vs_old'][k]:.3f})",
                   flush=True)
