@@ -1,7 +1,7 @@
 """Pair-sum lookups (Schedule.lut_pair) against single lookups: lut_gemm kernel time, interleaved.
 
 Usage: python bench/bench_pair_ab.py [--shapes 2/4096/4096,...] [--m 1,4] [--threads 1,2] [--out f.json]
-       python bench/bench_pair_ab.py --decode 2,4 [--threads 1]   (SmolLM2 g128 RTN decode instead)
+       python bench/bench_pair_ab.py --decode 2,4 [--threads 1] [--decode-rounds 40]   (SmolLM2 g128 RTN decode)
 Per (bits, N, K, M, threads): the kernels of one tile width read the same packed copies, call by
 call alternating, each call on a copy no recent call read (weights stream as in decode), the
 order reversed every round; the table launch is run before each GEMM but only the GEMM is timed.
@@ -19,17 +19,16 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import conditions, time_interleaved, write_json  # noqa: E402
+from common import conditions, decode_interleaved, time_interleaved, write_json  # noqa: E402
 
 import lutc  # noqa: E402
 import quant  # noqa: E402
 from lutc import Schedule  # noqa: E402
-from lutc.ops import default_mb  # noqa: E402
+from lutc.ops import default_mb, default_prefetch  # noqa: E402
 
 OLD_TABLES = dict(lut_scale_block=1 << 30, lut_centered=False)
 
@@ -82,34 +81,19 @@ def run(bits, N, K, M, threads, rounds, calls, stream_mb, gs=None):
 
 def decode(bits, threads, rounds):
     """SmolLM2-135M W`bits` g128 RTN decode steps, single vs pair lookups at bn 32 and 64 (every
-    linear), interleaved per round (order swapped every round); per round the 25th percentile
-    of 24 steps (at 1 thread in thread CPU time, which excludes preemption), then the median
-    over rounds."""
+    linear; each with the default prefetch distance of its bn), interleaved a few steps at a time
+    (common.decode_interleaved); the median over all steps (at 1 thread in thread CPU time, which
+    excludes preemption)."""
     from runtime import LeanDecoder
     from runtime.models import load_quantized
     qm = load_quantized("smollm2-135m", bits=bits, group_size=128, method="rtn", progress=False)
-    cfgs = {f"{k} bn{bn}": dict(lut_pair=k == "pair", bn=bn) for bn in (32, 64) for k in ("single", "pair")}
-    decs = {k: LeanDecoder(qm, n_ctx=128, threads=threads, knobs=v) for k, v in cfgs.items()}
-    for d in decs.values():
-        d.reset()
-        d.prefill([1, 2, 3])
-        for _ in range(5):
-            d.decode(5)
-    res = {k: [] for k in decs}
-    for r in range(rounds):
-        items = list(decs.items()) if r % 2 == 0 else list(decs.items())[::-1]
-        for k, d in items:
-            d.reset()
-            d.prefill([1, 2, 3])
-            ts = []
-            for _ in range(24):
-                t = time.thread_time() if threads == 1 else time.perf_counter()
-                d.decode(7)
-                ts.append((time.thread_time() if threads == 1 else time.perf_counter()) - t)
-            res[k].append(float(np.percentile(ts, 25)))
+    cfgs = {f"{k} bn{bn}": dict(lut_pair=k == "pair", bn=bn, prefetch=default_prefetch(Schedule.make(bits, 128, bn=bn)))
+            for bn in (32, 64) for k in ("single", "pair")}
+    decs = {k: LeanDecoder(qm, n_ctx=256, threads=threads, knobs=v) for k, v in cfgs.items()}
+    res = decode_interleaved(decs, rounds, threads)
     med = {k: float(np.median(v)) for k, v in res.items()}
     return {"model": "smollm2-135m", "bits": bits, "group_size": 128, "threads": threads,
-            "clock": "thread CPU time" if threads == 1 else "wall",
+            "clock": "thread CPU time" if threads == 1 else "wall", "steps": len(res["single bn32"]),
             "tok_s": {k: 1 / v for k, v in med.items()},
             "vs_single_bn32": {k: med["single bn32"] / v for k, v in med.items()}, "loadavg": os.getloadavg()[0]}
 
@@ -124,13 +108,14 @@ def main():
     ap.add_argument("--calls", type=int, default=24)
     ap.add_argument("--stream-mb", type=int, default=96, help="bytes of packed copies to rotate through")
     ap.add_argument("--decode", default=None, help="bits,... : SmolLM2 decode A/B instead of GEMMs")
+    ap.add_argument("--decode-rounds", type=int, default=40, help="--decode: rounds of 4 steps per configuration")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     out = {"conditions": conditions(), "target": os.environ.get("LUTC_HOST_TARGET", "host"), "runs": []}
     if a.decode:
         for bits in (int(v) for v in a.decode.split(",")):
             for t in (int(v) for v in a.threads.split(",")):
-                r = decode(bits, t, max(a.rounds, 7))
+                r = decode(bits, t, a.decode_rounds)
                 out["runs"].append(r)
                 print(f"SmolLM2 W{bits} g128 decode t={t} load={r['loadavg']:.1f}  " + "  ".join(
                     f"{k} {v:.1f} tok/s (x{r['vs_single_bn32'][k]:.3f})" for k, v in r["tok_s"].items()), flush=True)

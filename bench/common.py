@@ -146,6 +146,30 @@ def time_interleaved(variants: dict, rounds: int, calls: int, ncopy: int, first_
     return per_round, every, cpu
 
 
+def decode_interleaved(decs: dict, rounds: int, threads: int, turn: int = 4, max_pos: int = 200) -> dict:
+    """Interleaved A/B of lutc decoders (name -> LeanDecoder, n_ctx > max_pos): per round every
+    decoder runs `turn` decode steps, a different one first each round (rotation), so a burst of
+    load on a shared machine hits them alike; each step is timed alone (at 1 thread in thread CPU
+    time, which preemption does not inflate: decoding runs on the calling thread; else wall).
+    A decoder restarts (reset + prefill) before passing max_pos. Returns name -> all step times (s)."""
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    items = list(decs.items())
+    for _, d in items:
+        d.reset(); d.prefill([1, 2, 3])
+        for _ in range(5):
+            d.decode(5)
+    res = {k: [] for k in decs}
+    for r in range(rounds):
+        for k, d in items[r % len(items):] + items[:r % len(items)]:
+            if d.pos + turn >= max_pos:
+                d.reset(); d.prefill([1, 2, 3])
+            for _ in range(turn):
+                t = clock()
+                d.decode(7)
+                res[k].append(clock() - t)
+    return res
+
+
 def stats(ts, sw=None, cpu=None, threads: int = 1, min_clean: int = 10) -> dict:
     """median/p10/p90/min of call times; with sw and cpu also the share of preempted calls, the
     median cores the process had, and 'median_uncontended': the median over calls that were not

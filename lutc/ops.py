@@ -39,22 +39,32 @@ def dot_preferred(bits: int, M: int, s: Schedule, insns: int = 1) -> bool:
     return bits > cost or (bits == cost and insns > 1 and M >= 32)
 
 
-def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> Schedule:
-    """The untuned default: int8 tables of g=4, 32-row tiles, the Schedule's default table scales
-    and unroll (at most one scale block's chunks); M-blocking per default_mb(M); the dot path from
-    DOT_MIN_M rows where its layout allows, the target has a group-dot instruction
-    (`dotgemm.dot_insns`: VNNI, AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so
-    (output blocks of dot_bm x dot_ns = 128 with the activation residual: three accumulator sets
-    fit the 32 AVX-512 registers). Pair-sum lookups (lut_pair; bit-identical to single lookups) on
-    x86 targets with a byte shuffle: at every M where vectors are at most 256 bits (AVX2 hosts:
-    0.93-1.17x kernel CPU time at M=1, 1.32-1.46x at M=4), from 2 rows on AVX-512 (M=1 measured
-    no better, 0.75-1.01x; M=2-32 1.10-1.23x with the tables: docs/runtime.md, "Pair-sum lookups",
-    docs/serving.md)."""
+def default_layout(target="host") -> dict:
+    """The untuned packed tile height (bn) and lookup form (lut_pair) of a target, by measurement
+    (docs/runtime.md, "Pair-sum lookups"): pair-sum lookups on x86 targets with pshufb, in 64-row
+    tiles where vectors are 512 bits (AVX-512: the pairs run in zmm; batched M=4 GEMMs 1.16-1.35x,
+    M=1 1.00-1.09x, SmolLM2 W4 decode 1.07-1.12x the former 32-row single lookups, W2 decode
+    within noise) and in 32-row tiles at <= 256 bits
+    (AVX2: 1.32-1.46x at M=4, 0.93-1.17x at M=1); elsewhere single lookups in 32-row tiles. Every M
+    bucket of a matrix shares bucket 1's layout (runtime.linear.bucket_schedules), and the runtime's
+    pack cache is keyed by this layout (runtime.packcache.cache_path)."""
     from .backend.target import get_target
-    from .kernels.dotgemm import dot_insns
     t = get_target(target)
-    pair = t.is_x86 and t.byte_shuffle == "pshufb" and (t.vector_bits <= 256 or M >= 2)
-    s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M), lut_pair=pair)
+    if t.is_x86 and t.byte_shuffle == "pshufb":
+        return dict(bn=64 if t.vector_bits > 256 else 32, lut_pair=True)
+    return dict(bn=32, lut_pair=False)
+
+
+def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> Schedule:
+    """The untuned default: int8 tables of g=4, the target's default_layout (tile rows, pair-sum
+    lookups), the Schedule's default table scales and unroll (at most one scale block's chunks);
+    M-blocking per default_mb(M); prefetch per default_prefetch; the dot path from DOT_MIN_M rows
+    where its layout allows, the target has a group-dot instruction (`dotgemm.dot_insns`: VNNI,
+    AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so (output blocks of dot_bm x
+    dot_ns = 128 with the activation residual: three accumulator sets fit the 32 AVX-512
+    registers)."""
+    from .kernels.dotgemm import dot_insns
+    s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M), **default_layout(target))
     s = s.replace(prefetch=default_prefetch(s))
     if M >= DOT_MIN_M and group_size % 32 == 0:
         insns = dot_insns(target)
@@ -68,8 +78,9 @@ PREFETCH_BYTES = 2048     # how far ahead lut_gemm prefetches a tile's packed we
 
 def default_prefetch(s: Schedule) -> int:
     """The untuned software-prefetch distance, in weight groups: about PREFETCH_BYTES of a tile's
-    packed weights ahead at W1-W2 (measured best: 4 groups at W2 g64, 2 at g128; W2 7B-shape decode
-    1.08-1.09x at 1 thread), none at W3-W4 (it never helped there). Rounded to the knob's choices."""
+    packed weights ahead at W1-W2 (measured best in 32-row tiles: 4 groups at W2 g64, 2 at g128; W2
+    7B-shape decode 1.08-1.09x at 1 thread; 64-row tiles hold twice the bytes per group, so half the
+    groups), none at W3-W4 (it never helped there). Rounded to the knob's choices."""
     if s.bits > 2:
         return 0
     ahead = PREFETCH_BYTES / (s.bn * s.group_size * s.bits / 8)

@@ -59,9 +59,9 @@ class Schedule:
     lut_pair (int8 tables: the two lookups of each packed byte, same rows and scale block, are
     widened and summed by one tl.pair_madd, which also applies the block's integer ratio; with
     32-row tiles on a 512-bit x86 target such kernels stay in 256-bit registers, spec.gemm_target;
-    default False, the single-lookup path: widen each lookup, then multiply per block;
-    lutc.ops.default_schedule says where it is on by default; measured
-    in docs/runtime.md, "Pair-sum lookups"), prefetch (lut path: lut_gemm prefetches the packed weights and scales
+    default False, the single-lookup path: widen each lookup, then multiply per block; the
+    untuned default, lutc.ops.default_layout, turns it on for x86 targets with pshufb, in bn=64
+    tiles on 512-bit ones; measured in docs/runtime.md, "Pair-sum lookups"), prefetch (lut path: lut_gemm prefetches the packed weights and scales
     of the weight group this many groups ahead, running on into the next tile; 0 = off, the
     Schedule default; lutc.ops.default_prefetch sets ~2 KB ahead at W1-W2; docs/runtime.md, "Software prefetch") and threads (None = all cores; it does not change generated code).
 

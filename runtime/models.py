@@ -48,7 +48,7 @@ def load_decoder(model_or_dir, threads=None, n_ctx=None, bits=4, group_size=128,
     them in the pack cache (runtime.packcache); later starts memory-map them instead."""
     ckpt = checkpoint_dir(model_or_dir, bits, group_size, method, progress)
     opts = dict(n_ctx=n_ctx, threads=threads, lut_dtype=lut_dtype, max_prefill=max_prefill, slots=slots, knobs=knobs)
-    cache = packcache.cache_path(ckpt, lut_dtype)
+    cache = packcache.cache_path(ckpt, lut_dtype, knobs)
     dec = None
     if cache.is_dir():
         try:

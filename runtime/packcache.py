@@ -14,6 +14,7 @@ from pathlib import Path
 import lutc
 import numpy as np
 from lutc.kernels import PackedWeights
+from lutc.ops import default_layout as target_layout
 from lutc.schedule import Schedule
 from quant.checkpoint import MANIFEST, sha256_file
 
@@ -49,12 +50,26 @@ def _packing_hash() -> str:
     return h.hexdigest()
 
 
-def cache_path(checkpoint_dir, lut_dtype=None) -> Path:
+LAYOUT_KNOBS = ("g", "bn", "interleave")      # the Schedule knobs of Schedule.layout_key besides bits, group size
+
+
+def default_layout(knobs=None) -> dict:
+    """The packed layout knobs an untuned decoder packs with on this host: the host target's
+    default (lutc.ops.default_layout: 64-row tiles on AVX-512, 32 elsewhere), overridden by `knobs`."""
+    base = Schedule(bits=4, group_size=128, bn=target_layout("host")["bn"])
+    return {k: (knobs or {}).get(k, getattr(base, k)) for k in LAYOUT_KNOBS}
+
+
+def cache_path(checkpoint_dir, lut_dtype=None, knobs=None) -> Path:
     """The pack-cache folder of a checkpoint: keyed by its manifest, its path, lutc's version, the
-    packing code and the table dtype."""
+    packing code, the table dtype and the default packed layout (`default_layout(knobs)`), so packs
+    of two layouts (e.g. 32-row tiles under LUTC_HOST_TARGET=x86-avx2 and 64-row ones on the
+    AVX-512 host) never share a folder. (A tuning db that picks another layout for some linear
+    is caught on load: runtime.linear.StalePackError, and the folder is rebuilt.)"""
     ckpt = Path(checkpoint_dir).resolve()
     h = hashlib.sha256()
-    for part in (FORMAT, VERSION, lutc.__version__, _packing_hash(), str(ckpt), str(lut_dtype)):
+    layout = sorted(default_layout(knobs).items())
+    for part in (FORMAT, VERSION, lutc.__version__, _packing_hash(), str(ckpt), str(lut_dtype), layout):
         h.update(repr(part).encode() + b"\0")
     h.update((ckpt / MANIFEST).read_bytes())
     return models_dir() / "packed" / f"{ckpt.name}-{h.hexdigest()[:16]}"

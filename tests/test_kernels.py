@@ -1,4 +1,6 @@
 """Property tests: every LUT-GEMM schedule against a numpy reference built from dequantize()."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -171,6 +173,33 @@ def test_named_x86_targets_compute_correctly(target, lut_dtype, pair):
     assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all()
 
 
+@pytest.mark.parametrize("target", ["host", "x86-avx2", "x86-avx512"])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_default_layouts_every_width(target, bits):
+    """The untuned default schedules (lutc.ops.default_schedule) of the AVX-512 target (64-row
+    tiles, pair-sum lookups), of AVX2 (32-row pairs) and of the portable targets (32-row single
+    lookups), compiled for `target`: ragged N and K, M = 1 (mb 1) and M = 4, 7 (mb 4, with a leftover
+    row), outlier activations, every table precision, 1 and 2 threads bit-identical."""
+    from lutc.backend.target import get_target
+    from lutc.backend.toolchain import runs_here
+    from lutc.ops import default_schedule
+    if target != "host" and not runs_here(get_target(target)):
+        pytest.skip(f"this CPU lacks features of {target}")
+    gs = 64 if bits <= 2 else 128
+    rng = np.random.default_rng(bits)
+    qw, _ = _case(bits, gs, {}, 70, 3 * gs + 5, 1, bits, "hlq")
+    for M in (1, 4, 7):
+        x = activations(rng, M, 3 * gs + 5, "outliers", gs)
+        ref, _ = reference(x, qw)
+        scheds = {default_schedule(bits, gs, M, t) for t in ("x86-avx512", "x86-avx2", "generic-x86")}
+        scheds |= {s.replace(lut_dtype=d) for s in list(scheds) for d in ("float16", "float32")} if bits == 2 else set()
+        for sched in scheds:
+            k = lutc.compile(sched, target=target)
+            y = k(x, qw, threads=1)
+            np.testing.assert_array_equal(y, k(x, qw, threads=2))
+            assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (target, sched)
+
+
 def test_int8_bound_is_tight_and_independent():
     """The reference bound (subset enumeration) reproduces the int8 error model: the per-group
     lookup error shrinks with the scale block and with centering, and the kernel's worst error
@@ -252,8 +281,8 @@ def test_pair_sums_are_bit_identical_to_single_lookups(p):
 
 
 def test_paired_kernels_stay_in_256_bit_registers():
-    """On a 512-bit x86 target, paired kernels are compiled for 256-bit registers (spec.gemm_target);
-    the unpaired ones keep zmm."""
+    """On a 512-bit x86 target, paired kernels of 32-row tiles are compiled for 256-bit registers
+    (spec.gemm_target); the unpaired ones and the default 64-row pairs keep zmm."""
     from lutc.backend.target import get_target
     from lutc.kernels import spec
     t = get_target("x86-avx512")
@@ -264,3 +293,7 @@ def test_paired_kernels_stay_in_256_bit_registers():
     asm = lutc.compile(s, target=t).emit("asm")
     assert "zmm" not in asm and "vpmaddubsw" in asm
     assert "zmm" in lutc.compile(s.replace(lut_pair=False), target=t).emit("asm")
+    from lutc.ops import default_schedule           # the AVX-512 default: 64-row tiles pair in zmm
+    d = default_schedule(2, 64, 1, t)
+    assert d.paired and d.bn == 64 and spec.gemm_target(d, t) is t
+    assert re.search(r"vpmaddubsw\s+.*zmm", lutc.compile(d, target=t).emit("asm"))

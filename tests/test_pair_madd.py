@@ -95,14 +95,19 @@ def test_pair_madd_rejects_bad_operands():
         bad[(1,)](np.zeros(16, np.int8), np.zeros(16, np.int16))
 
 
-def test_default_schedule_pairs_on_x86_avx2_and_avx512_batches():
+def test_default_layout_per_target():
+    """Pairs on every x86 target with pshufb: 64-row tiles where vectors are 512 bits, 32-row ones
+    on AVX2; single lookups in 32-row tiles on AArch64 and the portable target (lutc.ops.default_layout)."""
     from lutc.ops import default_schedule
     assert default_schedule(2, 64, 1, "x86-avx2").lut_pair and default_schedule(4, 128, 4, "x86-avx2").paired
-    assert not default_schedule(2, 64, 1, "x86-avx512").lut_pair          # one row: single lookups
-    assert all(default_schedule(b, 128, m, "x86-avx512").paired for b in (2, 4) for m in (2, 4, 8))
-    assert not default_schedule(2, 64, 4, "aarch64-linux").lut_pair
-    assert not default_schedule(2, 64, 1, "aarch64-linux").lut_pair
-    assert not default_schedule(2, 64, 1, "generic-x86").lut_pair          # no byte shuffle at all
+    assert default_schedule(2, 64, 1, "x86-avx2").bn == 32 and default_schedule(4, 128, 4, "x86-avx2").bn == 32
+    for bits, gs, M in ((1, 64, 1), (2, 64, 1), (2, 128, 4), (3, 128, 2), (4, 128, 8)):
+        s = default_schedule(bits, gs, M, "x86-avx512")
+        assert s.paired and s.bn == 64 and s.path == "lut", s
+    for t in ("aarch64-linux", "generic-x86"):             # generic-x86: no byte shuffle at all
+        assert not default_schedule(2, 64, 1, t).lut_pair and default_schedule(2, 64, 1, t).bn == 32
     assert default_schedule(2, 128, 64, "x86-avx2").path == "lut"          # AVX2: W2 stays on LUT (ops.dot_preferred)
     w4 = default_schedule(4, 128, 64, "x86-avx2")                           # W4 from 32 rows: dot, no pairs
-    assert w4.path == "dot" and not w4.lut_pair
+    assert w4.path == "dot" and not w4.lut_pair and w4.bn == 32
+    w4 = default_schedule(4, 128, 64, "x86-avx512")                         # the dot path reads the 64-row layout
+    assert w4.path == "dot" and w4.bn == 64 and w4.dot_problem() is None

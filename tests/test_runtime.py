@@ -263,6 +263,36 @@ def test_pack_cache(checkpoint, tmp_path, monkeypatch):
     assert packcache.load(cache).packed["lm_head"].N == 300     # rewritten
 
 
+def test_pack_cache_is_keyed_by_layout(checkpoint, tmp_path, monkeypatch, capsys):
+    """Packs of two layouts never share a folder (the default layout is part of the key, as are the
+    layout knobs a caller passes), and a pack of another layout found in a folder (e.g. 32-row tiles
+    where the default is now 64) is refused and rebuilt in the layout the decoder runs."""
+    import shutil
+    from lutc.ops import default_layout
+    from runtime import packcache
+    from runtime.models import load_decoder
+    monkeypatch.setenv("LUTC_CACHE_DIR", str(tmp_path))
+    bn = default_layout("host")["bn"]
+    other = 96 - bn                                    # 32 <-> 64
+    assert packcache.cache_path(checkpoint) != packcache.cache_path(checkpoint, knobs={"bn": other})
+    assert packcache.cache_path(checkpoint) == packcache.cache_path(checkpoint, knobs={"bn": bn, "lut_pair": False})
+    dflt, _ = load_decoder(checkpoint, threads=1)
+    odd, _ = load_decoder(checkpoint, threads=1, knobs={"bn": other})
+    home, away = packcache.cache_path(checkpoint), packcache.cache_path(checkpoint, knobs={"bn": other})
+    assert {p.layout_key[3] for p in packcache.load(home).packed.values()} == {bn}
+    assert {p.layout_key[3] for p in packcache.load(away).packed.values()} == {other}
+    ids = [1, 5, 9, 200]
+    want = dflt.prefill(ids, all_logits=True)
+    shutil.rmtree(home)
+    shutil.copytree(away, home)                        # a stale pack of the other layout under the default key
+    capsys.readouterr()
+    again, _ = load_decoder(checkpoint, threads=1)
+    assert "ignoring pack cache" in capsys.readouterr().err and "pack_cache" not in again.meta
+    np.testing.assert_array_equal(again.prefill(ids, all_logits=True), want)
+    assert {p.layout_key[3] for p in packcache.load(home).packed.values()} == {bn}     # rewritten
+    np.testing.assert_allclose(odd.prefill(ids, all_logits=True), want, rtol=1e-4, atol=1e-4)
+
+
 def test_example_generate_script(checkpoint, tmp_path, monkeypatch, capsys):
     import importlib.util
     import pathlib

@@ -45,7 +45,8 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
     with r = ceil(bmax_blk / (127 * unit)) (so |entry| <= 127) and unit = max(gmax / (127 *
     RATIO), sum_blk bmax_blk / (127 * BUDGET)) (gmax = max bmax): r <= RATIO and sum r <=
     BUDGET + NB, which keeps lut_gemm's int16 group sums in range; slot 0 holds unit, slot
-    1 + blk holds r (an exact float)."""
+    1 + blk holds r (an exact float); the first pass (block maxima, activation sum) parks each
+    block's maximum in slot 1 + blk, so the build pass reads the activations once more, not twice."""
     m = tl.program_id(0)
     grp = tl.program_id(1)
     TS: tl.constexpr = 1 << G
@@ -57,14 +58,16 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
     xsum = 0.0
     gmax = 0.0
     unit = 0.0
-    if RATIO > 0:
+    if RATIO > 0:                 # first pass: block maxima (kept in the ratio slots until pass 2) and the sum
         bsum = 0.0
         for blk in range(NB):
             bmax = 0.0
             for t in range(blk * TPB, tl.minimum(blk * TPB + TPB, TPGP)):
                 kk = t * G + lane
                 xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
+                xsum += tl.sum(xs)
                 bmax = tl.maximum(bmax, _table_amax(xs, CENTER))
+            tl.store(slots + 1 + blk, bmax)
             gmax = tl.maximum(gmax, bmax)
             bsum += bmax
         unit = tl.maximum(gmax / (127.0 * RATIO), bsum / (127.0 * BUDGET))
@@ -73,11 +76,14 @@ def build_tables(x, luts, lut_scales, xsums, K, NG,
         t0 = blk * TPB
         t1 = tl.minimum(t0 + TPB, TPGP)
         amax = 0.0
-        for t in range(t0, t1):
-            kk = t * G + lane
-            xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
-            xsum += tl.sum(xs)
-            amax = tl.maximum(amax, _table_amax(xs, CENTER))
+        if RATIO > 0:
+            amax = tl.load(slots + 1 + blk)
+        else:
+            for t in range(t0, t1):
+                kk = t * G + lane
+                xs = tl.load(xrow + kk, mask=(lane < G) & (kk < GS) & (kk < kleft) & (t < TPG))
+                xsum += tl.sum(xs)
+                amax = tl.maximum(amax, _table_amax(xs, CENTER))
         scale = 1.0
         inv = 1.0
         if LUT_DTYPE == tl.int8:
