@@ -76,10 +76,11 @@ def default_prefetch(s: Schedule) -> int:
 
 
 def default_dot(s: Schedule, M: int) -> Schedule:
-    """s on the dot path with the default blocking for M rows (dot_bm 16 below 32 rows, else 32;
-    dot_ns = 128 // dot_bm) and the activation residual."""
-    bm = 16 if M < 32 else 32
-    return s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True, lut_pair=False, prefetch=0)
+    """s on the dot path with the default blocking (dot_bm 8 activation rows x dot_ns 16 weight
+    rows: 16 zmm int32 accumulators with the residual, plus one slice's 8 level vectors; measured
+    best at M = 128 on both model shapes, docs/runtime.md) and the activation residual. M is unused:
+    the blocking no longer depends on it."""
+    return s.replace(path="dot", dot_bm=8, dot_ns=16, act_residual=True, lut_pair=False, prefetch=0)
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:
