@@ -9,26 +9,33 @@ launches as the LUT path, with the same parameters (spec.py):
 
 Weights: HLQ is w = sum_b s_b * bit_b + z. Per (row, group) the kernel maps the plane scales to
 integers q_b = round(|s_b| * (WMAX - BITS / 2) / sum_b |s_b|) (so sum_b q_b <= WMAX), fits one
-step = sum_b q_b |s_b| / sum_b q_b^2 (least squares: |s_b| ~ step * q_b), and decodes (BNS, 32) tiles of u8 levels sum_b q_b * bit_b' (bit_b' = bit_b, flipped where
-s_b < 0; the flip's constant part moves into the zero: z' = z + sum_b min(s_b, 0)). Only q_b's
-rounding is approximate. WMAX = 255 where the dot instruction reads u8 x s8 for any values
-(vpdpbusd, sdot/usdot, vpmaddwd), 127 on AVX2 without VNNI so that vpmaddubsw provably cannot
-saturate (docs/dsl.md), see `level_max`.
+step = sum_b q_b |s_b| / sum_b q_b^2 (least squares: |s_b| ~ step * q_b), and decodes (32, BNS)
+tiles of u8 levels sum_b q_b * bit_b' (bit_b' = bit_b, flipped where s_b < 0; the flip's constant
+part moves into the zero: z' = z + sum_b min(s_b, 0)). Only q_b's rounding is approximate.
+WMAX = 255 where the dot instruction reads u8 x s8 for any values (vpdpbusd, sdot/usdot,
+vpmaddwd), 127 on AVX2 without VNNI so that vpmaddubsw provably cannot saturate (docs/dsl.md),
+see `level_max`.
 
 Activations: per row and block of XB (act_block, at most a group), s = max|x| / 127,
 xq = round(x / s) (llama.cpp's Q8 quantization); with RES (act_residual) also the residual
 xq2 = round((x - s * xq) / (s / 254)), so x ~ s * (xq + xq2 / 254) to ~15 bits: a second dot per
 slice, needed for LLM activations (one int8 scale per block: +3% perplexity on SmolLM2, see
-docs/runtime.md). Stored in the order tl.dot's group lanes read them: per block of BM rows and 32
-columns, [column / 4][row][column % 4] (then the residual block). xsums[m, grp] is the
-exact float sum of the group's activations (the factor of the zero term), stored [m-block][grp][row].
+docs/runtime.md). Stored per block of BM rows and 32 columns, row-major [row][column % 32] (then
+the residual block), so that tl.dot(xq (BM, 32), levels (32, BNS)) reads each row's 4-byte
+groups straight from memory: on VNNI hosts every vpdpbusd takes its activation group as an
+embedded {1to16} broadcast (a load, no shuffle) and the levels as a register (docs/dsl.md,
+"signed A, unsigned B"). xsums[m, grp] is the exact float sum of the group's activations (the
+factor of the zero term), stored [m-block][grp][row].
 
-    y[m, n] = sum_grp ( sum_sb step[n, grp] * xs[m, sb] * (dot(level, xq) + dot(level, xq2) / 254)[n, m, sb]
+    y[m, n] = sum_grp ( sum_sb step[n, grp] * xs[m, sb] * (dot(xq, level) + dot(xq2, level) / 254)[m, n, sb]
                         + z'[n, grp] * xsum[m, grp] )
 
 Each program owns BN weight rows (one packed tile) and all M activation rows; per (BM, BNS) output
-block it walks the groups, decodes each 32-column weight slice once and runs tl.dot on it,
-accumulating int32 over an activation-scale block, then float.
+block it walks the groups, decodes each 32-column weight slice once (levels are built directly in
+the order the group dot reads them, so no interleaving shuffles) and runs tl.dot on it,
+accumulating int32 over an activation-scale block, then float. The default 8 x 16 block keeps
+its 16 int32 accumulators (8 with the residual off) and one slice's 8 level vectors in zmm
+registers.
 """
 from __future__ import annotations
 
@@ -139,6 +146,32 @@ def _w_levels(w_group, kbl, q4, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS
 
 
 @jit
+def _group_params(sz_g, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr, LIM: tl.constexpr):
+    """From a group's fp16 plane scales and zero (BNS rows): the zero z' (flips folded in), the
+    step, the integer plane weights q_b broadcast to (BNS, 4) u8 and the flip masks (255 where
+    s_b < 0)."""
+    zero = tl.load(sz_g + BITS * BN + tl.arange(0, BNS)).to(tl.float32)
+    scales = [tl.load(sz_g + b * BN + tl.arange(0, BNS)).to(tl.float32) for b in tl.static_range(BITS)]
+    tot = tl.zeros((BNS,), tl.float32)
+    for b in tl.static_range(BITS):
+        tot += tl.abs(scales[b])
+        zero += tl.minimum(scales[b], 0.0)
+    inv = tl.where(tot > 0.0, LIM / tl.where(tot > 0.0, tot, 1.0), 0.0)
+    qf = [tl.round(tl.abs(scales[b]) * inv) for b in tl.static_range(BITS)]
+    num = tl.zeros((BNS,), tl.float32)
+    den = tl.zeros((BNS,), tl.float32)
+    for b in tl.static_range(BITS):
+        num += qf[b] * tl.abs(scales[b])
+        den += qf[b] * qf[b]
+    step = num / tl.where(den > 0.0, den, 1.0)      # least-squares fit of |s_b| ~ step * q_b
+    # qf[b] is a whole number in [0, 255]: exact through the mantissa (a float -> int cast is scalarized)
+    q4 = [tl.broadcast_to((tl.bitcast(qf[b] + 12582912.0, tl.int32) - 0x4B400000).to(tl.uint8)[:, None],
+                          (BNS, 4)) for b in tl.static_range(BITS)]
+    flips = [tl.where(scales[b] < 0.0, 255, 0).to(tl.uint8) for b in tl.static_range(BITS)]
+    return zero, step, q4, flips
+
+
+@jit
 def dot_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              BITS: tl.constexpr, BN: tl.constexpr, CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr,
              GS: tl.constexpr, BM: tl.constexpr, BNS: tl.constexpr, XB: tl.constexpr, WMAX: tl.constexpr,
@@ -161,25 +194,7 @@ def dot_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
         for n0 in range(0, BN, BNS):
             acc = tl.zeros((BM, BNS), tl.float32)
             for grp in range(NG):
-                sz_g = sz_tile + grp * ((BITS + 1) * BN) + n0
-                zero = tl.load(sz_g + BITS * BN + tl.arange(0, BNS)).to(tl.float32)
-                scales = [tl.load(sz_g + b * BN + tl.arange(0, BNS)).to(tl.float32) for b in tl.static_range(BITS)]
-                tot = tl.zeros((BNS,), tl.float32)
-                for b in tl.static_range(BITS):
-                    tot += tl.abs(scales[b])
-                    zero += tl.minimum(scales[b], 0.0)
-                inv = tl.where(tot > 0.0, LIM / tl.where(tot > 0.0, tot, 1.0), 0.0)
-                qf = [tl.round(tl.abs(scales[b]) * inv) for b in tl.static_range(BITS)]
-                num = tl.zeros((BNS,), tl.float32)
-                den = tl.zeros((BNS,), tl.float32)
-                for b in tl.static_range(BITS):
-                    num += qf[b] * tl.abs(scales[b])
-                    den += qf[b] * qf[b]
-                step = num / tl.where(den > 0.0, den, 1.0)      # least-squares fit of |s_b| ~ step * q_b
-                # qf[b] is a whole number in [0, 255]: exact through the mantissa (a float -> int cast is scalarized)
-                q4 = [tl.broadcast_to((tl.bitcast(qf[b] + 12582912.0, tl.int32) - 0x4B400000).to(tl.uint8)[:, None],
-                                      (BNS, 4)) for b in tl.static_range(BITS)]
-                flips = [tl.where(scales[b] < 0.0, 255, 0).to(tl.uint8) for b in tl.static_range(BITS)]
+                zero, step, q4, flips = _group_params(sz_tile + grp * ((BITS + 1) * BN) + n0, BITS, BN, BNS, LIM)
                 w_group = w_tile + grp * (CPG * BITS * BN) + n0
                 xg = luts + (mb * NG + grp) * (GS // QB) * XBLK
                 for sb in range(SPG):
