@@ -1,6 +1,6 @@
 """Lowering of `dot`: (M, K) x (K, N) blocks, flat row-major LLVM vectors, per target.
 
-Integer dots (u8/i8 x i8 -> i32) are exact: every path computes the int32 sum modulo 2**32,
+Integer dots (u8/i8 x i8 and i8 x u8 -> i32) are exact: every path computes the int32 sum modulo 2**32,
 as numpy's int32 matmul does.
 
 - Group dots (`GroupDot`): one instruction adds, to each of L i32 lanes, the dot product of P
@@ -16,8 +16,13 @@ as numpy's int32 matmul does.
   When A's signedness differs from the instruction's, A is XORed with 0x80 (A + 128 read as
   u8, or A - 128 read as s8: A + d) and d * colsum(B) is subtracted: the same instruction run
   on a row of 0x80 bytes computes exactly that correction.
+  Signed A, unsigned B (i8 x u8): the u8 operand is B, so the instruction runs as
+  insn(acc, B chunk, A group broadcast) (vpdpbusd, vpmaddubsw, usdot; usmmla on C^T = B^T A^T).
+  On x86 an A loaded from memory then becomes vpdpbusd's embedded {1to16} broadcast operand:
+  a load, not a shuffle on vpdpbusd's ports. sdot XORs B with 0x80 and adds back 128 times
+  each row sum of A.
   vpmaddubsw saturates each pair sum to i16; it is used only when lutc/ir/ranges.py proves the
-  operand ranges make saturation impossible (u8 x [-64, 64], see `maddubs_safe`). Otherwise
+  operand ranges make saturation impossible (u8 x [-64, 64], [0, 127] x s8, see `maddubs_safe`). Otherwise
   AVX2 sign/zero-extends to i16 and uses vpmaddwd, whose pair sums (at most 2 * 255 * 128 in
   magnitude) cannot overflow i32.
 - Portable (`portable_dot`): acc += A[:, k] (x) B[k, :] on the whole (M, N) block per k, in i32
