@@ -44,8 +44,7 @@ def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> S
     and unroll (at most one scale block's chunks); M-blocking per default_mb(M); the dot path from
     DOT_MIN_M rows where its layout allows, the target has a group-dot instruction
     (`dotgemm.dot_insns`: VNNI, AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so
-    (output blocks of dot_bm x dot_ns = 128 with the activation residual: three accumulator sets
-    fit the 32 AVX-512 registers). Pair-sum lookups (lut_pair) on x86 targets whose vectors are
+    (lutc.ops.default_dot's blocking, with the activation residual). Pair-sum lookups (lut_pair) on x86 targets whose vectors are
     at most 256 bits (AVX2 hosts): 0.93-1.17x kernel CPU time at M=1 and 1.32-1.46x at M=4
     there, while on AVX-512 32-row pairs measured no better (docs/runtime.md, "Pair-sum lookups")."""
     from .backend.target import get_target
@@ -57,7 +56,7 @@ def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> S
     if M >= DOT_MIN_M and group_size % 32 == 0:
         insns = dot_insns(target)
         if insns is not None and dot_preferred(bits, M, s.replace(act_residual=True), insns):
-            s = default_dot(s, M)
+            s = default_dot(s, M, target)
     return s
 
 
@@ -75,12 +74,15 @@ def default_prefetch(s: Schedule) -> int:
     return min(choices, key=lambda c: abs(math.log2(c / ahead)))
 
 
-def default_dot(s: Schedule, M: int) -> Schedule:
-    """s on the dot path with the default blocking (dot_bm 8 activation rows x dot_ns 16 weight
-    rows: 16 zmm int32 accumulators with the residual, plus one slice's 8 level vectors; measured
-    best at M = 128 on both model shapes, docs/runtime.md) and the activation residual. M is unused:
-    the blocking no longer depends on it."""
-    return s.replace(path="dot", dot_bm=8, dot_ns=16, act_residual=True, lut_pair=False, prefetch=0)
+def default_dot(s: Schedule, M: int, target="host") -> Schedule:
+    """s on the dot path with the default blocking for `target` (any M) and the activation
+    residual. 512-bit x86: dot_bm 8 activation rows x dot_ns 16 weight rows (16 zmm int32
+    accumulators with the residual plus one slice's 8 level vectors; the fastest of 4/8/16 x 16/32
+    at M = 128). Narrower vectors: 32 x 8 (the fastest of 8-64 x 4-16 for the x86-avx2 code at
+    M = 128; AArch64 takes it too, unmeasured there). docs/runtime.md, "third pass"."""
+    from .backend.target import get_target
+    bm, ns = (8, 16) if get_target(target).vector_bits >= 512 else (32, 8)
+    return s.replace(path="dot", dot_bm=bm, dot_ns=ns, act_residual=True, lut_pair=False, prefetch=0)
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:

@@ -90,8 +90,8 @@ class Schedule:
     prefetch: int = 0
     threads: int | None = None
     path: str = "lut"
-    dot_bm: int = 32
-    dot_ns: int = 8
+    dot_bm: int = 8
+    dot_ns: int = 16
     act_block: int = 128
     act_residual: bool = True
     kernel: str = "lut_gemm"
