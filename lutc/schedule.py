@@ -20,8 +20,8 @@ KNOB_CHOICES = {
 }
 DOT_KNOB_CHOICES = {         # the path knob and the dot path's own knobs
     "path": PATHS,
-    "dot_bm": (4, 8, 16, 32, 64),
-    "dot_ns": (4, 8, 16, 32),
+    "dot_bm": (8, 16, 32, 64),
+    "dot_ns": (4, 8, 16),
 }
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
 # bits -> (lut_scale_block, lut_scale_ratio) when not given (measured: docs/quantization.md,

@@ -235,7 +235,7 @@ def test_tuner_space_has_the_path_knob():
     sp = space_for(p, 2)
     assert sp["path"] == ("lut", "dot") and sp["act_block"] == (32, 64, 128)
     assert space_for(Problem(2, 48, 128, 256, 480), 2)["path"] == ("lut",)
-    assert space_for(Problem(2, 128, 1, 256, 512), 2)["dot_bm"] == (4, 8)     # no blocks of padding rows
+    assert space_for(Problem(2, 128, 1, 256, 512), 2)["dot_bm"] == (8,)     # no blocks of padding rows
     params = params_of(Schedule(bits=2, group_size=128), 2)
     dot = schedule_from_params(p, dict(params, path="dot", dot_bm=64))
     assert invalid_reason(dot, p) is None and describe(dot).startswith("dot ")
