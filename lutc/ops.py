@@ -31,12 +31,12 @@ def dot_preferred(bits: int, M: int, s: Schedule, insns: int = 1) -> bool:
     """The untuned LUT-vs-dot rule, from operation counts (bench/bench_prefill_gemm.py measures it):
     the LUT path does one table lookup per weight bit-plane, the dot path 1 + act_residual int8
     dots per weight of `insns` instructions each (1: vpdpbusd, sdot; 2: vpmaddubsw + vpmaddwd on
-    AVX2). More planes than dot instructions -> dot, fewer -> LUT. Ties, by measurement: W4 on
-    AVX2 (two-instruction dots) -> dot from 32 rows (1.0-1.7x the LUT prefill); W2 with the residual
-    on VNNI -> LUT (the dot prefill measured 0.59x the LUT path on SmolLM2 and 1.03x on the 7B
-    shapes, bench/results/e2e_stop19_t1.json, once W2 LUT GEMMs prefetch)."""
+    AVX2). More planes than dot instructions -> dot, fewer -> LUT. Ties -> dot from 32 rows, by
+    measurement: W4 on AVX2 (two-instruction dots; 1.0-1.7x the LUT prefill) and, since the dot
+    GEMM reads activation groups as broadcast memory operands, W2 with the residual on VNNI
+    (GEMM 1.2-2.2x the LUT path at M = 128 and 512; docs/runtime.md, "third pass")."""
     cost = (1 + bool(s.act_residual)) * insns
-    return bits > cost or (bits == cost and insns > 1 and M >= 32)
+    return bits > cost or (bits == cost and M >= 32)
 
 
 def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> Schedule:

@@ -204,16 +204,17 @@ def test_default_chooses_dot_by_m_bucket():
     big = default_schedule(4, 128, 128)
     assert big.path == "dot" and (big.dot_bm, big.dot_ns) == (8, 16) and big.act_residual and big.prefetch == 0
     assert default_schedule(4, 48, 128).path == "lut"          # group size not a multiple of 32
-    assert default_schedule(2, 128, 128).path == "lut"         # the W2 tie stays on the LUT path
+    assert default_schedule(2, 128, 16).path == "lut"          # the W2 tie: LUT below 32 rows
+    assert default_schedule(2, 128, 128).path == "dot"
 
 
 def test_default_path_rule_by_bits_and_rows():
-    """dot_preferred: bit-planes vs (1 + residual) x instructions per group dot; AVX2 ties from 32 rows."""
+    """dot_preferred: bit-planes vs (1 + residual) x instructions per group dot; ties from 32 rows."""
     from lutc.ops import DOT_MIN_M, choose_schedule, default_schedule, dot_preferred
     from lutc.kernels.dotgemm import dot_insns
     s = Schedule(bits=2, group_size=128, mb=2)
     assert dot_preferred(3, 16, s) and dot_preferred(4, 16, s) and not dot_preferred(1, 128, s)
-    assert not dot_preferred(2, 16, s) and not dot_preferred(2, 128, s)          # the VNNI tie: LUT
+    assert not dot_preferred(2, 16, s) and dot_preferred(2, 32, s)               # the VNNI tie: dot from 32 rows
     assert dot_preferred(2, 16, s.replace(act_residual=False))                      # one dot < two planes
     assert not dot_preferred(3, 128, s, insns=2) and dot_preferred(4, 32, s, insns=2)
     assert not dot_preferred(4, 16, s, insns=2)
