@@ -191,10 +191,10 @@ def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt, b_dt=T.int8):
     P, L = plan.P, plan.L
     groups, chunks = -(-K // P), -(-N // L)
     zero_a, zero_b = M * K, K * N  # shuffle indices that read 0
-    swap = b_dt == T.uint8
-    fix_a = not swap and plan.a_signed is not None and plan.a_signed != a_dt.is_signed
-    fix_b = swap and plan.a_signed is True
-    swap = swap and plan.a_signed is False           # B's u8 vector goes first
+    b_unsigned = b_dt == T.uint8
+    fix_a = not b_unsigned and plan.a_signed is not None and plan.a_signed != a_dt.is_signed
+    fix_b = b_unsigned and plan.a_signed is True     # sdot: B read as s8 after XOR 0x80
+    b_first = b_unsigned and plan.a_signed is False  # the instruction's u8 operand is B's vector
     if fix_a:
         a = b.xor(a, ir.Constant(a.type, [0x80] * (M * K)))
     if fix_b:
@@ -218,8 +218,8 @@ def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt, b_dt=T.int8):
     bvecs = [[b_vec(g, c) for g in range(groups)] for c in range(chunks)]
     acc_ty = ir.VectorType(I32, L)
     corr = []
+    row80 = ir.Constant(bvecs[0][0].type, [0x80] * (L * P))
     if fix_a:
-        row80 = ir.Constant(bvecs[0][0].type, [0x80] * (L * P))
         for c in range(chunks):
             v = ir.Constant(acc_ty, None)
             for g in range(groups):
@@ -228,18 +228,17 @@ def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt, b_dt=T.int8):
     rows = []
     for m in range(M):
         if fix_b:   # sum_k A[m, k] * (B - 128): add back 128 * sum_k A[m, k]
-            row80 = ir.Constant(bvecs[0][0].type, [0x80] * (L * P))
-            fix = ir.Constant(acc_ty, None)
+            row_fix = ir.Constant(acc_ty, None)
             for g in range(groups):
-                fix = plan.step(cg, fix, a_vec(m, g), row80)
+                row_fix = plan.step(cg, row_fix, a_vec(m, g), row80)
         for c in range(chunks):
             v = _shuffle(b, acc, [m * N + c * L + i if c * L + i < N else M * N for i in range(L)])
             if fix_a:
                 v = b.sub(v, corr[c])
             if fix_b:
-                v = b.sub(v, fix)
+                v = b.sub(v, row_fix)
             for g in range(groups):
-                v = plan.step(cg, v, *((bvecs[c][g], a_vec(m, g)) if swap else (a_vec(m, g), bvecs[c][g])))
+                v = plan.step(cg, v, *((bvecs[c][g], a_vec(m, g)) if b_first else (a_vec(m, g), bvecs[c][g])))
             rows.append(v)
     flat = concat_rows(b, rows)
     width = chunks * L
