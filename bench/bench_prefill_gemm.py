@@ -1,12 +1,14 @@
 """Prefill GEMM microbench: the dot path vs the M-blocked LUT path vs torch fp32 matmul, same run.
 
 Usage: python bench/bench_prefill_gemm.py [--shapes smollm2,llama7b] [--m 16,128,512] [--bits 2,4]
-       [--threads 1] [--target host|x86-avx2] [--reps 3] [--dot bm,ns[,act_block[,res]] ...] [--out FILE]
+       [--threads 1] [--target host|x86-avx2] [--reps 3] [--dot bm,ns[,act_block[,res]] ...]
+       [--clock wall|cpu] [--out FILE]
 
 Per (bits, shape, M): the default LUT prefill schedule (lutc.ops.default_schedule with path="lut"),
 the dot path with each --dot configuration (dot_bm, dot_ns, act_block, act_residual; default:
 lutc.ops.default_dot's), which of the two default_schedule picks (`default`), and torch's float32 x @ W^T, timed round-robin (min of --reps calls per round, best
-round), reported as ms and the ratio lut / dot and torch / dot (> 1: dot is faster).
+round), reported as ms and the ratio lut / dot and torch / dot (> 1: dot is faster). --clock cpu
+times process CPU seconds instead of wall seconds (less sensitive to other jobs on a shared host).
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ SHAPES = {"smollm2": [(576, 576), (1536, 576), (576, 1536)],
           "llama7b": [(4096, 4096), (11008, 4096), (4096, 11008)]}
 
 
-def best(fn, reps):
-    """The fastest of `reps` timed calls after one untimed call."""
+def best(fn, reps, clock="wall"):
+    """The fastest of `reps` timed calls after one untimed call (wall or process CPU seconds)."""
     from bench.common import time_calls
-    return min(time_calls(fn, reps, warmup=1)[0])
+    return min(time_calls(fn, reps, warmup=1)[2 if clock == "cpu" else 0])
 
 
 def main():
@@ -39,6 +41,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dot", nargs="*", default=[], help="dot_bm,dot_ns[,act_block[,act_residual 0/1]] configurations")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--out")
     a = p.parse_args()
     import quant
@@ -47,7 +50,7 @@ def main():
     torch.set_num_threads(a.threads)
     rng = np.random.default_rng(0)
     rows = []
-    print(f"load average {os.getloadavg()[0]:.2f}, target {a.target}, threads {a.threads}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}, target {a.target}, threads {a.threads}, clock {a.clock}", flush=True)
     for bits in [int(b) for b in a.bits.split(",")]:
         for shp in a.shapes.split(","):
             for N, K in SHAPES[shp]:
@@ -60,19 +63,19 @@ def main():
                     cands = {"lut": base.replace(path="lut")}
                     for c in a.dot or [None]:
                         if c is None:
-                            s = default_dot(base, M)
+                            s = default_dot(base, M, a.target)
                         else:
                             v = [int(t) for t in c.split(",")]
-                            s = default_dot(base, M).replace(dot_bm=v[0], dot_ns=v[1], act_block=v[2] if len(v) > 2 else 128,
+                            s = default_dot(base, M, a.target).replace(dot_bm=v[0], dot_ns=v[1], act_block=v[2] if len(v) > 2 else 128,
                                              act_residual=bool(v[3]) if len(v) > 3 else True)
                         cands[f"dot bm{s.dot_bm} ns{s.dot_ns} ab{s.act_block}{'+r' if s.act_residual else ''}"] = s
                     kerns = {n: get_kernel(s, a.target) for n, s in cands.items()}
                     times = {n: [] for n in list(kerns) + ([] if a.no_torch else ["torch"])}
                     for _ in range(a.rounds):
                         for n, k in kerns.items():
-                            times[n].append(best(lambda: k(x, qw, threads=a.threads), a.reps))
+                            times[n].append(best(lambda: k(x, qw, threads=a.threads), a.reps, a.clock))
                         if not a.no_torch:
-                            times["torch"].append(best(lambda: xt @ wt.T, a.reps))
+                            times["torch"].append(best(lambda: xt @ wt.T, a.reps, a.clock))
                     t = {n: min(v) for n, v in times.items()}
                     dots = [n for n in t if n.startswith("dot")]
                     fastest = min(dots, key=t.get)
@@ -87,7 +90,7 @@ def main():
     print(f"load average {os.getloadavg()[0]:.2f}")
     if a.out:
         from bench.common import conditions, write_json
-        write_json(a.out, dict(conditions=conditions(), target=a.target, threads=a.threads, rows=rows))
+        write_json(a.out, dict(conditions=conditions(), target=a.target, threads=a.threads, clock=a.clock, rows=rows))
 
 
 if __name__ == "__main__":

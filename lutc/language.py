@@ -183,7 +183,7 @@ def trans(x):
 
 @_builtin
 def dot(a, b, acc=None):
-    """(M, K) x (K, N) matrix product of 2-D blocks: u8/i8 x i8 -> i32 (exact), f32 x f32 -> f32;
+    """(M, K) x (K, N) matrix product of 2-D blocks: u8/i8 x i8 or i8 x u8 -> i32 (exact), f32 x f32 -> f32;
     `acc` (M, N) is added."""
 
 

@@ -31,12 +31,12 @@ def dot_preferred(bits: int, M: int, s: Schedule, insns: int = 1) -> bool:
     """The untuned LUT-vs-dot rule, from operation counts (bench/bench_prefill_gemm.py measures it):
     the LUT path does one table lookup per weight bit-plane, the dot path 1 + act_residual int8
     dots per weight of `insns` instructions each (1: vpdpbusd, sdot; 2: vpmaddubsw + vpmaddwd on
-    AVX2). More planes than dot instructions -> dot, fewer -> LUT. Ties, by measurement: W4 on
-    AVX2 (two-instruction dots) -> dot from 32 rows (1.0-1.7x the LUT prefill); W2 with the residual
-    on VNNI -> LUT (the dot prefill measured 0.59x the LUT path on SmolLM2 and 1.03x on the 7B
-    shapes, bench/results/e2e_stop19_t1.json, once W2 LUT GEMMs prefetch)."""
+    AVX2). More planes than dot instructions -> dot, fewer -> LUT. Ties -> dot from 32 rows, by
+    measurement: W4 on AVX2 (two-instruction dots; 1.0-1.7x the LUT prefill) and, since the dot
+    GEMM reads activation groups as broadcast memory operands, W2 with the residual on VNNI
+    (GEMM 1.2-2.2x the LUT path at M = 128 and 512; docs/runtime.md, "third pass")."""
     cost = (1 + bool(s.act_residual)) * insns
-    return bits > cost or (bits == cost and insns > 1 and M >= 32)
+    return bits > cost or (bits == cost and M >= 32)
 
 
 def default_layout(target="host") -> dict:
@@ -60,16 +60,15 @@ def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> S
     lookups), the Schedule's default table scales and unroll (at most one scale block's chunks);
     M-blocking per default_mb(M); prefetch per default_prefetch; the dot path from DOT_MIN_M rows
     where its layout allows, the target has a group-dot instruction (`dotgemm.dot_insns`: VNNI,
-    AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so (output blocks of dot_bm x
-    dot_ns = 128 with the activation residual: three accumulator sets fit the 32 AVX-512
-    registers)."""
+    AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so (lutc.ops.default_dot's
+    blocking, with the activation residual)."""
     from .kernels.dotgemm import dot_insns
     s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M), **default_layout(target))
     s = s.replace(prefetch=default_prefetch(s))
     if M >= DOT_MIN_M and group_size % 32 == 0:
         insns = dot_insns(target)
         if insns is not None and dot_preferred(bits, M, s.replace(act_residual=True), insns):
-            s = default_dot(s, M)
+            s = default_dot(s, M, target)
     return s
 
 
@@ -88,11 +87,15 @@ def default_prefetch(s: Schedule) -> int:
     return min(choices, key=lambda c: abs(math.log2(c / ahead)))
 
 
-def default_dot(s: Schedule, M: int) -> Schedule:
-    """s on the dot path with the default blocking for M rows (dot_bm 16 below 32 rows, else 32;
-    dot_ns = 128 // dot_bm) and the activation residual."""
-    bm = 16 if M < 32 else 32
-    return s.replace(path="dot", dot_bm=bm, dot_ns=128 // bm, act_residual=True, lut_pair=False, prefetch=0)
+def default_dot(s: Schedule, M: int, target="host") -> Schedule:
+    """s on the dot path with the default blocking for `target` (any M) and the activation
+    residual. 512-bit x86: dot_bm 8 activation rows x dot_ns 16 weight rows (16 zmm int32
+    accumulators with the residual plus one slice's 8 level vectors; the fastest of 4/8/16 x 16/32
+    at M = 128). Narrower vectors: 32 x 8 (the fastest of 8-64 x 4-16 for the x86-avx2 code at
+    M = 128; AArch64 takes it too, unmeasured there). docs/runtime.md, "third pass"."""
+    from .backend.target import get_target
+    bm, ns = (8, 16) if get_target(target).vector_bits >= 512 else (32, 8)
+    return s.replace(path="dot", dot_bm=bm, dot_ns=ns, act_residual=True, lut_pair=False, prefetch=0)
 
 
 def choose_schedule(bits: int, group_size: int, M: int, N: int, K: int, target="host") -> Schedule:

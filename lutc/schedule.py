@@ -20,7 +20,7 @@ KNOB_CHOICES = {
 }
 DOT_KNOB_CHOICES = {         # the path knob and the dot path's own knobs
     "path": PATHS,
-    "dot_bm": (16, 32, 64),
+    "dot_bm": (8, 16, 32, 64),
     "dot_ns": (4, 8, 16),
 }
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
@@ -90,8 +90,8 @@ class Schedule:
     prefetch: int = 0
     threads: int | None = None
     path: str = "lut"
-    dot_bm: int = 32
-    dot_ns: int = 8
+    dot_bm: int = 8
+    dot_ns: int = 16
     act_block: int = 128
     act_residual: bool = True
     kernel: str = "lut_gemm"

@@ -143,10 +143,11 @@ _DOT_EXES = {}
 def _dot_emulated(workdir, target, cpu, A, B, tile=(4, 16, 32)):
     from test_dot import _SIG, tile_dot
     a_t = "*u8" if A.dtype == np.uint8 else "*i8"
-    key = (target.key, a_t, tile)
+    b_t = "*u8" if B.dtype == np.uint8 else "*i8"
+    key = (target.key, a_t, b_t, tile)
     if key not in _DOT_EXES:
         BM, BN, BK = tile
-        fn = tile_dot.compile({"a": a_t, **_SIG}, dict(BM=BM, BN=BN, BK=BK, CLAMP=False), 2, target)
+        fn = tile_dot.compile({"a": a_t, **_SIG, "b": b_t}, dict(BM=BM, BN=BN, BK=BK, CLAMP=0), 2, target)
         _DOT_EXES[key] = (fn, emulate.build_functions([fn], workdir / f"dot{len(_DOT_EXES)}"))
     fn, exe = _DOT_EXES[key]
     (M, K), N = A.shape, B.shape[1]
@@ -180,6 +181,24 @@ def test_dot_exact_under_qemu(workdir, target_cpu, adt):
             np.testing.assert_array_equal(C, _ref(A, B), err_msg=f"{target.name} {tile} {A.shape}x{B.shape}")
 
 
+@pytest.mark.parametrize("target_cpu", [A76, (_i8mm(get_target("aarch64-linux")), "max"), M2_ELF],
+                         ids=["a76-sdot", "i8mm-mmla", "m2"])
+def test_signed_a_unsigned_b_under_qemu(workdir, target_cpu):
+    """i8 x u8 (sdot with B XOR 0x80 and a per-row fix; usmmla / usdot with B as the unsigned
+    operand): corners -128/127 x 0/255 and ragged shapes, bit-exact."""
+    from test_dot import _edge_matrix, _ref
+    target, cpu = target_cpu
+    rng = np.random.default_rng(8)
+    cases = [(np.full((5, 70), a, np.int8), np.full((70, 19), b, np.uint8)) for a in (-128, 127) for b in (0, 255)]
+    for M, N, K in ((1, 1, 1), (3, 17, 33), (9, 31, 100)):
+        cases.append((_edge_matrix(rng, (M, K), np.int8), _edge_matrix(rng, (K, N), np.uint8)))
+    tiles = [(4, 16, 32)] + ([(3, 5, 7), (1, 16, 32)] if target.has("i8mm") else [])
+    for tile in tiles:
+        for A, B in cases:
+            C = _dot_emulated(workdir, target, cpu, A, B, tile)
+            np.testing.assert_array_equal(C, _ref(A, B), err_msg=f"{target.name} {tile} {A.shape}x{B.shape}")
+
+
 @settings(max_examples=6, deadline=None)
 @given(M=st.integers(1, 12), N=st.integers(1, 40), K=st.integers(1, 100), seed=st.integers(0, 2**31),
        signed=st.booleans(), i8mm=st.booleans())
@@ -195,8 +214,10 @@ def test_dot_property_under_qemu(workdir, M, N, K, seed, signed, i8mm):
 @pytest.mark.parametrize("target_cpu", [A76, (_i8mm(get_target("aarch64-linux")), "max")], ids=["a76", "i8mm"])
 @pytest.mark.parametrize("residual", [False, True])
 def test_dot_path_under_qemu(workdir, target_cpu, residual):
-    """The dot path (lutc/kernels/dotgemm.py: u8 levels decoded from the packed planes, then sdot, or
-    usmmla with i8mm) as AArch64 code, against its numpy reference; negative plane scales included."""
+    """The dot path (lutc/kernels/dotgemm.py: u8 levels decoded from the packed planes, then
+    tl.dot(i8 activations, u8 levels): sdot with the XOR fix, or usmmla with i8mm) as AArch64
+    code, against its numpy reference; negative plane scales included; the default 8 x 16 blocks
+    and the former 16 x 8."""
     from kernel_reference import dot_reference
     from lutc.kernels.dotgemm import level_max
     from test_dotgemm import signed_qt
@@ -206,10 +227,11 @@ def test_dot_path_under_qemu(workdir, target_cpu, residual):
     M, N, K = 18, 37, 200
     qw = signed_qt(rng, 3, 64, N, K)
     x = activations(rng, M, K, "outliers", 64)
-    sched = Schedule(bits=3, group_size=64, path="dot", dot_bm=16, dot_ns=8, act_block=32, act_residual=residual)
-    kernel = CompiledKernel(sched, target)
-    exe = emulate.build_functions([kernel.tables, kernel.gemm], workdir / f"dot_{target.name}_{residual}")
-    y = emulate.lut_gemm_emulated(kernel, exe, x, pack_weights(qw, sched), exe.parent, cpu)
-    ref, mag = dot_reference(x, qw, 32, 255, residual)
-    assert np.isfinite(y).all()
-    assert (np.abs(y - ref) <= 2e-6 * (qw.num_groups + 8) * mag).all()
+    for bm, ns in ((8, 16), (16, 8)):
+        sched = Schedule(bits=3, group_size=64, path="dot", dot_bm=bm, dot_ns=ns, act_block=32, act_residual=residual)
+        kernel = CompiledKernel(sched, target)
+        exe = emulate.build_functions([kernel.tables, kernel.gemm], workdir / f"dot_{target.name}_{residual}_{bm}")
+        y = emulate.lut_gemm_emulated(kernel, exe, x, pack_weights(qw, sched), exe.parent, cpu)
+        ref, mag = dot_reference(x, qw, 32, 255, residual)
+        assert np.isfinite(y).all()
+        assert (np.abs(y - ref) <= 2e-6 * (qw.num_groups + 8) * mag).all(), (bm, ns)

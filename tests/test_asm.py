@@ -4,6 +4,7 @@ import re
 import pytest
 
 import lutc
+import lutc.language as tl
 from lutc.backend.target import get_target
 from lutc import Schedule
 from lutc.kernels.compiled import CompiledKernel
@@ -64,13 +65,14 @@ _DOT_SIG = {"b": "*i8", "c": "*i32", "M": "i32", "N": "i32", "K": "i32"}
 _DOT_INSNS = r"\b(vpdpbusd|vpmaddubsw|vpmaddwd|pmaddwd|sdot|udot|usdot|sudot|smmla|usmmla)\b"
 
 
-def _dot_asm(target, a="*u8", clamp=False, extra="", bm=4):
+def _dot_asm(target, a="*u8", clamp=False, extra="", bm=4, b="*i8"):
     import dataclasses
     from test_dot import tile_dot
     t = get_target(target)
     if extra:
         t = dataclasses.replace(t, name=f"{target}{extra}", features=t.features + extra)
-    return tile_dot.emit({"a": a, **_DOT_SIG}, dict(BM=bm, BN=16, BK=32, CLAMP=clamp), 2, t, kind="asm")
+    return tile_dot.emit({"a": a, **_DOT_SIG, "b": b}, dict(BM=bm, BN=16, BK=32, CLAMP=int(clamp)), 2, t,
+                         kind="asm")
 
 
 @pytest.mark.parametrize("target,extra,a,clamp,insn,bm", [
@@ -100,6 +102,39 @@ def test_dot_instruction_per_target(target, extra, a, clamp, insn, bm):
         assert "vpmaddubsw" in found
     if extra == ",+avx512vnni":
         assert re.search(r"vpdpbusd\s+.*zmm", asm)
+
+
+@pytest.mark.parametrize("target,extra,clamp,insn,bm", [     # i8 A x u8 B: B is the unsigned operand
+    ("x86-avx2", "", 0, "vpmaddwd", 4),
+    ("x86-avx2", "", 2, "vpmaddubsw|vpmaddwd", 4),            # B & 127: vpmaddubsw(B, A) cannot saturate
+    ("x86-avx2", ",+avxvnni", 0, "vpdpbusd", 4),
+    ("x86-avx512", ",+avx512vnni", 0, "vpdpbusd", 4),
+    ("aarch64-linux", "", 0, "sdot", 4),                        # B XOR 0x80 + a per-row fix
+    ("aarch64-linux", ",+i8mm", 0, "usmmla", 4),                # C^T = B^T A^T with B first
+    ("aarch64-linux", ",+i8mm", 0, "usdot|sudot", 1),
+])
+def test_signed_a_unsigned_b_instruction(target, extra, clamp, insn, bm):
+    found = set(re.findall(_DOT_INSNS, _dot_asm(target, "*i8", clamp, extra, bm, b="*u8")))
+    assert found and all(re.fullmatch(insn, f) for f in found), (target + extra, clamp, found)
+    if clamp:
+        assert "vpmaddubsw" in found
+
+
+@lutc.jit
+def bcast_dot(a, b, c, BM: tl.constexpr):
+    """(BM, 32) i8 rows from memory x (32, 16) u8: A's 4-byte groups are only broadcast."""
+    x = tl.reshape(tl.load(a + tl.arange(0, BM * 32)), (BM, 32))
+    w = tl.reshape(tl.load(b + tl.arange(0, 32 * 16)), (32, 16))
+    tl.store(c + tl.arange(0, BM)[:, None] * 16 + tl.arange(0, 16)[None, :], tl.dot(x, w))
+
+
+@pytest.mark.skipif(not get_target("host").has("avx512vnni"), reason="host has no AVX-512 VNNI")
+def test_signed_a_groups_fold_into_vpdpbusd_as_broadcast_loads():
+    """Every vpdpbusd reads its activation group as an embedded {1to16} memory broadcast (a load
+    uop), not a register shuffle (the port vpdpbusd also needs)."""
+    asm = bcast_dot.emit({"a": "*i8", "b": "*u8", "c": "*i32"}, dict(BM=8), 1, get_target("host"), kind="asm")
+    dots = [ln for ln in asm.splitlines() if "vpdpbusd" in ln]
+    assert len(dots) == 8 * 8 and all("{1to16}" in ln and "zmm" in ln for ln in dots), dots[:4]
 
 
 def test_dot_vpmaddubsw_only_with_a_proof():

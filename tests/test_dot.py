@@ -1,6 +1,7 @@
 """tl.dot and 2-D blocks: bit-exact int8 matmul tiles against numpy on every lowering that runs
-here (vpdpbusd, vpmaddwd, vpmaddubsw, the portable fallback), broadcasting, reshape, transpose
-and axis reductions. AArch64 (sdot/usdot) runs under qemu in test_aarch64_emulated.py."""
+here (vpdpbusd, vpmaddwd, vpmaddubsw, the portable fallback), for u8/i8 x i8 and i8 x u8 (the
+signed-A, unsigned-B variant), broadcasting, reshape, transpose and axis reductions. AArch64
+(sdot/usdot/mmla) runs under qemu in test_aarch64_emulated.py."""
 import dataclasses
 
 import numpy as np
@@ -26,8 +27,10 @@ def tile_dot(a, b, c, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.conste
         k = k0 + offs_k
         x = tl.load(a + offs_m[:, None] * K + k[None, :], mask=(offs_m[:, None] < M) & (k[None, :] < K))
         w = tl.load(b + k[:, None] * N + offs_n[None, :], mask=(k[:, None] < K) & (offs_n[None, :] < N))
-        if CLAMP:  # a range the compiler can prove: w in [-64, 64]
+        if CLAMP == 1:  # a range the compiler can prove: w in [-64, 64]
             w = tl.minimum(tl.maximum(w, -64), 64)
+        if CLAMP == 2:  # u8 w in [0, 127]
+            w = w & 127
         acc = tl.dot(x, w, acc)
     tl.store(c + offs_m[:, None] * N + offs_n[None, :], acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -68,10 +71,11 @@ _FNS = {}
 
 def _dot(target, A, B, tile=(4, 16, 32), clamp=False):
     a_t = "*u8" if A.dtype == np.uint8 else "*i8"
-    key = (target, a_t, tile, clamp)
+    b_t = "*u8" if B.dtype == np.uint8 else "*i8"
+    key = (target, a_t, b_t, tile, clamp)
     if key not in _FNS:
         BM, BN, BK = tile
-        _FNS[key] = tile_dot.compile({"a": a_t, **_SIG}, dict(BM=BM, BN=BN, BK=BK, CLAMP=clamp), 2,
+        _FNS[key] = tile_dot.compile({"a": a_t, **_SIG, "b": b_t}, dict(BM=BM, BN=BN, BK=BK, CLAMP=int(clamp)), 2,
                                      _run_target(target))
     (M, K), N = A.shape, B.shape[1]
     C = np.full((M, N), -7, np.int32)
@@ -80,7 +84,7 @@ def _dot(target, A, B, tile=(4, 16, 32), clamp=False):
 
 
 def _ref(A, B, clamp=False):
-    Bc = np.clip(B, -64, 64) if clamp else B
+    Bc = (B & 127 if B.dtype == np.uint8 else np.clip(B, -64, 64)) if clamp else B
     return A.astype(np.int64) @ Bc.astype(np.int64)
 
 
@@ -139,6 +143,45 @@ def test_proven_range_uses_maddubs_exactly(target):
     for B in (np.full((64, 20), -128, np.int8), np.full((64, 20), 127, np.int8),
               _edge_matrix(rng, (64, 20), np.int8)):
         np.testing.assert_array_equal(_dot(target, A, B, clamp=True), _ref(A, B, clamp=True))
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_signed_a_unsigned_b_extremes(target):
+    """i8 x u8: A's signed bytes against B's unsigned ones at every corner (-128, 127 x 0, 255)."""
+    for a_val in (-128, 127, -1):
+        for b_val in (255, 0, 128, 1):
+            A = np.full((5, 70), a_val, np.int8)
+            B = np.full((70, 19), b_val, np.uint8)
+            np.testing.assert_array_equal(_dot(target, A, B), _ref(A, B), err_msg=f"{a_val} x {b_val}")
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_signed_a_unsigned_b_ragged(target):
+    rng = np.random.default_rng(hash(target) % 2**32)
+    for tile in ((4, 16, 32), (3, 5, 7), (1, 32, 32)):
+        for M, N, K in ((1, 1, 1), (3, 17, 33), (9, 31, 100), (8, 16, 32)):
+            A, B = _edge_matrix(rng, (M, K), np.int8), _edge_matrix(rng, (K, N), np.uint8)
+            np.testing.assert_array_equal(_dot(target, A, B, tile), _ref(A, B), err_msg=f"{tile} {M}x{N}x{K}")
+
+
+@settings(max_examples=20)
+@given(M=st.integers(1, 20), N=st.integers(1, 40), K=st.integers(1, 130), seed=st.integers(0, 2**31),
+       p_edge=st.sampled_from([0.0, 0.3, 1.0]), tile=st.sampled_from([(4, 16, 32), (3, 5, 7), (8, 16, 32)]),
+       target=st.sampled_from(["host", "x86-avx2", "portable"]))
+def test_property_signed_a_unsigned_b(M, N, K, seed, p_edge, tile, target):
+    rng = np.random.default_rng(seed)
+    A, B = _edge_matrix(rng, (M, K), np.int8, p_edge), _edge_matrix(rng, (K, N), np.uint8, p_edge)
+    np.testing.assert_array_equal(_dot(target, A, B, tile), _ref(A, B))
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512", "host"])
+def test_unsigned_b_proven_below_128_uses_maddubs_exactly(target):
+    """u8 B & 127 against any i8 A: 2 * 127 * 128 = 32512 fits i16, so AVX2 may use vpmaddubsw
+    (B as its unsigned operand)."""
+    rng = np.random.default_rng(6)
+    B = np.full((64, 20), 255, np.uint8)
+    for A in (np.full((6, 64), -128, np.int8), np.full((6, 64), 127, np.int8), _edge_matrix(rng, (6, 64), np.int8)):
+        np.testing.assert_array_equal(_dot(target, A, B, clamp=2), _ref(A, B, clamp=True))
 
 
 def test_maddubs_bound():

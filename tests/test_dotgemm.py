@@ -36,10 +36,11 @@ def signed_qt(rng, bits, gs, N, K):
 def dot_problems(draw):
     bits = draw(st.integers(1, 4))
     gs = draw(st.sampled_from([32, 64, 128]))
-    knobs = dict(path="dot", g=draw(st.sampled_from([2, 4])), bn=draw(st.sampled_from([16, 32, 64])),
+    bn = draw(st.sampled_from([16, 32, 64]))
+    knobs = dict(path="dot", g=draw(st.sampled_from([2, 4])), bn=bn,
                  interleave=draw(st.sampled_from(["chunk", "plane"])),
                  dot_bm=draw(st.sampled_from(DOT_KNOB_CHOICES["dot_bm"])),
-                 dot_ns=draw(st.sampled_from(DOT_KNOB_CHOICES["dot_ns"])),
+                 dot_ns=draw(st.sampled_from([n for n in DOT_KNOB_CHOICES["dot_ns"] if bn % n == 0])),
                  act_block=draw(st.sampled_from([32, 64, 128])), act_residual=draw(st.booleans()))
     N = draw(st.integers(1, 80))
     K = draw(st.one_of(st.integers(1, 200), st.sampled_from([gs, 2 * gs + 1])))
@@ -77,7 +78,7 @@ def test_dot_path_matches_reference(p):
 
 def _xq_reference(x, gs, xb, bm, res):
     """quantize_x's scratch in numpy: per (row, xb block) s = max|x| / 127, q = round(x / s) (and the
-    residual round((x - s q) / (s / 254))), in the [m-block][32-block][k / 4][row][k % 4] order (each
+    residual round((x - s q) / (s / 254))), in the [m-block][32-block][row][k % 32] order (each
     32-block followed by its residual block); scales [m-block][group][block][row]; group sums."""
     M, K = x.shape
     ng, mp = -(-K // gs), -(-M // bm) * bm
@@ -88,7 +89,7 @@ def _xq_reference(x, gs, xb, bm, res):
     safe = np.where(s > 0, s, np.float32(1))[..., None]
     q = np.round(blocks / safe)
     planes = [q] + ([np.round((blocks - q * s[..., None]) / (safe * np.float32(1 / 254)))] if res else [])
-    tiles = [p.reshape(mp // bm, bm, -1, 8, 4).transpose(0, 2, 3, 1, 4) for p in planes]   # mb, kb, k/4, row, k%4
+    tiles = [p.reshape(mp // bm, bm, -1, 32).transpose(0, 2, 1, 3) for p in planes]   # mb, kb, row, k%32
     luts = np.stack(tiles, 2).reshape(-1).astype(np.int8)
     scales = s.reshape(mp // bm, bm, ng, gs // xb).transpose(0, 2, 3, 1).reshape(-1)
     sums = xp.reshape(mp, ng, gs).sum(-1).reshape(mp // bm, bm, ng).transpose(0, 2, 1).reshape(-1)
@@ -113,9 +114,9 @@ def test_quantize_x_matches_numpy(gs, bm, xb, res, K, M, xkind, seed):
     real = np.zeros((mp, 1), bool)
     real[:M] = True
     row_of = lambda a, per: np.broadcast_to(real.reshape(mp // bm, 1, bm, 1), (mp // bm, a.size // (mp * per), bm, per))
-    got = plan.scratch.luts[:luts.size].view(np.int8).reshape(mp // bm, -1, bm, 4)
+    got = plan.scratch.luts[:luts.size].view(np.int8).reshape(mp // bm, -1, bm, 32)
     want = luts.reshape(got.shape)
-    keep = row_of(luts, 4).reshape(got.shape)
+    keep = row_of(luts, 32).reshape(got.shape)
     np.testing.assert_array_equal(got[keep], want[keep])
     keep = row_of(scales, 1).reshape(-1)
     np.testing.assert_allclose(plan.scratch.lut_scales[:scales.size][keep], scales[keep], rtol=1e-6, atol=0)
@@ -201,18 +202,19 @@ def test_default_chooses_dot_by_m_bucket():
     assert default_schedule(4, 128, 1).path == "lut"
     assert default_schedule(4, 128, DOT_MIN_M - 1).path == "lut"
     big = default_schedule(4, 128, 128)
-    assert big.path == "dot" and big.dot_bm == 32 and big.act_residual and big.prefetch == 0
+    assert big.path == "dot" and (big.dot_bm, big.dot_ns) == (8, 16) and big.act_residual and big.prefetch == 0
     assert default_schedule(4, 48, 128).path == "lut"          # group size not a multiple of 32
-    assert default_schedule(2, 128, 128).path == "lut"         # the W2 tie stays on the LUT path
+    assert default_schedule(2, 128, 16).path == "lut"          # the W2 tie: LUT below 32 rows
+    assert default_schedule(2, 128, 128).path == "dot"
 
 
 def test_default_path_rule_by_bits_and_rows():
-    """dot_preferred: bit-planes vs (1 + residual) x instructions per group dot; AVX2 ties from 32 rows."""
+    """dot_preferred: bit-planes vs (1 + residual) x instructions per group dot; ties from 32 rows."""
     from lutc.ops import DOT_MIN_M, choose_schedule, default_schedule, dot_preferred
     from lutc.kernels.dotgemm import dot_insns
     s = Schedule(bits=2, group_size=128, mb=2)
     assert dot_preferred(3, 16, s) and dot_preferred(4, 16, s) and not dot_preferred(1, 128, s)
-    assert not dot_preferred(2, 16, s) and not dot_preferred(2, 128, s)          # the VNNI tie: LUT
+    assert not dot_preferred(2, 16, s) and dot_preferred(2, 32, s)               # the VNNI tie: dot from 32 rows
     assert dot_preferred(2, 16, s.replace(act_residual=False))                      # one dot < two planes
     assert not dot_preferred(3, 128, s, insns=2) and dot_preferred(4, 32, s, insns=2)
     assert not dot_preferred(4, 16, s, insns=2)
@@ -234,7 +236,7 @@ def test_tuner_space_has_the_path_knob():
     sp = space_for(p, 2)
     assert sp["path"] == ("lut", "dot") and sp["act_block"] == (32, 64, 128)
     assert space_for(Problem(2, 48, 128, 256, 480), 2)["path"] == ("lut",)
-    assert space_for(Problem(2, 128, 1, 256, 512), 2)["dot_bm"] == (16, 32)     # no blocks of padding rows
+    assert space_for(Problem(2, 128, 1, 256, 512), 2)["dot_bm"] == (8,)     # no blocks of padding rows
     params = params_of(Schedule(bits=2, group_size=128), 2)
     dot = schedule_from_params(p, dict(params, path="dot", dot_bm=64))
     assert invalid_reason(dot, p) is None and describe(dot).startswith("dot ")

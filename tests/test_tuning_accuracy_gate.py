@@ -8,7 +8,7 @@ from lutc.tuning.search import open_storage, study_name, tune_problem
 from lutc.tuning.space import Problem
 
 P = Problem(bits=2, group_size=128, M=1, N=64, K=256)
-LUT_PATH = {"path": "lut", "dot_bm": 32, "dot_ns": 8, "act_block": 128, "act_residual": True}   # dot knobs: defaults
+LUT_PATH = {"path": "lut", "dot_bm": 8, "dot_ns": 16, "act_block": 128, "act_residual": True}   # dot knobs: defaults
 FAST = dict(repeats=3, retries=0, final_rounds=1, finalists_k=2, cache="hot", timeout=120)
 
 

@@ -1,6 +1,6 @@
 """Lowering of `dot`: (M, K) x (K, N) blocks, flat row-major LLVM vectors, per target.
 
-Integer dots (u8/i8 x i8 -> i32) are exact: every path computes the int32 sum modulo 2**32,
+Integer dots (u8/i8 x i8 and i8 x u8 -> i32) are exact: every path computes the int32 sum modulo 2**32,
 as numpy's int32 matmul does.
 
 - Group dots (`GroupDot`): one instruction adds, to each of L i32 lanes, the dot product of P
@@ -16,8 +16,13 @@ as numpy's int32 matmul does.
   When A's signedness differs from the instruction's, A is XORed with 0x80 (A + 128 read as
   u8, or A - 128 read as s8: A + d) and d * colsum(B) is subtracted: the same instruction run
   on a row of 0x80 bytes computes exactly that correction.
+  Signed A, unsigned B (i8 x u8): the u8 operand is B, so the instruction runs as
+  insn(acc, B chunk, A group broadcast) (vpdpbusd, vpmaddubsw, usdot; usmmla on C^T = B^T A^T).
+  On x86 an A loaded from memory then becomes vpdpbusd's embedded {1to16} broadcast operand:
+  a load, not a shuffle on vpdpbusd's ports. sdot XORs B with 0x80 and adds back 128 times
+  each row sum of A.
   vpmaddubsw saturates each pair sum to i16; it is used only when lutc/ir/ranges.py proves the
-  operand ranges make saturation impossible (u8 x [-64, 64], see `maddubs_safe`). Otherwise
+  operand ranges make saturation impossible (u8 x [-64, 64], [0, 127] x s8, see `maddubs_safe`). Otherwise
   AVX2 sign/zero-extends to i16 and uses vpmaddwd, whose pair sums (at most 2 * 255 * 128 in
   magnitude) cannot overflow i32.
 - Portable (`portable_dot`): acc += A[:, k] (x) B[k, :] on the whole (M, N) block per k, in i32
@@ -73,16 +78,19 @@ _PMADDWD = {4: "llvm.x86.sse2.pmadd.wd", 8: "llvm.x86.avx2.pmadd.wd", 16: "llvm.
 _PMADDUBSW = {8: "llvm.x86.avx2.pmadd.ub.sw", 16: "llvm.x86.avx512.pmaddubs.w.512"}
 
 
-def choose(target, a_dt, n, a_range, b_range):
-    """The GroupDot for this target and operands, or None for the portable lowering."""
+def choose(target, a_dt, n, a_range, b_range, b_dt=T.int8):
+    """The GroupDot for this target and operands (A `a_dt` in a_range, B `b_dt` in b_range; at most
+    one of them u8), or None for the portable lowering."""
     wide = target.vector_bits >= 512 and n > 8
+    u8 = T.uint8 in (a_dt, b_dt)
+    safe = maddubs_safe(b_range, a_range) if b_dt == T.uint8 else a_dt == T.uint8 and maddubs_safe(a_range, b_range)
     if target.is_x86:
         if target.has("avx512vnni") and wide:
             return GroupDot("vpdpbusd", 4, 16, a_signed=False)
         if target.has("avxvnni") or (target.has("avx512vnni") and target.has("avx512vl")):
             return GroupDot("vpdpbusd", 4, 8, a_signed=False)
         bw = wide and target.has("avx512bw")
-        if target.has("avx2") and a_dt == T.uint8 and maddubs_safe(a_range, b_range):
+        if target.has("avx2") and safe:
             return GroupDot("vpmaddubsw", 4, 16 if bw else 8, a_signed=False)
         if bw:
             return GroupDot("vpmaddwd", 2, 16, a_signed=None, widen=True)
@@ -92,7 +100,7 @@ def choose(target, a_dt, n, a_range, b_range):
             return GroupDot("vpmaddwd", 2, 4, a_signed=None, widen=True)
         return None
     if target.is_aarch64 and target.has("dotprod"):
-        if a_dt == T.uint8 and target.has("i8mm"):
+        if u8 and target.has("i8mm"):
             return GroupDot("usdot", 4, 4, a_signed=False)
         return GroupDot("sdot", 4, 4, a_signed=True)
     return None
@@ -105,11 +113,18 @@ def emit_dot(cg, op, a, bm, acc):
         return portable_dot(cg, a, bm, acc, M, K, N, T.float32, T.float32)
     t = cg.target
     if t.is_aarch64 and t.has("i8mm") and M > 1 and N > 1:
+        if tb.elem == T.uint8:      # C^T = B^T A^T with the u8 operand first
+            b = cg.b
+            at = _shuffle(b, a, [m * K + k for k in range(K) for m in range(M)])
+            bt = _shuffle(b, bm, [k * N + n for n in range(N) for k in range(K)])
+            acct = _shuffle(b, acc, [m * N + n for n in range(N) for m in range(M)])
+            ct = mmla_dot(cg, "usmmla", bt, at, acct, N, K, M)
+            return _shuffle(b, ct, [n * M + m for m in range(M) for n in range(N)])
         return mmla_dot(cg, "usmmla" if ta.elem == T.uint8 else "smmla", a, bm, acc, M, K, N)
-    plan = choose(t, ta.elem, N, value_range(op.operands[0]), value_range(op.operands[1]))
+    plan = choose(t, ta.elem, N, value_range(op.operands[0]), value_range(op.operands[1]), tb.elem)
     if plan is None:
         return portable_dot(cg, a, bm, acc, M, K, N, ta.elem, tb.elem)
-    return group_dot(cg, plan, a, bm, acc, M, K, N, ta.elem)
+    return group_dot(cg, plan, a, bm, acc, M, K, N, ta.elem, tb.elem)
 
 
 def portable_dot(cg, a, bm, acc, M, K, N, a_dt, b_dt):
@@ -163,17 +178,30 @@ def mmla_dot(cg, insn, a, bm, acc, M, K, N):
         I32, [((m // 2) * Np + n // 2) * 4 + (m % 2) * 2 + n % 2 for m in range(M) for n in range(N)]))
 
 
-def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt):
+def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt, b_dt=T.int8):
+    """Output row m, column chunk c: v += insn(A[m, group g] in every lane, B[group g, chunk c]).
+
+    B s8 (A u8 or s8): the instruction's first operand is A's broadcast group, its second B's
+    vector; an A of the wrong signedness is XORed with 0x80 and fixed by a per-chunk correction.
+    B u8 (A s8): the u8 operand is B, so the instruction's first operand is B's vector and its s8
+    operand A's broadcast group (x86 folds that broadcast into the instruction as a {1toL} memory
+    operand when A was loaded); for `sdot` (s8 x s8) B is XORed with 0x80 and fixed per row.
+    """
     b = cg.b
     P, L = plan.P, plan.L
     groups, chunks = -(-K // P), -(-N // L)
     zero_a, zero_b = M * K, K * N  # shuffle indices that read 0
-    fix = plan.a_signed is not None and plan.a_signed != a_dt.is_signed
-    if fix:
+    b_unsigned = b_dt == T.uint8
+    fix_a = not b_unsigned and plan.a_signed is not None and plan.a_signed != a_dt.is_signed
+    fix_b = b_unsigned and plan.a_signed is True     # sdot: B read as s8 after XOR 0x80
+    b_first = b_unsigned and plan.a_signed is False  # the instruction's u8 operand is B's vector
+    if fix_a:
         a = b.xor(a, ir.Constant(a.type, [0x80] * (M * K)))
+    if fix_b:
+        bm = b.xor(bm, ir.Constant(bm.type, [0x80] * (K * N)))
     if plan.widen:
         ext = lambda v, signed: (b.sext if signed else b.zext)(v, ir.VectorType(I16, v.type.count))
-        a, bm = ext(a, a_dt.is_signed), ext(bm, True)
+        a, bm = ext(a, a_dt.is_signed), ext(bm, b_dt.is_signed)
 
     def b_vec(g, c):
         idx = []
@@ -190,8 +218,8 @@ def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt):
     bvecs = [[b_vec(g, c) for g in range(groups)] for c in range(chunks)]
     acc_ty = ir.VectorType(I32, L)
     corr = []
-    if fix:
-        row80 = ir.Constant(bvecs[0][0].type, [0x80] * (L * P))
+    row80 = ir.Constant(bvecs[0][0].type, [0x80] * (L * P))
+    if fix_a:
         for c in range(chunks):
             v = ir.Constant(acc_ty, None)
             for g in range(groups):
@@ -199,12 +227,18 @@ def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt):
             corr.append(v)
     rows = []
     for m in range(M):
+        if fix_b:   # sum_k A[m, k] * (B - 128): add back 128 * sum_k A[m, k]
+            row_fix = ir.Constant(acc_ty, None)
+            for g in range(groups):
+                row_fix = plan.step(cg, row_fix, a_vec(m, g), row80)
         for c in range(chunks):
             v = _shuffle(b, acc, [m * N + c * L + i if c * L + i < N else M * N for i in range(L)])
-            if fix:
+            if fix_a:
                 v = b.sub(v, corr[c])
+            if fix_b:
+                v = b.sub(v, row_fix)
             for g in range(groups):
-                v = plan.step(cg, v, a_vec(m, g), bvecs[c][g])
+                v = plan.step(cg, v, *((bvecs[c][g], a_vec(m, g)) if b_first else (a_vec(m, g), bvecs[c][g])))
             rows.append(v)
     flat = concat_rows(b, rows)
     width = chunks * L

@@ -213,12 +213,12 @@ class IRBuilder:
         (m, k), (k2, n) = ta.shape, tb.shape
         if k != k2:
             raise IRTypeError(f"dot shape mismatch: ({m}, {k}) x ({k2}, {n})")
-        if ta.elem in (T.uint8, T.int8) and tb.elem == T.int8:
+        if (ta.elem in (T.uint8, T.int8) and tb.elem == T.int8) or (ta.elem == T.int8 and tb.elem == T.uint8):
             out = T.int32
         elif ta.elem == tb.elem == T.float32:
             out = T.float32
         else:
-            raise IRTypeError(f"dot supports u8/i8 x i8 -> i32 and f32 x f32 -> f32, got {ta.elem} x {tb.elem}")
+            raise IRTypeError(f"dot supports u8/i8 x i8, i8 x u8 -> i32 and f32 x f32 -> f32, got {ta.elem} x {tb.elem}")
         rt = _block(out, (m, n))
         acc = self.splat(self.const(0, out), (m, n)) if acc is None else acc
         if acc.type != rt:

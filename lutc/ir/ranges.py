@@ -1,7 +1,7 @@
 """Value ranges of integer IR values: the proofs that tl.dot's AVX2 `vpmaddubsw` cannot saturate.
 
 `value_range(v)` walks the definitions of `v` (constants, splats, shape changes, casts, `&`,
-`min`/`max`, `>>`, `+`/`-`, `where`) and returns (lo, hi) bounds that every lane of `v` is proven
+`min`/`max`, `>>`, `+`/`-`, `where`, `concat`) and returns (lo, hi) bounds that every lane of `v` is proven
 to lie in; anything it does not understand (loads, loop-carried values, lookups) gets the full
 range of its dtype, so the result is always sound.
 """
@@ -37,6 +37,9 @@ def value_range(v, depth=0):
         if isinstance(src, T.DType) and not src.is_float:
             return _fit(value_range(o[0], depth + 1), full)
         return full
+    if name == "concat":
+        (a, b), (c, d) = value_range(o[0], depth + 1), value_range(o[1], depth + 1)
+        return min(a, c), max(b, d)
     if name == "select":
         (a, b), (c, d) = value_range(o[1], depth + 1), value_range(o[2], depth + 1)
         return min(a, c), max(b, d)

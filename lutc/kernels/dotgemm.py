@@ -9,26 +9,33 @@ launches as the LUT path, with the same parameters (spec.py):
 
 Weights: HLQ is w = sum_b s_b * bit_b + z. Per (row, group) the kernel maps the plane scales to
 integers q_b = round(|s_b| * (WMAX - BITS / 2) / sum_b |s_b|) (so sum_b q_b <= WMAX), fits one
-step = sum_b q_b |s_b| / sum_b q_b^2 (least squares: |s_b| ~ step * q_b), and decodes (BNS, 32) tiles of u8 levels sum_b q_b * bit_b' (bit_b' = bit_b, flipped where
-s_b < 0; the flip's constant part moves into the zero: z' = z + sum_b min(s_b, 0)). Only q_b's
-rounding is approximate. WMAX = 255 where the dot instruction reads u8 x s8 for any values
-(vpdpbusd, sdot/usdot, vpmaddwd), 127 on AVX2 without VNNI so that vpmaddubsw provably cannot
-saturate (docs/dsl.md), see `level_max`.
+step = sum_b q_b |s_b| / sum_b q_b^2 (least squares: |s_b| ~ step * q_b), and decodes (32, BNS)
+tiles of u8 levels sum_b q_b * bit_b' (bit_b' = bit_b, flipped where s_b < 0; the flip's constant
+part moves into the zero: z' = z + sum_b min(s_b, 0)). Only q_b's rounding is approximate.
+WMAX = 255 where the dot instruction reads u8 x s8 for any values (vpdpbusd, sdot/usdot,
+vpmaddwd), 127 on AVX2 without VNNI so that vpmaddubsw provably cannot saturate (docs/dsl.md),
+see `level_max`.
 
 Activations: per row and block of XB (act_block, at most a group), s = max|x| / 127,
 xq = round(x / s) (llama.cpp's Q8 quantization); with RES (act_residual) also the residual
 xq2 = round((x - s * xq) / (s / 254)), so x ~ s * (xq + xq2 / 254) to ~15 bits: a second dot per
 slice, needed for LLM activations (one int8 scale per block: +3% perplexity on SmolLM2, see
-docs/runtime.md). Stored in the order tl.dot's group lanes read them: per block of BM rows and 32
-columns, [column / 4][row][column % 4] (then the residual block). xsums[m, grp] is the
-exact float sum of the group's activations (the factor of the zero term), stored [m-block][grp][row].
+docs/runtime.md). Stored per block of BM rows and 32 columns, row-major [row][column % 32] (then
+the residual block), so that tl.dot(xq (BM, 32), levels (32, BNS)) reads each row's 4-byte
+groups straight from memory: on VNNI hosts every vpdpbusd takes its activation group as an
+embedded {1to16} broadcast (a load, no shuffle) and the levels as a register (docs/dsl.md,
+"signed A, unsigned B"). xsums[m, grp] is the exact float sum of the group's activations (the
+factor of the zero term), stored [m-block][grp][row].
 
-    y[m, n] = sum_grp ( sum_sb step[n, grp] * xs[m, sb] * (dot(level, xq) + dot(level, xq2) / 254)[n, m, sb]
+    y[m, n] = sum_grp ( sum_sb step[n, grp] * xs[m, sb] * (dot(xq, level) + dot(xq2, level) / 254)[m, n, sb]
                         + z'[n, grp] * xsum[m, grp] )
 
 Each program owns BN weight rows (one packed tile) and all M activation rows; per (BM, BNS) output
-block it walks the groups, decodes each 32-column weight slice once and runs tl.dot on it,
-accumulating int32 over an activation-scale block, then float.
+block it walks the groups, decodes each 32-column weight slice once (levels are built directly in
+the order the group dot reads them, so no interleaving shuffles) and runs tl.dot on it,
+accumulating int32 over an activation-scale block, then float. The default 8 x 16 block keeps
+its 16 int32 accumulators (8 with the residual off) and one slice's 8 level vectors in zmm
+registers.
 """
 from __future__ import annotations
 
@@ -90,49 +97,78 @@ def quantize_x(x, luts, lut_scales, xsums, K, NG, GS: tl.constexpr, BM: tl.const
             kb = grp * (GS // QB) + sb * CPS + c
             k = kb * QB + lane
             v = tl.load(x + m * K + k, mask=k < K, other=0.0)
-            # (QB / 4, 4) rows of 4 bytes: one 4-byte store each; round_i8 keeps the conversion vectorized
-            dst = luts + (mb * NG * (GS // QB) + kb) * (QB * BM * (1 + RES)) + mi * 4 \
-                + (tl.arange(0, QB // 4) * (4 * BM))[:, None] + tl.arange(0, 4)[None, :]
+            # one contiguous row of QB bytes; round_i8 keeps the conversion vectorized
+            dst = luts + (mb * NG * (GS // QB) + kb) * (QB * BM * (1 + RES)) + mi * QB + lane
             q = tl.round(v / safe)
-            tl.store(dst, tl.reshape(round_i8(q), (QB // 4, 4)))
+            tl.store(dst, round_i8(q))
             if RES:
                 r = tl.round((v - q * s) / (safe * (1.0 / 254.0)))
-                tl.store(dst + QB * BM, tl.reshape(round_i8(r), (QB // 4, 4)))
+                tl.store(dst + QB * BM, round_i8(r))
         tl.store(lut_scales + ((mb * NG + grp) * SPG + sb) * BM + mi, s)
     tl.store(xsums + (mb * NG + grp) * BM + mi, xsum)
 
 
 @jit
-def _x_tile(xb, BM: tl.constexpr):
-    """The (32, BM) int8 tile X^T of one 32-block from its [k / 4][row][k % 4] order."""
-    t = tl.reshape(tl.trans(tl.reshape(tl.load(xb + tl.arange(0, 4 * BM)), (BM, 4))), (4 * BM,))
-    for g in tl.static_range(1, QB // 4):
-        p = tl.load(xb + g * (4 * BM) + tl.arange(0, 4 * BM))
-        t = tl.concat(t, tl.reshape(tl.trans(tl.reshape(p, (BM, 4))), (4 * BM,)))
-    return tl.reshape(t, (QB, BM))
+def _w_pair(w_group, c, q4, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr,
+            CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr, WMAX: tl.constexpr):
+    """Levels of packed byte column c (8 weight columns = 2 k-groups of 4): the flat (2, 4, BNS)
+    block [group][k % 4][n] of two transposed (BNS, 4) tiles. Bit i of a packed byte = column i."""
+    lane = tl.arange(0, 4)
+    lo = tl.zeros((BNS, 4), tl.uint8)
+    hi = tl.zeros((BNS, 4), tl.uint8)
+    for b in tl.static_range(BITS):
+        if PLANE_MAJOR:
+            p = w_group + (b * CPG + c) * BN + tl.arange(0, BNS)
+        else:
+            p = w_group + (c * BITS + b) * BN + tl.arange(0, BNS)
+        t4 = tl.broadcast_to((tl.load(p) ^ flips[b])[:, None], (BNS, 4))
+        lo += tl.where((t4 & (1 << lane).to(tl.uint8)[None, :]) != 0, q4[b], 0)
+        hi += tl.where((t4 & (16 << lane).to(tl.uint8)[None, :]) != 0, q4[b], 0)
+    if WMAX == 127:
+        lo = lo & 127                             # a no-op (sum q_b <= 127) that proves the range
+        hi = hi & 127
+    return tl.concat(tl.reshape(tl.trans(lo), (4 * BNS,)), tl.reshape(tl.trans(hi), (4 * BNS,)))
 
 
 @jit
-def _w_tile(w_group, kbl, qs, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr,
-            CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr, WMAX: tl.constexpr):
-    """The (BN, 32) u8 levels of 32-block kbl of a group: sum_b q_b * bit_b (bit flipped where s_b < 0).
-    Packed byte c of a plane holds columns 8c .. 8c + 7 of its row, bit i = column 8c + i."""
-    CB: tl.constexpr = QB // 8                      # packed bytes per row, plane and 32-block
-    cidx = kbl * CB + tl.arange(0, CB)
-    sel = (1 << tl.arange(0, 8)).to(tl.uint8)
-    lvl = tl.zeros((BNS, QB), tl.uint8)
+def _w_levels(w_group, kbl, q4, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr,
+              CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr, WMAX: tl.constexpr):
+    """The (32, BNS) u8 levels L[k, n] = sum_b q_b[n] * bit_b[n, k] of 32-block kbl of a group
+    (bit flipped where s_b < 0; q4[b] is q_b broadcast to (BNS, 4)). Decoded per k-group of 4
+    columns as a (BNS, 4) tile [n][k % 4]: the order in which tl.dot's group lanes read an
+    (i8 x u8) B operand, so the transposes and concatenations compose with the dot's own operand
+    shuffles to nothing."""
+    c0 = kbl * (QB // 8)
+    flat = _w_pair(w_group, c0, q4, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX)
+    for cb in tl.static_range(1, QB // 8):
+        flat = tl.concat(flat, _w_pair(w_group, c0 + cb, q4, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX))
+    return tl.reshape(flat, (QB, BNS))
+
+
+@jit
+def _group_params(sz_g, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr, LIM: tl.constexpr):
+    """From a group's fp16 plane scales and zero (BNS rows): the zero z' (flips folded in), the
+    step, the integer plane weights q_b broadcast to (BNS, 4) u8 and the flip masks (255 where
+    s_b < 0)."""
+    zero = tl.load(sz_g + BITS * BN + tl.arange(0, BNS)).to(tl.float32)
+    scales = [tl.load(sz_g + b * BN + tl.arange(0, BNS)).to(tl.float32) for b in tl.static_range(BITS)]
+    tot = tl.zeros((BNS,), tl.float32)
     for b in tl.static_range(BITS):
-        if PLANE_MAJOR:
-            p = w_group + (b * CPG + cidx[:, None]) * BN + tl.arange(0, BNS)[None, :]
-        else:
-            p = w_group + (cidx[:, None] * BITS + b) * BN + tl.arange(0, BNS)[None, :]
-        t = tl.reshape(tl.trans(tl.load(p) ^ flips[b][None, :]), (BNS * CB,))
-        on = (t[:, None] & sel[None, :]) != 0
-        lvl += tl.reshape(tl.where(on, tl.broadcast_to(tl.reshape(
-            tl.broadcast_to(qs[b][:, None], (BNS, CB)), (BNS * CB,))[:, None], (BNS * CB, 8)), 0), (BNS, QB))
-    if WMAX == 127:
-        lvl = lvl & 127                              # a no-op (sum q_b <= 127) that proves the range
-    return lvl
+        tot += tl.abs(scales[b])
+        zero += tl.minimum(scales[b], 0.0)
+    inv = tl.where(tot > 0.0, LIM / tl.where(tot > 0.0, tot, 1.0), 0.0)
+    qf = [tl.round(tl.abs(scales[b]) * inv) for b in tl.static_range(BITS)]
+    num = tl.zeros((BNS,), tl.float32)
+    den = tl.zeros((BNS,), tl.float32)
+    for b in tl.static_range(BITS):
+        num += qf[b] * tl.abs(scales[b])
+        den += qf[b] * qf[b]
+    step = num / tl.where(den > 0.0, den, 1.0)      # least-squares fit of |s_b| ~ step * q_b
+    # qf[b] is a whole number in [0, 255]: exact through the mantissa (a float -> int cast is scalarized)
+    q4 = [tl.broadcast_to((tl.bitcast(qf[b] + 12582912.0, tl.int32) - 0x4B400000).to(tl.uint8)[:, None],
+                          (BNS, 4)) for b in tl.static_range(BITS)]
+    flips = [tl.where(scales[b] < 0.0, 255, 0).to(tl.uint8) for b in tl.static_range(BITS)]
+    return zero, step, q4, flips
 
 
 @jit
@@ -140,8 +176,10 @@ def dot_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              BITS: tl.constexpr, BN: tl.constexpr, CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr,
              GS: tl.constexpr, BM: tl.constexpr, BNS: tl.constexpr, XB: tl.constexpr, WMAX: tl.constexpr,
              RES: tl.constexpr):
-    """One program per tile of BN weight rows: y[:, tile] for every activation row, in (BNS weight
-    rows, BM activation rows) output blocks."""
+    """One program per tile of BN weight rows: y[:, tile] for every activation row, in (BM
+    activation rows, BNS weight rows) output blocks: per 32-column slice, the levels are decoded
+    once and tl.dot(xq (BM, 32) i8, levels (32, BNS) u8) accumulates int32 over an activation-scale
+    block, then float."""
     tl.static_assert(BN % BNS == 0, "BNS must divide BN")
     tile = tl.program_id(0)
     w_tile = w + tile * (NG * CPG * BITS * BN)
@@ -149,47 +187,33 @@ def dot_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
     SPG: tl.constexpr = GS // XB
     CPS: tl.constexpr = XB // QB
     LIM: tl.constexpr = WMAX - 0.5 * BITS
+    XBLK: tl.constexpr = QB * BM * (1 + RES)          # bytes of one (BM rows, 32 columns) activation block
+    rm = tl.arange(0, BM)
     for m0 in range(0, M, BM):
         mb = m0 // BM
-        offs_m = m0 + tl.arange(0, BM)
         for n0 in range(0, BN, BNS):
-            rows = tile * BN + n0 + tl.arange(0, BNS)
-            acc = tl.zeros((BNS, BM), tl.float32)
+            acc = tl.zeros((BM, BNS), tl.float32)
             for grp in range(NG):
-                sz_g = sz_tile + grp * ((BITS + 1) * BN) + n0
-                zero = tl.load(sz_g + BITS * BN + tl.arange(0, BNS)).to(tl.float32)
-                scales = [tl.load(sz_g + b * BN + tl.arange(0, BNS)).to(tl.float32) for b in tl.static_range(BITS)]
-                tot = tl.zeros((BNS,), tl.float32)
-                for b in tl.static_range(BITS):
-                    tot += tl.abs(scales[b])
-                    zero += tl.minimum(scales[b], 0.0)
-                inv = tl.where(tot > 0.0, LIM / tl.where(tot > 0.0, tot, 1.0), 0.0)
-                qf = [tl.round(tl.abs(scales[b]) * inv) for b in tl.static_range(BITS)]
-                num = tl.zeros((BNS,), tl.float32)
-                den = tl.zeros((BNS,), tl.float32)
-                for b in tl.static_range(BITS):
-                    num += qf[b] * tl.abs(scales[b])
-                    den += qf[b] * qf[b]
-                step = num / tl.where(den > 0.0, den, 1.0)      # least-squares fit of |s_b| ~ step * q_b
-                qs = [qf[b].to(tl.int32).to(tl.uint8) for b in tl.static_range(BITS)]
-                flips = [tl.where(scales[b] < 0.0, 255, 0).to(tl.uint8) for b in tl.static_range(BITS)]
+                zero, step, q4, flips = _group_params(sz_tile + grp * ((BITS + 1) * BN) + n0, BITS, BN, BNS, LIM)
                 w_group = w_tile + grp * (CPG * BITS * BN) + n0
+                xg = luts + (mb * NG + grp) * (GS // QB) * XBLK
                 for sb in range(SPG):
-                    d = tl.zeros((BNS, BM), tl.int32)
-                    d2 = tl.zeros((BNS, BM), tl.int32)
-                    for c in tl.static_range(CPS):
+                    d = tl.zeros((BM, BNS), tl.int32)
+                    d2 = tl.zeros((BM, BNS), tl.int32)
+                    for c in range(CPS):        # a loop, not unrolled: one slice's levels live at a time
                         kbl = sb * CPS + c
-                        lvl = _w_tile(w_group, kbl, qs, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX)
-                        xb = luts + (mb * NG * (GS // QB) + grp * (GS // QB) + kbl) * (QB * BM * (1 + RES))
-                        d = tl.dot(lvl, _x_tile(xb, BM), d)
+                        lvl = _w_levels(w_group, kbl, q4, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX)
+                        xb = xg + kbl * XBLK
+                        d = tl.dot(tl.reshape(tl.load(xb + tl.arange(0, BM * QB)), (BM, QB)), lvl, d)
                         if RES:
-                            d2 = tl.dot(lvl, _x_tile(xb + QB * BM, BM), d2)
-                    sx = tl.load(lut_scales + ((mb * NG + grp) * SPG + sb) * BM + tl.arange(0, BM))
+                            d2 = tl.dot(tl.reshape(tl.load(xb + BM * QB + tl.arange(0, BM * QB)), (BM, QB)), lvl, d2)
+                    sx = tl.load(lut_scales + ((mb * NG + grp) * SPG + sb) * BM + rm)
                     df = d.to(tl.float32)
                     if RES:
                         df += d2.to(tl.float32) * (1.0 / 254.0)
-                    acc += df * (step[:, None] * sx[None, :])
-                xsum = tl.load(xsums + (mb * NG + grp) * BM + tl.arange(0, BM))
-                acc += zero[:, None] * xsum[None, :]
-            tl.store(y + offs_m[:, None] * N + rows[None, :], tl.trans(acc),
-                     mask=(offs_m[:, None] < M) & (rows[None, :] < N))
+                    acc += df * (sx[:, None] * step[None, :])
+                xsum = tl.load(xsums + (mb * NG + grp) * BM + rm)
+                acc += xsum[:, None] * zero[None, :]
+            y_n = y + m0 * N + tile * BN + n0          # scalars folded into the base pointer (docs/dsl.md)
+            tl.store(y_n + rm[:, None] * N + tl.arange(0, BNS)[None, :], acc,
+                     mask=(rm < M - m0)[:, None] & (tl.arange(0, BNS) < N - (tile * BN + n0))[None, :])

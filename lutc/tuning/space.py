@@ -50,7 +50,7 @@ def space_for(p: Problem, cores: int) -> dict:
     space["lut_pair"] = (True, False)
     space["threads"] = thread_choices(cores)
     space["path"] = DOT_KNOB_CHOICES["path"] if p.group_size % 32 == 0 else ("lut",)
-    space["dot_bm"] = tuple(v for v in DOT_KNOB_CHOICES["dot_bm"] if v <= max(32, p.M))   # 32: the default
+    space["dot_bm"] = tuple(v for v in DOT_KNOB_CHOICES["dot_bm"] if v <= max(8, p.M))   # 8: the default
     space["dot_ns"] = DOT_KNOB_CHOICES["dot_ns"]
     whole = (p.group_size,) if p.group_size > 128 else (128,)   # one scale per group; 128 is the default
     space["act_block"] = tuple(b for b in ACT_BLOCKS if b < min(p.group_size, 128) and p.group_size % b == 0) + whole
