@@ -79,7 +79,8 @@ def default_prefetch(s: Schedule) -> int:
     """The untuned software-prefetch distance, in weight groups: about PREFETCH_BYTES of a tile's
     packed weights ahead at W1-W2 (measured best in 32-row tiles: 4 groups at W2 g64, 2 at g128; W2
     7B-shape decode 1.08-1.09x at 1 thread; 64-row tiles hold twice the bytes per group, so half the
-    groups), none at W3-W4 (it never helped there). Rounded to the knob's choices."""
+    groups), none at W3-W4 (it never helped there; on 64-row W4 tiles 1-4 groups ahead cost 20-26%
+    of 7B-shape decode, docs/runtime.md "Pair-sum lookups"). Rounded to the knob's choices."""
     if s.bits > 2:
         return 0
     ahead = PREFETCH_BYTES / (s.bn * s.group_size * s.bits / 8)
