@@ -69,7 +69,7 @@ def main(argv=None) -> int:
                 teacher = (torch.cat([src.model(input_ids=calib[i:i + 8]).last_hidden_state
                                       for i in range(0, len(calib), 8)]), src.lm_head.weight.detach())
         new, info = finetune_e2e(qm, calib, cfg, teacher=teacher)
-        report(f"+ e2e {e}:{lr}", dataclasses.replace(qm, linears=new),
+        report(f"+ e2e {e}:{lr}:{loss}", dataclasses.replace(qm, linears=new),
                {"e2e": info, "e2e_cpu_seconds": round(time.process_time() - c0, 1)})
     if sel:
         row, qm = min(variants, key=lambda v: v[0]["ppl"][os.path.basename(args.select)])
