@@ -1,7 +1,8 @@
 """hlq-ft block-level knob comparison: during one hlq-ft quantization, chosen blocks are fine-tuned
 under several FTConfigs on the same inputs and targets; each config's fp16-rounded block MSE over all
 calibration windows (and its CPU seconds) is printed as a JSON line. The model continues with the
-first config's result, with rechoose on (so that quantize_model keeps the float weights).
+first config's result (without the e2e pass), with rechoose on if any config has it (so that quantize_model
+keeps the float weights).
 python -m bench.ft_blocks --blocks 4,12,20 --configs '[{...}, ...]' --out FILE"""
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
     src, tok = load_source_model("smollm2-135m")
     try:
         mq.quantize_model(src, args.bits, args.group_size, "hlq-ft", tokenizer=tok,
-                          ft={**configs[0], "rechoose": True}, progress=False)
+                          ft={**configs[0], "e2e_epochs": 0, "rechoose": any(c.get("rechoose") for c in configs)},
+                          progress=False)
     except Done:
         pass
     return 0

@@ -1,7 +1,9 @@
 """hlq-ft knob sweep: one block-wise quantization, then end-to-end (E2E-QP) variants on top of it, each
 evaluated on a knob-selection text and the held-out texts (python -m bench.ft_knobs; results appended
 to --out as JSON lines). The E2E variants equal `quantize_model(..., ft={..., "e2e_epochs": E, "e2e_lr": L})`
-(finetune_e2e runs after the block-wise pass and draws from its own seeded generator)."""
+(finetune_e2e runs after the block-wise pass and draws from its own seeded generator; for the "kl" objective
+the float teacher here is the source model's own final-norm output, which quantize_model gets from its float
+block pass: the same function, up to float rounding)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import dataclasses
 import json
 import os
 import time
+
+import torch
 
 from quant.calib import calibration_ids, eval_ids
 from quant.eval import evaluate
@@ -23,7 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--ft", default="{}", help="block-wise FTConfig kwargs as JSON")
-    p.add_argument("--e2e", default="", help="comma list of E2E variants epochs:lr, each on the block-wise result")
+    p.add_argument("--e2e", default="", help="comma list of E2E variants epochs:lr[:ce|kl], each on the "
+                                             "block-wise result (objective: ce, the default, or kl)")
     p.add_argument("--text", action="append", default=[], help="evaluation text (repeatable); 'pydoc' = held-out 15%%")
     p.add_argument("--select", default=None,
                    help="knob-selection text: every variant is evaluated on it, the others (--text) only for "
@@ -54,12 +59,17 @@ def main(argv=None) -> int:
     qm = quantize_model(src, args.bits, args.group_size, "hlq-ft", tokenizer=tok, ft={**ft, "e2e_epochs": 0})
     report("block-wise " + json.dumps(ft), qm, {"ft": qm.meta["ft"], "quant_cpu_seconds": qm.meta["cpu_seconds"]})
     calib, _ = calibration_ids(tok, None, 32, 512, 0)
+    teacher = None
     for v in filter(None, args.e2e.split(",")):
-        e, lr = v.split(":")
-        cfg = FTConfig.for_bits(args.bits, **{**ft, "e2e_epochs": int(e), "e2e_lr": float(lr)})
+        e, lr, loss = (v.split(":") + ["ce"])[:3]
+        cfg = FTConfig.for_bits(args.bits, **{**ft, "e2e_epochs": int(e), "e2e_lr": float(lr), "e2e_loss": loss})
         c0 = time.process_time()
-        new, info = finetune_e2e(qm, calib, cfg)
-        report(f"+ e2e {e}:{lr}", dataclasses.replace(qm, linears=new),
+        if loss == "kl" and teacher is None:
+            with torch.no_grad():
+                teacher = (torch.cat([src.model(input_ids=calib[i:i + 8]).last_hidden_state
+                                      for i in range(0, len(calib), 8)]), src.lm_head.weight.detach())
+        new, info = finetune_e2e(qm, calib, cfg, teacher=teacher)
+        report(f"+ e2e {e}:{lr}:{loss}", dataclasses.replace(qm, linears=new),
                {"e2e": info, "e2e_cpu_seconds": round(time.process_time() - c0, 1)})
     if sel:
         row, qm = min(variants, key=lambda v: v[0]["ppl"][os.path.basename(args.select)])

@@ -12,7 +12,7 @@ USER_ERRORS = (ValueError, OSError)
 
 
 # --ft-* flags; unset: FTConfig's defaults
-_FT_KNOBS = ("epochs", "lr", "batch", "samples", "e2e_epochs", "e2e_lr", "rechoose", "schedule")
+_FT_KNOBS = ("epochs", "lr", "batch", "samples", "e2e_epochs", "e2e_lr", "e2e_loss", "rechoose", "schedule")
 
 
 def cmd_quantize(args) -> int:
@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     q.add_argument("--ft-e2e-epochs", type=int, default=None,
                    help="hlq-ft: epochs of the end-to-end pass over the scales only (0: none)")
     q.add_argument("--ft-e2e-lr", type=float, default=None, help="hlq-ft: Adam learning rate of the end-to-end pass")
+    q.add_argument("--ft-e2e-loss", choices=("ce", "kl"), default=None,
+                   help="hlq-ft: end-to-end objective: ce (next-token loss) or kl (distill the float model)")
     q.add_argument("--ft-schedule", choices=("constant", "cosine"), default=None,
                    help="hlq-ft: block-wise learning-rate schedule")
     q.add_argument("--ft-rechoose", action=argparse.BooleanOptionalAction, default=None,

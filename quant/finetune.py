@@ -24,13 +24,16 @@ import torch
 from .rechoose import layer_hessians, rechoose_codes
 from .tensor import QuantizedTensor, bitplanes
 
-__all__ = ["FTConfig", "FTLinear", "finetune_block", "finetune_e2e", "SCHEDULES", "BITS_DEFAULTS"]
+__all__ = ["FTConfig", "FTLinear", "finetune_block", "finetune_e2e", "SCHEDULES", "E2E_LOSSES", "BITS_DEFAULTS"]
 
 # Per-bit-width defaults that differ from FTConfig's (measured on SmolLM2-135M, docs/quantization.md).
 # W4: one epoch at batch 1 (16 steps per block) then one epoch of the end-to-end scale pass was
 # the best measured on the knob-selection text (docs/quantization.md, "W4 g128: knob selection").
 BITS_DEFAULTS: dict = {4: {"epochs": 1, "batch": 1, "e2e_epochs": 1}}
 SCHEDULES = ("constant", "cosine")  # block-wise lr: constant, or cosine decay from lr to 0 over all steps
+# e2e objective: next-token cross-entropy on the calibration text ("ce"), or the KL divergence from the
+# float model's next-token distribution on the same windows ("kl", distillation)
+E2E_LOSSES = ("ce", "kl")
 
 
 class FTConfig:
@@ -38,8 +41,9 @@ class FTConfig:
 
     def __init__(self, epochs: int = 2, lr: float = 1e-3, batch: int = 4, samples: int | None = 16,
                  seed: int = 0, e2e_epochs: int = 0, e2e_lr: float = 1e-4, rechoose: bool = False,
-                 schedule: str = "constant"):
-        for name, v, lo in (("epochs", epochs, 0), ("batch", batch, 1), ("e2e_epochs", e2e_epochs, 0)):
+                 schedule: str = "constant", e2e_loss: str = "ce", retries: int = 1):
+        for name, v, lo in (("epochs", epochs, 0), ("batch", batch, 1), ("e2e_epochs", e2e_epochs, 0),
+                            ("retries", retries, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"ft {name}: expected an int >= {lo}, got {v!r}")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
@@ -52,7 +56,10 @@ class FTConfig:
             raise ValueError(f"ft schedule: expected one of {SCHEDULES}, got {schedule!r}")
         if not isinstance(rechoose, bool):
             raise ValueError(f"ft rechoose: expected a bool, got {rechoose!r}")
+        if e2e_loss not in E2E_LOSSES:
+            raise ValueError(f"ft e2e_loss: expected one of {E2E_LOSSES}, got {e2e_loss!r}")
         self.e2e_epochs, self.e2e_lr, self.rechoose, self.schedule = e2e_epochs, float(e2e_lr), rechoose, schedule
+        self.e2e_loss, self.retries = e2e_loss, retries
 
     @classmethod
     def for_bits(cls, bits: int, **knobs) -> "FTConfig":
@@ -62,7 +69,8 @@ class FTConfig:
     def as_dict(self) -> dict:
         return {"epochs": self.epochs, "lr": self.lr, "batch": self.batch, "samples": self.samples,
                 "seed": self.seed, "e2e_epochs": self.e2e_epochs, "e2e_lr": self.e2e_lr,
-                "rechoose": self.rechoose, "schedule": self.schedule}
+                "rechoose": self.rechoose, "schedule": self.schedule, "e2e_loss": self.e2e_loss,
+                "retries": self.retries}
 
 
 class FTLinear(torch.nn.Module):
@@ -140,7 +148,9 @@ def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run,
     x: (n, seq, hidden) inputs from the quantized model; target: the float block's outputs.
     run(layer, x) -> block output. y_before: the block's output on x with `qts` if the caller
     has it (saves a pass). w_float: module name -> float weight (N, K), needed by cfg.rechoose.
-    info: MSE over all of x before and after (fp16-rounded), steps, kept; with cfg.rechoose also
+    info: MSE over all of x before and after (fp16-rounded), steps, kept, retries (attempts after the first:
+    an attempt whose rounded MSE is not lower is repeated from the start at a quarter of the previous
+    lr, at most cfg.retries times); with cfg.rechoose also
     "rechoose": per epoch [MSE on the fine-tuning windows with the old codes, with the re-chosen
     ones, whether those were kept], and "rechosen": how many re-choices were kept.
     y: the block's output on x with the returned tensors (the next block's input).
@@ -155,45 +165,21 @@ def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run,
     frozen = [(p, p.requires_grad) for p in layer.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
-    ft = {name: FTLinear(qt, originals[name].bias) for name, qt in qts.items()}
-    for name, m in ft.items():
-        _set_module(layer, name, m)
-    info = {"steps": 0}
+    info = {"steps": 0, "retries": 0}
     try:
-        if y_before is None:
+        if y_before is None:  # with the hlq-gptq parameters
+            for name, qt in qts.items():
+                _set_module(layer, name, FTLinear(qt, originals[name].bias))
             y_before = _outputs(lambda b: run(layer, b), x, cfg.batch)
         info["loss_before"] = float(torch.nn.functional.mse_loss(y_before, target))
-        params = [p for m in ft.values() for p in (m.a, m.c)]
-        opt = torch.optim.Adam(params, lr=cfg.lr)
-        steps = cfg.epochs * math.ceil(n / cfg.batch)
-        sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
-                 if cfg.schedule == "cosine" else None)
-        bar = _bar(steps, f"block {block_index}", progress)
-        with torch.enable_grad():
-            for _ in range(cfg.epochs):
-                order = torch.randperm(n, generator=gen)
-                for i in range(0, n, cfg.batch):
-                    idx = order[i:i + cfg.batch]
-                    loss = torch.nn.functional.mse_loss(run(layer, xs[idx]), ts[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    info["steps"] += 1
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
-                        bar.update(1)
-                if cfg.rechoose:
-                    _rechoose(layer, ft, w_float, xs, ts, run, cfg.batch, info)
-        if bar is not None:
-            bar.close()
-        new = {name: m.rounded() for name, m in ft.items()}
-        # measure after rounding, with exactly the fp16 parameters the checkpoint will hold
-        for name, qt in new.items():
-            _set_module(layer, name, FTLinear(qt, originals[name].bias))
-        y_after = _outputs(lambda b: run(layer, b), x, cfg.batch)
-        info["loss_after"] = float(torch.nn.functional.mse_loss(y_after, target))
+        for attempt in range(cfg.retries + 1):  # a failed attempt: again from the start at a quarter of the lr
+            info["retries"] = attempt
+            new, y_after, info["loss_after"] = _train(layer, qts, originals, xs, ts, x, target, run, cfg,
+                                                      cfg.lr / 4 ** attempt, gen, n, w_float, info,
+                                                      _bar(cfg.epochs * math.ceil(n / cfg.batch),
+                                                           f"block {block_index}" + " (retry)" * attempt, progress))
+            if info["loss_after"] < info["loss_before"]:
+                break
     finally:
         for name, m in originals.items():
             _set_module(layer, name, m)
@@ -203,6 +189,45 @@ def finetune_block(layer, qts: dict, x: torch.Tensor, target: torch.Tensor, run,
     if not info["kept"]:
         new, y_after = dict(qts), y_before
     return new, info, y_after
+
+
+def _train(layer, qts, originals, xs, ts, x, target, run, cfg: FTConfig, lr: float, gen, n: int, w_float, info,
+           bar):
+    """One fine-tuning attempt of a block from the hlq-gptq parameters `qts` at learning rate lr; returns
+    (fp16-rounded QuantizedTensors, the block's output on x with them, its MSE against target)."""
+    ft = {name: FTLinear(qt, originals[name].bias) for name, qt in qts.items()}
+    for name, m in ft.items():
+        _set_module(layer, name, m)
+    params = [p for m in ft.values() for p in (m.a, m.c)]
+    opt = torch.optim.Adam(params, lr=lr)
+    steps = cfg.epochs * math.ceil(n / cfg.batch)
+    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+             if cfg.schedule == "cosine" else None)
+    with torch.enable_grad():
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen)
+            for i in range(0, n, cfg.batch):
+                idx = order[i:i + cfg.batch]
+                loss = torch.nn.functional.mse_loss(run(layer, xs[idx]), ts[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                info["steps"] += 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+                    bar.update(1)
+            if cfg.rechoose:
+                _rechoose(layer, ft, w_float, xs, ts, run, cfg.batch, info)
+    if bar is not None:
+        bar.close()
+    new = {name: m.rounded() for name, m in ft.items()}
+    # measure after rounding, with exactly the fp16 parameters the checkpoint will hold
+    for name, qt in new.items():
+        _set_module(layer, name, FTLinear(qt, originals[name].bias))
+    y = _outputs(lambda b: run(layer, b), x, cfg.batch)
+    return new, y, float(torch.nn.functional.mse_loss(y, target))
 
 
 def _rechoose(layer, ft: dict, w_float: dict, xs, ts, run, batch: int, info: dict) -> None:
@@ -236,14 +261,40 @@ def _next_token_loss(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
 
 
-def finetune_e2e(qm, ids: torch.Tensor, cfg: FTConfig, progress: bool = False):
+def _kl_loss(model, ids: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(float || quantized) of the next-token distributions on ids (batch, seq)."""
+    logq = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+    logp = torch.log_softmax(teacher_logits.float(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1).mean()
+
+
+def finetune_e2e(qm, ids: torch.Tensor, cfg: FTConfig, progress: bool = False, teacher=None):
     """EfficientQAT's E2E-QP on a QuantizedModel: train only the per-plane scales of every quantized
-    linear (zeros and codes fixed), end to end, to minimize the next-token cross-entropy on the
-    first cfg.samples calibration ids (n, seq); Adam, lr cfg.e2e_lr, cfg.e2e_epochs epochs, gradients
-    accumulated over cfg.batch samples (one sample per forward). Returns (new linears, info): the scales are
-    rounded to fp16 and the loss on the first _E2E_CHECK samples is measured again; if it is not
-    lower than before, the old linears come back unchanged (info["kept"] False)."""
+    linear (zeros and codes fixed), end to end, on the first cfg.samples calibration ids (n, seq); Adam,
+    lr cfg.e2e_lr, cfg.e2e_epochs epochs, gradients accumulated over cfg.batch samples (one sample per
+    forward). The objective (cfg.e2e_loss): "ce", the next-token cross-entropy of the calibration text;
+    "kl", the KL divergence from the float model's next-token distribution (distillation), which needs
+    teacher = (hidden, head): the float model's final-norm outputs on ids (n, seq, hidden) and its
+    lm_head weight (vocab, hidden), so the float logits of window j are hidden[j] @ head.T.
+    Returns (new linears, info): the scales are rounded to fp16 and the objective on the first
+    _E2E_CHECK samples is measured again; if it is not lower than before, the old linears come back
+    unchanged (info["kept"] False)."""
     from .torch_model import build_torch_model
+    if cfg.e2e_loss == "kl":
+        if teacher is None:
+            raise ValueError("ft e2e_loss 'kl': needs the float model's outputs (teacher=(hidden, head))")
+        hidden, head = teacher
+        if hidden.shape[:2] != ids.shape or head.shape[1] != hidden.shape[2]:
+            raise ValueError(f"ft e2e teacher: hidden {tuple(hidden.shape)} / head {tuple(head.shape)} "
+                             f"do not match ids {tuple(ids.shape)}")
+
+        def objective(model, j):
+            with torch.no_grad():
+                t = torch.nn.functional.linear(hidden[j:j + 1], head)
+            return _kl_loss(model, ids[j:j + 1], t)
+    else:
+        def objective(model, j):
+            return _next_token_loss(model, ids[j:j + 1])
     fts = {}
 
     def ft_linear(name, qt, has_bias):
@@ -255,13 +306,13 @@ def finetune_e2e(qm, ids: torch.Tensor, cfg: FTConfig, progress: bool = False):
     for m in fts.values():
         m.a.requires_grad_(True)
 
-    check = ids[:_E2E_CHECK]
+    n_check = min(_E2E_CHECK, ids.shape[0])
 
     def loss_all():
         with torch.no_grad():
-            return float(sum(_next_token_loss(model, check[i:i + 1]) for i in range(len(check))) / len(check))
+            return float(sum(objective(model, j) for j in range(n_check)) / n_check)
 
-    info = {"loss_before": loss_all(), "steps": 0}
+    info = {"loss": cfg.e2e_loss, "loss_before": loss_all(), "steps": 0}
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 999_983)
     opt = torch.optim.Adam([m.a for m in fts.values()], lr=cfg.e2e_lr)
     n = ids.shape[0] if cfg.samples is None else min(cfg.samples, ids.shape[0])
@@ -273,8 +324,8 @@ def finetune_e2e(qm, ids: torch.Tensor, cfg: FTConfig, progress: bool = False):
                 idx = order[i:i + cfg.batch]
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
-                for j in idx:
-                    loss = _next_token_loss(model, ids[j:j + 1]) / len(idx)
+                for j in idx.tolist():
+                    loss = objective(model, j) / len(idx)
                     loss.backward()
                     total += loss.item()
                 opt.step()

@@ -251,6 +251,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
         except ValueError:                                     # e.g. Gemma-2 (soft-capping): eager only
             skel = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
     linears, tensors, info = {}, {}, {}
+    teacher = None  # hlq-ft e2e "kl": (float final-norm outputs on the calibration windows, lm_head weight)
     embed = src.get("model.embed_tokens.weight")
     tensors["model.embed_tokens.weight"] = embed.detach().numpy()
     fit = _CALIBRATED.get(method)
@@ -340,6 +341,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             linears["lm_head"], info["lm_head"] = gptq_quantize(
                 w_head, acc, lm_head_bits, lm_head_group_size, fit=fit, damp=damp, act_order=act_order,
                 rounds=rounds)
+            if ft is not None and ft.e2e_epochs and ft.e2e_loss == "kl":  # the float model's final outputs
+                teacher = (torch.cat([norm(part) for part in h_fp.split(8)]), w_head)
         else:
             linears["lm_head"] = quantize(w_head.detach().numpy(), lm_head_bits, lm_head_group_size, method, rounds)
         if ft is not None:  # lm_head is hlq-gptq (not fine-tuned); the model's method names it
@@ -355,9 +358,10 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     if ft is not None and ft.e2e_epochs:
         prog(f"e2e: {ft.e2e_epochs} epoch(s) over {ids.shape[0]} x {ids.shape[1]} tokens, scales only")
         new, e2e = finetune_e2e(QuantizedModel(config=cfg, linears=linears, tensors=tensors, meta={}), ids, ft,
-                                prog.enabled)
+                                prog.enabled, teacher)
         linears.update(new)
-        prog(f"e2e: next-token loss {e2e['loss_before']:.4f} -> {e2e['loss_after']:.4f}"
+        prog(f"e2e: {'next-token' if ft.e2e_loss == 'ce' else 'KL'} loss "
+             f"{e2e['loss_before']:.4f} -> {e2e['loss_after']:.4f}"
              + ("" if e2e["kept"] else " (kept block-wise result)"))
     meta = {"method": method, "bits": int(bits), "group_size": int(group_size),
             "lm_head_bits": int(lm_head_bits), "lm_head_group_size": int(lm_head_group_size),

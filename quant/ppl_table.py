@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--ft-lr", type=float, default=None, help="hlq-ft cells: learning rate")
     p.add_argument("--ft-e2e-epochs", type=int, default=None, help="hlq-ft cells: epochs of the end-to-end scale pass")
     p.add_argument("--ft-e2e-lr", type=float, default=None, help="hlq-ft cells: learning rate of the end-to-end pass")
+    p.add_argument("--ft-e2e-loss", default=None, help="hlq-ft cells: end-to-end objective (ce, kl)")
     p.add_argument("--ft-rechoose", action="store_true", default=None,
                    help="hlq-ft cells: re-choose the codes after every epoch (GPTQ over the trained grid)")
     p.add_argument("--ft-schedule", default=None, help="hlq-ft cells: block-wise lr schedule (constant, cosine)")
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ft = {k: v for k, v in (("epochs", args.ft_epochs), ("samples", args.ft_samples), ("lr", args.ft_lr),
                                 ("e2e_epochs", args.ft_e2e_epochs), ("e2e_lr", args.ft_e2e_lr),
+                                ("e2e_loss", args.ft_e2e_loss),
                                 ("rechoose", args.ft_rechoose), ("batch", args.ft_batch),
                                 ("schedule", args.ft_schedule)) if v is not None}
         qm = quantize_model(src, b, g, m, tokenizer=tok, **qkw, **({"ft": ft} if m == "hlq-ft" else {}))

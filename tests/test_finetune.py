@@ -116,6 +116,38 @@ def test_e2e_pass_lowers_the_next_token_loss_with_scales_only(model, ids, ft_mod
     assert all(qt.scales.tobytes() == again.linears[n].scales.tobytes() for n, qt in qm.linears.items())
 
 
+def test_e2e_kl_distills_the_float_model(model, ids, ft_model):
+    """The "kl" objective: its loss before training is KL(float || block-wise result) on the first 8
+    windows, computed here from the float model's own logits (so quantize_model's teacher is the float
+    model), it falls, only the scales move, and the run is deterministic."""
+    from quant.finetune import _E2E_CHECK
+    e2e = {**FT, "e2e_epochs": 3, "e2e_lr": 3e-3, "e2e_loss": "kl"}
+    qm = quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=e2e)
+    info = qm.meta["ft"]["e2e"]
+    check = ids[:_E2E_CHECK]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(check).logits, -1)
+        logq = torch.log_softmax(build_torch_model(ft_model)(check).logits, -1)
+    kl = float((logp.exp() * (logp - logq)).sum(-1).mean())
+    assert info["loss"] == "kl" and info["loss_before"] == pytest.approx(kl, rel=1e-4)
+    assert info["kept"] and info["loss_after"] < 0.9 * info["loss_before"] and info["steps"] == 3 * 4
+    assert qm.meta["ft"]["e2e_loss"] == "kl"
+    for name, qt in qm.linears.items():
+        np.testing.assert_array_equal(qt.codes, ft_model.linears[name].codes)
+        np.testing.assert_array_equal(qt.zeros, ft_model.linears[name].zeros)
+    again = quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=e2e)
+    assert all(qt.scales.tobytes() == again.linears[n].scales.tobytes() for n, qt in qm.linears.items())
+
+
+def test_e2e_kl_needs_a_matching_teacher(ft_model, ids):
+    from quant.finetune import finetune_e2e
+    cfg = FTConfig(e2e_epochs=1, e2e_loss="kl")
+    with pytest.raises(ValueError, match="teacher"):
+        finetune_e2e(ft_model, ids, cfg)
+    with pytest.raises(ValueError, match="do not match"):
+        finetune_e2e(ft_model, ids, cfg, teacher=(torch.zeros(2, 48, 64), torch.zeros(256, 64)))
+
+
 def test_e2e_needs_the_model_in_memory(model, ids, tmp_path):
     with pytest.raises(ValueError, match="offload_dir"):
         quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft={"e2e_epochs": 1},
@@ -124,7 +156,7 @@ def test_e2e_needs_the_model_in_memory(model, ids, tmp_path):
 
 @pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0.0}, {"batch": 0}, {"samples": 0}, {"lr": float("nan")},
                                  {"e2e_epochs": -1}, {"e2e_lr": 0.0}, {"e2e_lr": True}, {"rechoose": 1},
-                                 {"schedule": "linear"}])
+                                 {"schedule": "linear"}, {"e2e_loss": "mse"}, {"retries": -1}])
 def test_bad_knobs(model, ids, bad):
     with pytest.raises(ValueError, match="ft "):
         quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=bad)
@@ -140,13 +172,14 @@ def test_cli_quantize_hlq_ft(tmp_path, capsys):
     rc = main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--group-size", "32", "--method", "hlq-ft",
                "--out", str(out), "--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--quiet",
                "--ft-epochs", "1", "--ft-samples", "4", "--ft-lr", "2e-3", "--ft-batch", "2", "--ft-e2e-epochs", "1",
-               "--ft-e2e-lr", "1e-3", "--ft-schedule", "cosine", "--ft-rechoose"])
+               "--ft-e2e-lr", "1e-3", "--ft-e2e-loss", "kl", "--ft-schedule", "cosine", "--ft-rechoose"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     back = quant.load_checkpoint(out)
     assert back.meta["method"] == "hlq-ft"
     assert back.meta["ft"]["epochs"] == 1 and back.meta["ft"]["lr"] == 2e-3 and back.meta["ft"]["samples"] == 4
     assert back.meta["ft"]["e2e_epochs"] == 1 and back.meta["ft"]["e2e_lr"] == 1e-3 and "e2e" in back.meta["ft"]
     assert back.meta["ft"]["schedule"] == "cosine" and back.meta["ft"]["rechoose"] is True
+    assert back.meta["ft"]["e2e_loss"] == "kl" and back.meta["ft"]["e2e"]["loss"] == "kl"
     assert main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--method", "hlq-ft", "--out", str(tmp_path / "x"),
                  "--calib", str(calib), "--ft-lr", "-1", "--quiet"]) == 2
     assert "ft lr" in capsys.readouterr().err
@@ -238,6 +271,25 @@ def test_cosine_schedule_lowers_the_loss_and_decays_to_zero(monkeypatch):
     _, info, _ = finetune_block(lin, {"0": qt}, x, target, lambda m, b: m(b), cfg)
     assert info["kept"] and info["loss_after"] < info["loss_before"] and info["steps"] == 16
     assert lrs[0] == pytest.approx(1e-2) and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 1e-3
+
+
+def test_a_failed_block_is_retried_at_a_lower_lr():
+    """An lr that overshoots: with retries=0 the block keeps its start; with retries the attempt is
+    repeated from the start at lr/4, lr/16, ... until the fp16-rounded loss falls."""
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 48, bias=False))
+    qt = quant.quantize(lin[0].weight.detach().numpy(), 2, 16, method="hlq")
+    x = torch.randn(16, 8, 64)
+    target = lin(x).detach()
+    lin[0].weight.data.copy_(torch.from_numpy(qt.dequantize()))
+    run = lambda m, b: m(b)  # noqa: E731
+    _, info0, y0 = finetune_block(lin, {"0": qt}, x, target, run, FTConfig(epochs=2, batch=4, lr=3.0, retries=0))
+    assert not info0["kept"] and info0["retries"] == 0 and info0["steps"] == 8
+    new, info, y = finetune_block(lin, {"0": qt}, x, target, run, FTConfig(epochs=2, batch=4, lr=3.0, retries=5))
+    assert info["kept"] and 1 <= info["retries"] <= 5 and info["steps"] == 8 * (info["retries"] + 1)
+    assert info["loss_after"] < info["loss_before"] == info0["loss_before"]
+    ref = torch.nn.functional.linear(x, torch.from_numpy(new["0"].dequantize()))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_bits_defaults_apply_and_knobs_override(monkeypatch):
