@@ -33,7 +33,7 @@ from .gptq import HessianAccumulator
 
 __all__ = ["ActStore", "CHUNK_TOKENS", "HESSIAN_ROWS"]
 
-CHUNK_TOKENS = 512    # tokens per forward chunk (whole windows, at least one)
+CHUNK_TOKENS = 256    # tokens per forward chunk (whole windows, at least one)
 HESSIAN_ROWS = 8192   # rows per HessianAccumulator.add, as quant.model_quant's in-memory pass
 
 
@@ -61,14 +61,15 @@ class _RowParts:
 
     def flush(self) -> None:
         if self.fill:
-            self.acc.add(self.buf[:self.fill])
+            self.acc.add(self.buf[:self.fill], consume=True)  # the buffer is refilled next
             self.fill = 0
 
 
 class ActStore:
     """Activation tensors in unlinked scratch files under `folder` (see the module doc)."""
 
-    def __init__(self, folder, chunk_tokens: int | None = None):
+    def __init__(self, folder, chunk_tokens: int | None = None, trim=None):
+        self.trim = trim or (lambda: None)  # returns freed heap pages to the OS (quant.model_quant._trim_heap)
         chunk_tokens = CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
         if int(chunk_tokens) < 1:
             raise ValueError(f"chunk_tokens: expected >= 1, got {chunk_tokens!r}")
@@ -118,6 +119,7 @@ class ActStore:
             m = r()
             if m is not None and not m.closed and hasattr(mmap, "MADV_DONTNEED"):
                 m.madvise(mmap.MADV_DONTNEED)
+        self.trim()
 
     def chunks(self, x: torch.Tensor):
         """(i0, i1) ranges of whole windows of about chunk_tokens tokens over x (n, seq, ...)."""
@@ -165,7 +167,9 @@ class ActStore:
             finally:
                 handle.remove()
             parts.flush()
-            acc, parts = parts.acc, None  # the row buffer goes before GPTQ's K x K work
+            acc = parts.acc
+            del parts, pre  # the row buffer goes before GPTQ's K x K work
             quantize_group(names, acc)
             del acc
+            self.trim()
         return self.forward(run, layer, x)

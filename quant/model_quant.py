@@ -256,7 +256,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     tensors["model.embed_tokens.weight"] = embed.detach().numpy()
     fit = _CALIBRATED.get(method)
     calib_meta = None
-    acts = ActStore(offload_dir) if offload_dir is not None and fit is not None else None  # activations on disk
+    acts = ActStore(offload_dir, trim=_trim_heap) if offload_dir is not None and fit is not None else None  # activations on disk
     with torch.no_grad():  # not inference_mode: hlq-ft trains inside, on these tensors
         if fit is not None:
             if (calib is None or isinstance(calib, (str, os.PathLike))) and src.tokenizer is None:
