@@ -64,7 +64,7 @@ def test_offloaded_activations_give_the_in_memory_codes(tmp_path, monkeypatch, m
     assert not [f for f in os.listdir(tmp_path / "off") if f.startswith(".act-")]
 
 
-def test_hessian_parts_match_in_memory_split(tmp_path, monkeypatch):
+def test_hessian_parts_match_in_memory_split(tmp_path):
     """More tokens than a Hessian part (HESSIAN_ROWS, 8192 in the in-memory pass): parts of 8192
     rows across chunks. 3 x 4096 tokens, a 1-block model."""
     ids = token_ids(3, 4096, seed=2)
