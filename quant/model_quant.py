@@ -219,7 +219,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     over the scales only (quant.finetune; knobs in `ft`: an FTConfig or its kwargs).
     offload_dir: a directory; each finished block's codes go there as .npy files and come back
     memory-mapped (not resident), so a model larger than RAM streams from a safetensors directory
-    with about one float block, the calibration activations and the fp16 scales in memory
+    with about one float block and the fp16 scales in memory; calibration activations go to scratch
+    files there too and each block runs in chunks of windows (quant.actstore; same results)
     (glibc's heap is also trimmed per block and its mmap threshold fixed at 1 MiB, process-wide).
     """
     _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
@@ -256,7 +257,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     tensors["model.embed_tokens.weight"] = embed.detach().numpy()
     fit = _CALIBRATED.get(method)
     calib_meta = None
-    acts = ActStore(offload_dir, trim=_trim_heap) if offload_dir is not None and fit is not None else None  # activations on disk
+    acts = ActStore(offload_dir, trim=_trim_heap) if offload_dir is not None and fit is not None else None
     with torch.no_grad():  # not inference_mode: hlq-ft trains inside, on these tensors
         if fit is not None:
             if (calib is None or isinstance(calib, (str, os.PathLike))) and src.tokenizer is None:
