@@ -30,7 +30,9 @@ class HessianAccumulator:
         self.H = torch.zeros(self.k, self.k, dtype=torch.float32)
         self.n = 0
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, consume: bool = False) -> None:
+        """Add the rows of x. consume=True: x (float32, contiguous) may be overwritten (scaled in
+        place instead of into a copy; the same values reach H)."""
         if self.H is None:
             raise ValueError("HessianAccumulator: H was already taken")
         x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
@@ -41,7 +43,7 @@ class HessianAccumulator:
             return
         self.H.mul_(self.n / (self.n + m))
         self.n += m
-        x = x * math.sqrt(2.0 / self.n)
+        x = x.mul_(math.sqrt(2.0 / self.n)) if consume and x.is_contiguous() else x * math.sqrt(2.0 / self.n)
         self.H.addmm_(x.T, x)
 
     def take(self) -> torch.Tensor:

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from .actstore import ActStore
 from .api import quantize
 from .calib import calibration_ids
 from .finetune import FTConfig, finetune_block, finetune_e2e
@@ -218,7 +219,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     over the scales only (quant.finetune; knobs in `ft`: an FTConfig or its kwargs).
     offload_dir: a directory; each finished block's codes go there as .npy files and come back
     memory-mapped (not resident), so a model larger than RAM streams from a safetensors directory
-    with about one float block, the calibration activations and the fp16 scales in memory
+    with about one float block and the fp16 scales in memory; calibration activations go to scratch
+    files there too and each block runs in chunks of windows (quant.actstore; same results)
     (glibc's heap is also trimmed per block and its mmap threshold fixed at 1 MiB, process-wide).
     """
     _check_args(bits, group_size, method, lm_head_bits, lm_head_group_size, nsamples, seqlen)
@@ -256,6 +258,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     tensors["model.embed_tokens.weight"] = embed.detach().numpy()
     fit = _CALIBRATED.get(method)
     calib_meta = None
+    acts = ActStore(offload_dir, trim=_trim_heap) if offload_dir is not None and fit is not None else None
     with torch.no_grad():  # not inference_mode: hlq-ft trains inside, on these tensors
         if fit is not None:
             if (calib is None or isinstance(calib, (str, os.PathLike))) and src.tokenizer is None:
@@ -263,7 +266,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             ids, calib_src = calibration_ids(src.tokenizer, calib, nsamples, seqlen, seed)
             calib_meta = {"source": calib_src, "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1]),
                           "seed": seed, "act_order": bool(act_order), "damp": damp}
-            h = torch.nn.functional.embedding(ids, embed)
+            h = torch.nn.functional.embedding(ids, embed) if acts is None else acts.embedding(ids, embed)
             pos = torch.arange(ids.shape[1])[None]
             rot = type(skel.model.rotary_emb)(config=skel.config)
             if "layer_type" in inspect.signature(rot.forward).parameters:     # Gemma-3: local/global RoPE
@@ -295,20 +298,25 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
                         mods[n].weight.copy_(torch.from_numpy(part.dequantize()))
 
                 probe = (h[:1, :2], pos[:, :2], tuple(t[:, :2] for t in pe))
+                run = lambda m, x, pos=pos, pe=pe: _run_layer(m, x, pos, pe)  # noqa: E731
                 groups, unused = _input_groups(mods, lambda: _run_layer(layer, *probe))
-                if ft is not None:
-                    h_fp = _run_layer(layer, h_fp, pos, pe)  # float block on float inputs, before GPTQ
+                if ft is not None:  # float block on float inputs, before GPTQ
+                    h_fp = _run_layer(layer, h_fp, pos, pe) if acts is None else acts.forward(run, layer, h_fp)
                 h_in = h
                 w_float = ({n: m.weight.detach().clone() for n, m in mods.items()}  # GPTQ overwrites them
                            if ft is not None and ft.rechoose else None)
-                seq = _SequentialGPTQ(mods, groups, quantize_group)
-                try:
-                    h = _run_layer(layer, h, pos, pe)
-                finally:
-                    seq.remove()
+                if acts is not None:  # the same, chunked over windows, activations in scratch files
+                    h = acts.sequential_gptq(run, layer, mods, groups, h, quantize_group)
+                else:
+                    seq = _SequentialGPTQ(mods, groups, quantize_group)
+                    try:
+                        h = _run_layer(layer, h, pos, pe)
+                    finally:
+                        seq.remove()
                 if ft is not None:
                     h = _finetune(layer, mods, linears, prefix, h_in, h, h_fp, pos, pe, ft, i, info, prog.enabled,
                                   w_float)
+                    h = h if acts is None else acts.put(h)
                 del h_in, w_float
             else:
                 unused = list(mods)

@@ -9,7 +9,8 @@ import numpy as np
 
 __all__ = ["QuantizedTensor", "bitplanes", "code_values"]
 
-_ROW_CHUNK_ELEMS = 1 << 21  # dequantize works on row chunks of about this many weights
+_ROW_CHUNK_ELEMS = 1 << 18  # dequantize works on row chunks of about this many weights (a 2 MB int64 index;
+# 1 << 21 with two index temporaries put 32 MB on streaming hlq-gptq's peak, docs/quantization.md)
 
 
 def bitplanes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -126,7 +127,8 @@ class QuantizedTensor:
         for r0 in range(0, n, step):
             r1 = min(n, r0 + step)
             rows = np.arange(r0, r1, dtype=np.intp)[:, None] * (g * ncodes)
-            idx = rows + group_of_k[None, :] + self.codes[r0:r1]
+            idx = rows + group_of_k[None, :]
+            idx += self.codes[r0:r1]  # in place: one index temporary
             out[r0:r1] = table[idx]
         return out
 
