@@ -129,7 +129,7 @@ def warm_start(study, p: Problem, space: dict, cores: int, db_path=None, device:
     if e is not None:
         seeds.append(("db", Schedule.from_dict(e["schedule"])))
     for why, s in seeds:
-        params = params_of(s, cores)
+        params = params_of(s, cores, p)
         if in_space(params, space) and (trials is None or _queued_or_finished(study) < trials):
             study.enqueue_trial(params, user_attrs={"warm_start": why}, skip_if_exists=True)
 

@@ -95,11 +95,12 @@ def schedule_from_params(p: Problem, params: dict) -> Schedule:
     return Schedule(bits=p.bits, group_size=p.group_size, kernel=p.kernel, **knobs)
 
 
-def params_of(s: Schedule, cores: int) -> dict:
-    """The Optuna parameters of a schedule (threads=None means all cores)."""
+def params_of(s: Schedule, cores: int, p: Problem | None = None) -> dict:
+    """The Optuna parameters of a schedule (threads=None means all cores; with the problem p, at
+    most one per tile, as the launch uses them: invalid_reason prunes more threads than tiles)."""
     d = {k: getattr(s, k) for k in PARAMS}
     if d["threads"] is None:
-        d["threads"] = cores
+        d["threads"] = cores if p is None else max(1, min(cores, -(-p.N // s.bn)))
     return d
 
 
