@@ -13,7 +13,7 @@ from .tensor import bitplanes, code_values
 
 __all__ = ["hlq_fit"]
 
-_CHUNK_ELEMS = 1 << 18  # weights per row chunk: bounds memory and keeps the working set in cache
+_CHUNK_ELEMS = 1 << 17  # weights per row chunk: bounds memory and keeps the working set in cache
 _SEARCH_BLOCK_BYTES = 1 << 19  # binary search: rows per block whose table (float32) fits in L2
 _MAX_THREADS = 8  # row chunks are independent; numpy (bincount, ufuncs, solve) releases the GIL
 _RIDGE = 1e-4  # proximal ridge: pulls undetermined directions (empty or all-ones plane) to the previous fit
