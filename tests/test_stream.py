@@ -47,7 +47,7 @@ def test_streams_under_a_proportional_limit(tmp_path):
 def test_hlq_streams_under_the_proportional_limit(tmp_path, method):
     """The same model and limit with the HLQ fit (its row-chunk temporaries and threads on top of rtn),
     and with hlq-gptq (8 x 128 calibration tokens; activations in scratch files, quant.actstore).
-    Measured +53 MB (hlq) and +56 MB (hlq-gptq) against the +61 MB limit (docs/quantization.md)."""
+    Measured +42-50 MB (hlq) and +56-59 MB (hlq-gptq) against the +60.6 MB limit (docs/quantization.md)."""
     d = tmp_path / "model"
     size = write_synthetic_llama(d, hidden=512, inter=1376, layers=16, heads=8, kv_heads=8, vocab=512)
     limit_delta = int(size * 8 / 13.5)
