@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import lutc.language as tl
 from lutc.jitfunction import jit
-from lutc.kernels.gemm import round_i8
+from lutc.kernels.gemm import plane_row, round_i8, round_i32
 
 QB = 32        # columns per decoded weight slice and per xq block
 
@@ -117,10 +117,7 @@ def _w_pair(w_group, c, q4, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl
     lo = tl.zeros((BNS, 4), tl.uint8)
     hi = tl.zeros((BNS, 4), tl.uint8)
     for b in tl.static_range(BITS):
-        if PLANE_MAJOR:
-            p = w_group + (b * CPG + c) * BN + tl.arange(0, BNS)
-        else:
-            p = w_group + (c * BITS + b) * BN + tl.arange(0, BNS)
+        p = w_group + plane_row(b, c, BITS, CPG, PLANE_MAJOR) * BN + tl.arange(0, BNS)
         t4 = tl.broadcast_to((tl.load(p) ^ flips[b])[:, None], (BNS, 4))
         lo += tl.where((t4 & (1 << lane).to(tl.uint8)[None, :]) != 0, q4[b], 0)
         hi += tl.where((t4 & (16 << lane).to(tl.uint8)[None, :]) != 0, q4[b], 0)
@@ -164,9 +161,8 @@ def _group_params(sz_g, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr,
         num += qf[b] * tl.abs(scales[b])
         den += qf[b] * qf[b]
     step = num / tl.where(den > 0.0, den, 1.0)      # least-squares fit of |s_b| ~ step * q_b
-    # qf[b] is a whole number in [0, 255]: exact through the mantissa (a float -> int cast is scalarized)
-    q4 = [tl.broadcast_to((tl.bitcast(qf[b] + 12582912.0, tl.int32) - 0x4B400000).to(tl.uint8)[:, None],
-                          (BNS, 4)) for b in tl.static_range(BITS)]
+    # qf[b] is a whole number in [0, 255]: exact through round_i32 (a float -> int cast is scalarized)
+    q4 = [tl.broadcast_to(round_i32(qf[b]).to(tl.uint8)[:, None], (BNS, 4)) for b in tl.static_range(BITS)]
     flips = [tl.where(scales[b] < 0.0, 255, 0).to(tl.uint8) for b in tl.static_range(BITS)]
     return zero, step, q4, flips
 

@@ -16,12 +16,27 @@ from lutc.jitfunction import jit
 
 
 @jit
+def round_i32(q):
+    """Floats with |q| < 2**22 rounded to nearest (ties to even) as int32, exactly: q + 1.5 * 2**23
+    holds round(q) in its low mantissa bits, so a bitcast and a subtraction give it (a saturating
+    float -> small-int cast is scalarized by LLVM on x86: 16 scalar conversions per table)."""
+    return tl.bitcast(q + 12582912.0, tl.int32) - 0x4B400000
+
+
+@jit
 def round_i8(q):
-    """Floats with |q| <= 127.5 rounded to nearest (ties to even) as int8, exactly: q + 1.5 * 2**23
-    holds round(q) in its low mantissa bits, so a bitcast and a subtraction give it as int32,
-    truncated to int8 (a saturating float -> int8 cast is scalarized by LLVM on x86: 16 scalar
-    conversions per table). Also the dot path's activation quantizer (dotgemm.quantize_x)."""
-    return (tl.bitcast(q + 12582912.0, tl.int32) - 0x4B400000).to(tl.int8)
+    """Floats with |q| <= 127.5 rounded to nearest as int8 (round_i32, truncated). The table build's
+    entries and the dot path's activation quantizer (dotgemm.quantize_x)."""
+    return round_i32(q).to(tl.int8)
+
+
+@jit
+def plane_row(b, c, BITS: tl.constexpr, CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr):
+    """Which BN-byte row of a weight group's packed block holds plane b of packed byte column c
+    (lutc/kernels/packing.py's interleave: plane-major, or byte columns with their planes together)."""
+    if PLANE_MAJOR:
+        return b * CPG + c
+    return c * BITS + b
 
 
 @jit
@@ -128,10 +143,7 @@ def _chunk(part, w_group, luts_group, c, TABLE_STRIDE,
             tp = luts_group + mi * TABLE_STRIDE + (c * PB + s) * TS
             tables[mi][s] = tl.load(tp + tl.arange(0, TS))
     for b in tl.static_range(BITS):
-        if PLANE_MAJOR:
-            wp = w_group + (b * CPG + c) * BN
-        else:
-            wp = w_group + (c * BITS + b) * BN
+        wp = w_group + plane_row(b, c, BITS, CPG, PLANE_MAJOR) * BN
         packed = tl.load(wp + tl.arange(0, BN))
         if PAIR:
             for s in tl.static_range(0, PB, 2):
@@ -172,7 +184,7 @@ def _block(acc, scales, w_group, luts_group, lut_scales, c0, blk, row, NG, TABLE
     in row order before the float sum."""
     if PAIR and RATIO > 0:
         # r is an exact integer float in 1..64
-        rs = [round_i8(tl.load(lut_scales + (row + mi * NG) * NS + 1 + blk)).to(tl.uint8)
+        rs = [round_i32(tl.load(lut_scales + (row + mi * NG) * NS + 1 + blk)).to(tl.uint8)
               for mi in tl.static_range(MB)]
         part = acc
     else:
