@@ -23,6 +23,7 @@ DOT_KNOB_CHOICES = {         # the path knob and the dot path's own knobs
     "dot_bm": (8, 16, 32, 64),
     "dot_ns": (4, 8, 16),
 }
+LAYOUT_KNOBS = ("g", "bn", "interleave")   # the knobs the packed weight layout depends on, besides bits and group size
 LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
 # bits -> (lut_scale_block, lut_scale_ratio) when not given (measured: docs/quantization.md,
 # "Table precision"): 1-2-bit block 16 with integer ratios, 3-4-bit block 32 with float scales
@@ -241,8 +242,8 @@ class Schedule:
 
     @property
     def layout_key(self) -> tuple:
-        """Everything the packed weight layout depends on."""
-        return (self.bits, self.group_size, self.g, self.bn, self.interleave)
+        """Everything the packed weight layout depends on: bits, group size and LAYOUT_KNOBS."""
+        return (self.bits, self.group_size) + tuple(getattr(self, k) for k in LAYOUT_KNOBS)
 
     @property
     def codegen_key(self) -> tuple:
@@ -252,7 +253,7 @@ class Schedule:
     def with_layout(self, other: "Schedule") -> "Schedule":
         """This schedule in `other`'s packed layout (g, bn, interleave); the LUT path if the dot path
         cannot read that layout (g = 3, or bn not a multiple of dot_ns)."""
-        layout = dict(g=other.g, bn=other.bn, interleave=other.interleave)
+        layout = {k: getattr(other, k) for k in LAYOUT_KNOBS}
         try:
             return self.replace(**layout)
         except ValueError:

@@ -15,7 +15,7 @@ import lutc
 import numpy as np
 from lutc.kernels import PackedWeights
 from lutc.ops import default_layout as target_layout
-from lutc.schedule import Schedule
+from lutc.schedule import LAYOUT_KNOBS, Schedule
 from quant.checkpoint import MANIFEST, sha256_file
 
 from .paths import models_dir
@@ -48,9 +48,6 @@ def _packing_hash() -> str:
     for name in _PACKING_SOURCES:
         h.update((root / name).read_bytes())
     return h.hexdigest()
-
-
-LAYOUT_KNOBS = ("g", "bn", "interleave")      # the Schedule knobs of Schedule.layout_key besides bits, group size
 
 
 def default_layout(knobs=None) -> dict:
