@@ -60,12 +60,17 @@ def space_for(p: Problem, cores: int) -> dict:
     return space
 
 
+def tiles(s: Schedule, p: Problem) -> int:
+    """Tiles of s.bn weight rows the problem's N rows make (at most one thread each)."""
+    return -(-p.N // s.bn)
+
+
 def invalid_reason(s: Schedule, p: Problem) -> str | None:
     """Why a combination of knobs is pointless for this problem (pruned before compiling), or None.
     (A schedule whose tables are too imprecise is not pruned here: the accuracy gate fails it.)"""
-    tiles = -(-p.N // s.bn)
-    if s.threads is not None and s.threads > tiles:
-        return f"threads={s.threads} exceeds the {tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
+    n_tiles = tiles(s, p)
+    if s.threads is not None and s.threads > n_tiles:
+        return f"threads={s.threads} exceeds the {n_tiles} tiles of bn={s.bn} rows (N={p.N}): threads would idle"
     if s.path == "dot":
         return s.dot_problem() or None
     if s.unroll > s.scale_chunks:
@@ -100,7 +105,7 @@ def params_of(s: Schedule, cores: int, p: Problem | None = None) -> dict:
     most one per tile, as the launch uses them: invalid_reason prunes more threads than tiles)."""
     d = {k: getattr(s, k) for k in PARAMS}
     if d["threads"] is None:
-        d["threads"] = cores if p is None else max(1, min(cores, -(-p.N // s.bn)))
+        d["threads"] = cores if p is None else max(1, min(cores, tiles(s, p)))
     return d
 
 
