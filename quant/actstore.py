@@ -34,7 +34,7 @@ from .gptq import HessianAccumulator
 __all__ = ["ActStore", "CHUNK_TOKENS", "HESSIAN_ROWS"]
 
 CHUNK_TOKENS = 256    # tokens per forward chunk (whole windows, at least one)
-HESSIAN_ROWS = 8192   # rows per HessianAccumulator.add, as quant.model_quant's in-memory pass
+HESSIAN_ROWS = 8192   # rows per HessianAccumulator.add, here and in quant.model_quant's in-memory pass
 
 
 class _Stop(Exception):

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from .actstore import ActStore
+from .actstore import HESSIAN_ROWS, ActStore
 from .api import quantize
 from .calib import calibration_ids
 from .finetune import FTConfig, finetune_block, finetune_e2e
@@ -144,7 +144,7 @@ class _SequentialGPTQ:
         def pre(module, inputs):
             x = inputs[0].reshape(-1, inputs[0].shape[-1])
             acc = HessianAccumulator(x.shape[-1])
-            for part in x.split(8192):
+            for part in x.split(HESSIAN_ROWS):
                 acc.add(part)
             self._quantize_group(names, acc)  # gptq_quantize takes acc's H and frees it early
         return pre
