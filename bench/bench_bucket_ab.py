@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
 import time
 
@@ -40,7 +39,7 @@ def rebucket(dec, knobs: dict, buckets) -> None:
 
 
 def run(model, threads, rows, rounds, knobs, buckets):
-    from bench.bench_serve import load
+    from bench.bench_serve import load, step_stats
     from runtime import LeanDecoder
     slots = max(4, max(rows))
     a, _ = load(model, threads[0], slots, 512)
@@ -67,14 +66,7 @@ def run(model, threads, rows, rounds, knobs, buckets):
                     logits[s, n] = lg.copy()
         res = out[thr] = {}
         for s in decs:
-            res[s] = []
-            for n in rows:
-                w, c = statistics.median(wall[s, n]), statistics.median(cpu[s, n])
-                res[s].append(dict(rows=n, step_ms=1e3 * w, cpu_ms=1e3 * c))
-            w1, c1 = res[s][0]["step_ms"], res[s][0]["cpu_ms"]
-            for r in res[s]:
-                r["x_single"] = w1 * r["rows"] / r["step_ms"]
-                r["x_single_cpu"] = c1 * r["rows"] / r["cpu_ms"]
+            res[s] = step_stats(rows, {n: wall[s, n] for n in rows}, {n: cpu[s, n] for n in rows}, "rows")
         res["b_over_a"] = [dict(rows=n, wall=b["step_ms"] / a["step_ms"], cpu=b["cpu_ms"] / a["cpu_ms"])
                            for n, a, b in zip(rows, res["A"], res["B"])]
         res["logits_equal"] = all(np.array_equal(logits["A", n], logits["B", n]) for n in rows)

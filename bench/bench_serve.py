@@ -102,14 +102,22 @@ def step_ratio(dec, streams, rounds=15, ctx_pos=32):
             dec.forward_batch(*rows[n])
             wall[n].append(time.perf_counter() - t)
             cpu[n].append(time.process_time() - c)
-    out = []
-    for n in streams:
-        w, c = statistics.median(wall[n]), statistics.median(cpu[n])
-        out.append(dict(streams=n, step_ms=1e3 * w, cpu_ms=1e3 * c, aggregate_tps=n / w, aggregate_tps_cpu=n / c))
+    out = step_stats(streams, wall, cpu, "streams")
+    for r in out:
+        r["aggregate_tps"], r["aggregate_tps_cpu"] = 1e3 * r["streams"] / r["step_ms"], 1e3 * r["streams"] / r["cpu_ms"]
+    return out
+
+
+def step_stats(counts, wall, cpu, key) -> list:
+    """Per row count n (the first: the reference): median wall and CPU step in ms and "x single",
+    aggregate tok/s over the first count's (n x its step / n's step), wall and CPU; wall[n] and
+    cpu[n] hold step times in s; `key` names the count in each row."""
+    out = [{key: n, "step_ms": 1e3 * statistics.median(wall[n]), "cpu_ms": 1e3 * statistics.median(cpu[n])}
+           for n in counts]
     w1, c1 = out[0]["step_ms"], out[0]["cpu_ms"]
     for r in out:
-        r["x_single"] = w1 * r["streams"] / r["step_ms"]
-        r["x_single_cpu"] = c1 * r["streams"] / r["cpu_ms"]
+        r["x_single"] = w1 * r[key] / r["step_ms"]
+        r["x_single_cpu"] = c1 * r[key] / r["cpu_ms"]
     return out
 
 
