@@ -45,6 +45,16 @@ def test_cross_targets_inner_loop_uses_shuffle(target, insn):
         assert "zmm" not in asm  # no AVX-512 on an AVX2 target
 
 
+
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
+def test_pair_ratio_is_one_byte_broadcast(target):
+    """W2's integer table ratio (a float's bits, gemm.round_i32) reaches vpmaddubsw by one vpbroadcastb
+    from the vector register the float is in: no trip through a general register (vmovd) in the lookup loop."""
+    from lutc.ops import default_schedule
+    k = CompiledKernel(default_schedule(2, 128, 1, target), target)
+    inner = min((b for b in _loop_bodies(k.emit("asm")) if "vpmaddubsw" in b), key=len)
+    assert "vpbroadcastb" in inner and not re.search(r"\bvmovd\b", inner), inner
+
 def test_portable_fallback_has_no_shuffle():
     k = CompiledKernel(Schedule.make(bits=2, group_size=64), "generic-x86")
     asm = k.emit("asm")

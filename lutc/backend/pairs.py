@@ -59,7 +59,8 @@ def _x86(b, intr, target, a, bv, ra, rb, n):
     """vpmaddubsw over byte-interleaved (a, b); pieces of 64 (AVX-512BW at 512 bits), 32 (AVX2)
     or 16 lanes, outputs concatenated; the sources of each output lane are tracked and put in
     pair order."""
-    mult16 = b.or_(b.zext(ra, I16), b.shl(b.zext(rb, I16), ir.Constant(I16, 8)))
+    same = ra is rb               # one multiplier: a byte broadcast (vpbroadcastb), no 16-bit pattern
+    mult16 = None if same else b.or_(b.zext(ra, I16), b.shl(b.zext(rb, I16), ir.Constant(I16, 8)))
     outs, srcs = [], []
     base = 0
     while base < n:
@@ -71,7 +72,7 @@ def _x86(b, intr, target, a, bv, ra, rb, n):
         idx = list(range(base, base + w))
         pa = permute(b, a, idx)
         pb = permute(b, bv, idx)
-        mult = b.bitcast(splat(b, mult16, w // 2), ir.VectorType(I8, w))
+        mult = _byte_splat(b, ra, w) if same else b.bitcast(splat(b, mult16, w // 2), ir.VectorType(I8, w))
         fn = intr.declare(_MADDUBS[w], ir.VectorType(I16, w // 2), [mult.type, mult.type])
         for half in (0, 8):           # vpunpcklbw, vpunpckhbw: bytes 0-7 / 8-15 of each 16-byte lane
             lanes = [lane + half + j for lane in range(0, w, 16) for j in range(8)]
@@ -83,6 +84,31 @@ def _x86(b, intr, target, a, bv, ra, rb, n):
     want = pair_order(n, pair_width(target))
     where = {s: i for i, s in enumerate(srcs)}
     return permute(b, cat, [where[s] for s in want]) if srcs != want else cat
+
+
+
+def _byte_splat(b, r, w):
+    """w copies of the i8 r. When r truncates a 32-bit value (the kernels' integer ratios: a float's
+    bits minus a constant, gemm.round_i32), the copies are of that value's low byte (x86 is
+    little-endian), read from a vector holding it: adding or subtracting a constant whose low byte
+    is 0 leaves the low byte alone, so a float's bits stay in a vector register (vpbroadcastb)
+    instead of going through a general register and back (vmovd twice)."""
+    src = r.operands[0] if isinstance(r, ir.CastInstr) and r.opname == "trunc" and r.operands[0].type == I32 else None
+    while src is not None and getattr(src, "opname", None) in ("add", "sub"):
+        x, c = src.operands
+        if isinstance(c, ir.Constant) and isinstance(c.constant, int) and c.constant & 0xFF == 0:
+            src = x
+        elif src.opname == "add" and isinstance(x, ir.Constant) and isinstance(x.constant, int) and x.constant & 0xFF == 0:
+            src = c
+        else:
+            break
+    if isinstance(src, ir.CastInstr) and src.opname == "bitcast" and isinstance(src.operands[0].type, ir.FloatType):
+        src = src.operands[0]
+    if src is None:
+        return splat(b, r, w)
+    vt = ir.VectorType(src.type, 4)
+    v = b.bitcast(b.insert_element(ir.Constant(vt, ir.Undefined), src, ir.Constant(I32, 0)), ir.VectorType(I8, 16))
+    return b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), const_vec(I32, [0] * w))
 
 
 def _concat(b, outs):
