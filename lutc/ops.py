@@ -45,7 +45,8 @@ def default_layout(target="host") -> dict:
     tiles where vectors are 512 bits (AVX-512: the pairs run in zmm; batched M=4 GEMMs 1.16-1.35x,
     M=1 1.00-1.09x, SmolLM2 W4 decode 1.07-1.12x the former 32-row single lookups, W2 decode
     within noise) and in 32-row tiles at <= 256 bits
-    (AVX2: 1.32-1.46x at M=4, 0.93-1.17x at M=1); elsewhere single lookups in 32-row tiles. Every M
+    (AVX2: 1.32-1.46x at M=4, 0.93-1.17x at M=1; natively on a Zen 3, M=1: 64-row tiles 0.70-0.93x and
+    single lookups 0.74-0.89x this, docs/runtime.md "Zen 3 (AVX2) decode"); elsewhere single lookups in 32-row tiles. Every M
     bucket of a matrix shares bucket 1's layout (runtime.linear.bucket_schedules), and the runtime's
     pack cache is keyed by this layout (runtime.packcache.cache_path)."""
     from .backend.target import get_target
@@ -80,7 +81,8 @@ def default_prefetch(s: Schedule) -> int:
     packed weights ahead at W1-W2 (measured best in 32-row tiles: 4 groups at W2 g64, 2 at g128; W2
     7B-shape decode 1.08-1.09x at 1 thread; 64-row tiles hold twice the bytes per group, so half the
     groups), none at W3-W4 (it never helped there; on 64-row W4 tiles 1-4 groups ahead cost 20-26%
-    of 7B-shape decode, docs/runtime.md "Pair-sum lookups"). Rounded to the knob's choices."""
+    of 7B-shape decode, docs/runtime.md "Pair-sum lookups"; on a Zen 3, W2 1 or 4 groups instead of 2:
+    0.95-1.02x, "Zen 3 (AVX2) decode"). Rounded to the knob's choices."""
     if s.bits > 2:
         return 0
     ahead = PREFETCH_BYTES / (s.bn * s.group_size * s.bits / 8)
