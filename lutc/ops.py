@@ -20,8 +20,9 @@ DOT_MIN_M = 16     # untuned default: from this many rows on, the int8 dot path 
 def default_mb(M: int) -> int:
     """Activation rows per weight-tile pass for M (an M bucket: schedules are chosen per bucket,
     lutc.schedule.m_bucket): 4 for decode batches of buckets 4 and 8 (the weight tile and its
-    unpacked indices are shared by 4 rows' lookups; a batch of 3 runs its rows one by one), 2 for
-    bucket 2 and for prefill on the LUT path (measured: docs/serving.md), 1 for one row."""
+    unpacked indices are shared by 4 rows' lookups; lut_gemm runs a leftover of 2-3 rows as a
+    pass of 2, then one row), 2 for bucket 2 and for prefill on the LUT path (measured:
+    docs/serving.md), 1 for one row."""
     if M < 2:
         return 1
     return 4 if 4 <= M <= BATCH_M else 2
