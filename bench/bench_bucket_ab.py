@@ -1,7 +1,7 @@
 """A/B of per-M-bucket schedule choices on whole batched decode steps, interleaved in one process.
 
 Usage: python bench/bench_bucket_ab.py [--models smollm2,llama7b] [--threads 1,2] [--rows 1,4]
-           [--rounds 15] [--b-knobs '{"lut_pair": false}'] [--buckets 2,4,8] [--out FILE]
+           [--rounds 15] [--b-knobs '{"lut_pair": false}'] [--buckets 2,4,8] [--bits B] [--out FILE]
 Two decoders of one model (as bench_serve builds it, 4 slots) sharing one copy of the packed weights
 (B is built from A's PackedModel; two copies measured up to 1.15x apart at identical schedules): A runs
 the schedules lutc chooses now, B the same with --b-knobs applied to the listed buckets, so only those
@@ -27,24 +27,25 @@ from bench.common import RESULTS, conditions, write_json  # noqa: E402
 EXACT = {"lut_pair", "mb", "unroll", "prefetch"}       # knobs that never change a row's result
 
 
-def rebucket(dec, knobs: dict, buckets) -> None:
-    """Apply knobs to the schedules of `buckets` of every linear of dec (before its first step)."""
+def rebucket(dec, knobs: dict, buckets, bits=None) -> None:
+    """Apply knobs to the schedules of `buckets` of every linear of dec (before its first step),
+    or only of the linears with `bits`-bit weights."""
     from lutc.kernels.compiled import Scratch
     for lw in [m for L in dec.layers for m in (L.qkv, L.o, L.gu, L.down)] + [dec.lm_head]:
         for b in buckets:
-            if b in lw.by_bucket and lw.by_bucket[b].path == "lut":
+            if b in lw.by_bucket and lw.by_bucket[b].path == "lut" and bits in (None, lw.bits):
                 lw.by_bucket[b] = lw.by_bucket[b].replace(**knobs)
         lw._kernels = {1: lw.k_decode}
         lw.scratch = Scratch.for_schedules(lw.by_bucket.values(), lw.max_m, lw.packed.num_groups)
 
 
-def run(model, threads, rows, rounds, knobs, buckets):
+def run(model, threads, rows, rounds, knobs, buckets, bits=None):
     from bench.bench_serve import load, step_stats
     from runtime import LeanDecoder
     slots = max(4, max(rows))
     a, _ = load(model, threads[0], slots, 512)
     b = LeanDecoder(a.to_packed_model(), n_ctx=512, threads=threads[0], slots=slots)   # A's packed weights
-    rebucket(b, knobs, buckets)
+    rebucket(b, knobs, buckets, bits)
     decs = {"A": a, "B": b}
     args = {n: (list(range(n)), [32] * n, [5] * n, list(range(n))) for n in rows}
     out = {}
@@ -88,15 +89,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--b-knobs", default='{"lut_pair": false}', help="JSON knobs for side B's buckets")
     ap.add_argument("--buckets", default="2,4,8")
+    ap.add_argument("--bits", type=int, default=None, help="only the linears of this weight width (e.g. 4: the 7B shapes' lm_head)")
     ap.add_argument("--out", default=str(RESULTS / "bucket_ab.json"))
     a = ap.parse_args()
     knobs, buckets = json.loads(a.b_knobs), [int(b) for b in a.buckets.split(",")]
     rows, threads = [int(r) for r in a.rows.split(",")], [int(t) for t in a.threads.split(",")]
     if rows[0] != 1:
         raise SystemExit("--rows must start with 1 (the single-stream step)")
-    res = dict(conditions=conditions(), b_knobs=knobs, buckets=buckets, models={})
+    res = dict(conditions=conditions(), b_knobs=knobs, buckets=buckets, bits=a.bits, models={})
     for model in a.models.split(","):
-        res["models"][model] = run(model, threads, rows, a.rounds, knobs, buckets)
+        res["models"][model] = run(model, threads, rows, a.rounds, knobs, buckets, a.bits)
         if set(knobs) <= EXACT and not all(v["logits_equal"] for v in res["models"][model].values()):
             print(f"WARNING {model}: exact knobs changed the logits", flush=True)
     res["conditions_end"] = conditions()

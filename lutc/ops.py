@@ -20,8 +20,9 @@ DOT_MIN_M = 16     # untuned default: from this many rows on, the int8 dot path 
 def default_mb(M: int) -> int:
     """Activation rows per weight-tile pass for M (an M bucket: schedules are chosen per bucket,
     lutc.schedule.m_bucket): 4 for decode batches of buckets 4 and 8 (the weight tile and its
-    unpacked indices are shared by 4 rows' lookups; a batch of 3 runs its rows one by one), 2 for
-    bucket 2 and for prefill on the LUT path (measured: docs/serving.md), 1 for one row."""
+    unpacked indices are shared by 4 rows' lookups; lut_gemm runs a leftover of 2-3 rows as a
+    pass of 2, then one row), 2 for bucket 2 and for prefill on the LUT path (measured:
+    docs/serving.md), 1 for one row."""
     if M < 2:
         return 1
     return 4 if 4 <= M <= BATCH_M else 2
@@ -56,16 +57,31 @@ def default_layout(target="host") -> dict:
     return dict(bn=32, lut_pair=False)
 
 
+def default_unroll(s: Schedule, target="host") -> int | None:
+    """The untuned unroll of s (None: the Schedule's own, at most 4 and one scale block's
+    chunks). 1 for 4-bit weights in 4-row passes (mb 4: buckets 4 and 8) over 256-bit pair-sum
+    tiles (AVX2's default_layout): by measurement on Zen 3, the LUT GEMM alone at M = 4 took
+    0.77-0.79x the unroll-4 time on SmolLM2's five shapes and the 7B-shape W4 lm_head (unroll 2:
+    1.17-1.31x), 0.93x at M = 8; at M = 2 (mb 2) 1.06-1.13x, at W2 and W3 1.04-1.07x, so those
+    keep theirs (docs/serving.md, "Measured on AVX2")."""
+    from .backend.target import get_target
+    t = get_target(target)
+    if s.bits == 4 and s.mb == 4 and s.paired and t.is_x86 and t.vector_bits <= 256:
+        return 1
+    return None
+
+
 def default_schedule(bits: int, group_size: int, M: int = 1, target="host") -> Schedule:
     """The untuned default: int8 tables of g=4, the target's default_layout (tile rows, pair-sum
-    lookups), the Schedule's default table scales and unroll (at most one scale block's chunks);
+    lookups), the Schedule's default table scales and unroll (at most one scale block's chunks;
+    default_unroll for AVX2's 4-row W4 passes);
     M-blocking per default_mb(M); prefetch per default_prefetch; the dot path from DOT_MIN_M rows
     where its layout allows, the target has a group-dot instruction (`dotgemm.dot_insns`: VNNI,
     AArch64 dotprod, AVX2's vpmaddubsw) and `dot_preferred` says so (lutc.ops.default_dot's
     blocking, with the activation residual)."""
     from .kernels.dotgemm import dot_insns
     s = Schedule(bits=bits, group_size=group_size, mb=default_mb(M), **default_layout(target))
-    s = s.replace(prefetch=default_prefetch(s))
+    s = s.replace(prefetch=default_prefetch(s), unroll=default_unroll(s, target))
     if M >= DOT_MIN_M and group_size % 32 == 0:
         insns = dot_insns(target)
         if insns is not None and dot_preferred(bits, M, s.replace(act_residual=True), insns):

@@ -111,3 +111,14 @@ def test_default_layout_per_target():
     assert w4.path == "dot" and not w4.lut_pair and w4.bn == 32
     w4 = default_schedule(4, 128, 64, "x86-avx512")                         # the dot path reads the 64-row layout
     assert w4.path == "dot" and w4.bn == 64 and w4.dot_problem() is None
+
+
+def test_default_unroll_avx2_w4_batches():
+    """lutc.ops.default_unroll: 4-row passes of W4 pair tiles on AVX2 (buckets 4 and 8) take unroll 1;
+    every other bucket, width and target keeps the Schedule's own (min(4, a scale block's chunks))."""
+    from lutc.ops import default_schedule
+    assert [default_schedule(4, 128, M, "x86-avx2").unroll for M in (1, 2, 4, 8)] == [4, 4, 1, 1]
+    for bits, gs in ((2, 128), (3, 128)):
+        assert [default_schedule(bits, gs, M, "x86-avx2").unroll for M in (1, 4)] == [2 if bits == 2 else 4] * 2
+    for t in ("x86-avx512", "aarch64-linux", "generic-x86"):
+        assert default_schedule(4, 128, 4, t).unroll == 4, t

@@ -284,7 +284,8 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              MB: tl.constexpr, PLANE_MAJOR: tl.constexpr, ACC: tl.constexpr, NB: tl.constexpr,
              CPB: tl.constexpr, NBF: tl.constexpr, TAILC: tl.constexpr, CENTER: tl.constexpr,
              NS: tl.constexpr, RATIO: tl.constexpr, PAIR: tl.constexpr, PF: tl.constexpr):
-    """One program per tile of BN weight rows: y[:, tile] for every activation row."""
+    """One program per tile of BN weight rows: y[:, tile] for every activation row: MB rows per
+    pass, then (MB = 4) a pass of 2 over a remainder of 2-3 rows, then the last rows one by one."""
     tile = tl.program_id(0)
     rows = tile * BN + tl.arange(0, BN)
     w_tile = w + tile * (NG * CPG * BITS * BN)
@@ -293,6 +294,12 @@ def lut_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
     for m0 in range(0, MMAIN, MB):
         _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
               BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, MB, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO, PAIR, PF)
+    if MB > 2:
+        M2 = M - M % 2
+        for m0 in range(MMAIN, M2, 2):
+            _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,
+                  BITS, G, BN, PB, SB, CPG, TPGP, UNROLL, 2, PLANE_MAJOR, ACC, NB, CPB, NBF, TAILC, CENTER, NS, RATIO, PAIR, PF)
+        MMAIN = M2
     if MB > 1:
         for m0 in range(MMAIN, M):
             _rows(w_tile, sz_tile, luts, lut_scales, xsums, y, m0, N, NG, rows,

@@ -94,11 +94,13 @@ def estimate(schedule, shape, target="host", device: DeviceModel | None = None) 
         epilogue += mb * 2 * vec(s.bn * 4) + (s.bits + 1) * vec(s.bn * 2)
         return ng * (s.chunks_per_group * ops * spill + epilogue), ng * s.chunks_per_group * shuf * spill
 
-    blocks, rest = M // s.mb, M % s.mb                    # leftover rows run with mb = 1
-    main, tail = tile_work(s.mb), tile_work(1)
-    per_tile_ops = blocks * main[0] + rest * tail[0]
-    per_tile_shuf = blocks * main[1] + rest * tail[1]
-    blocks += rest
+    blocks, rest = M // s.mb, M % s.mb                    # leftover rows: pairs when mb > 2, then mb = 1
+    pairs = rest // 2 if s.mb > 2 else 0
+    rest -= 2 * pairs
+    main, pair, tail = tile_work(s.mb), tile_work(2), tile_work(1)
+    per_tile_ops = blocks * main[0] + pairs * pair[0] + rest * tail[0]
+    per_tile_shuf = blocks * main[1] + pairs * pair[1] + rest * tail[1]
+    blocks += pairs + rest
     tile_cycles = max(per_tile_ops / dev.vec_issue, per_tile_shuf / max(dev.shuffle_issue, 1e-9))
     threads = max(1, min(s.threads or dev.cores, dev.cores))
     rounds = math.ceil(tiles / threads)                    # tiles run in rounds of `threads`
