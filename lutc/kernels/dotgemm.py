@@ -70,12 +70,15 @@ def act_i16(target="host") -> bool:
     """Whether the dot path with the residual runs as one int16 dot (A16) on `target`: where the
     u8 x s8 group dot is AVX2's two-instruction vpmaddubsw + vpmaddwd (no VNNI). Per 4 weights and
     8 output lanes, the int8 dot and the residual's second one cost 2 vpmaddubsw + 2 vpmaddwd, the
-    int16 form 2 vpmaddwd; its levels go up to 255 (vpmaddwd cannot saturate)."""
+    int16 form 2 vpmaddwd; its levels go up to 255 (vpmaddwd cannot saturate). Measured on
+    256-bit vectors only (docs/runtime.md, "Zen 3 (AVX2) prefill"): 512-bit targets without VNNI
+    (x86-avx512) keep the int8 form."""
     from ..backend.dot import choose
     from ..backend.target import get_target
     from ..ir import types as T
-    plan = choose(get_target(target), T.uint8, 64, (0, 127), (-128, 127))
-    return plan is not None and plan.insn == "vpmaddubsw"
+    t = get_target(target)
+    plan = choose(t, T.uint8, 64, (0, 127), (-128, 127))
+    return plan is not None and plan.insn == "vpmaddubsw" and t.vector_bits <= 256
 
 
 DOT_INSNS = {"vpdpbusd": 1, "sdot": 1, "usdot": 1, "vpmaddubsw": 2}   # instructions per u8 x s8 group dot
