@@ -183,8 +183,8 @@ def trans(x):
 
 @_builtin
 def dot(a, b, acc=None):
-    """(M, K) x (K, N) matrix product of 2-D blocks: u8/i8 x i8 or i8 x u8 -> i32 (exact), f32 x f32 -> f32;
-    `acc` (M, N) is added."""
+    """(M, K) x (K, N) matrix product of 2-D blocks: u8/i8 x i8, i8 x u8 or i16 x i16 -> i32 (exact,
+    wrapping like numpy int32), f32 x f32 -> f32; `acc` (M, N) is added."""
 
 
 @_builtin
@@ -194,7 +194,8 @@ def cdiv(x, y):
 
 @_builtin
 def bitcast(x, dtype):
-    """Reinterpret the bits of x as `dtype` (same width)."""
+    """Reinterpret the bits of x as `dtype` (same width); a scalar pointer becomes a pointer to
+    `dtype` elements at the same address (as Triton's `ptr.to(tl.pointer_type(dtype))`)."""
 
 
 @_builtin

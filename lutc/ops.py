@@ -111,9 +111,12 @@ def default_dot(s: Schedule, M: int, target="host") -> Schedule:
     residual. 512-bit x86: dot_bm 8 activation rows x dot_ns 16 weight rows (16 zmm int32
     accumulators with the residual plus one slice's 8 level vectors; the fastest of 4/8/16 x 16/32
     at M = 128). Narrower vectors: 32 x 8 (the fastest of 8-64 x 4-16 for the x86-avx2 code at
-    M = 128; AArch64 takes it too, unmeasured there). docs/runtime.md, "third pass"."""
+    M = 128; AArch64 takes it too, unmeasured there), except AVX2 without VNNI, whose int16 form
+    (`dotgemm.act_i16`) runs 32 x 16 (1.4-1.5x its 32 x 8, native Zen 3, docs/runtime.md "Zen 3
+    (AVX2) prefill"). docs/runtime.md, "third pass"."""
     from .backend.target import get_target
-    bm, ns = (8, 16) if get_target(target).vector_bits >= 512 else (32, 8)
+    from .kernels.dotgemm import act_i16
+    bm, ns = (8, 16) if get_target(target).vector_bits >= 512 else (32, 16) if act_i16(target) else (32, 8)
     return s.replace(path="dot", dot_bm=bm, dot_ns=ns, act_residual=True, lut_pair=False, prefetch=0)
 
 

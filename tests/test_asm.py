@@ -164,3 +164,18 @@ def test_portable_dot_has_no_dot_instruction():
     t = dataclasses.replace(get_target("generic-x86"), name="portable", features="+64bit")
     asm = tile_dot.emit({"a": "*i8", **_DOT_SIG}, dict(BM=4, BN=16, BK=32, CLAMP=False), 2, t, kind="asm")
     assert not re.findall(_DOT_INSNS, asm)
+
+
+def test_avx2_dot_gemm_int16_form_inner_loop():
+    """The AVX2 dot GEMM with the residual (dotgemm.act_i16): its hot loop is vpmaddwd on
+    vpbroadcastd activation pairs loaded from memory, with no vpmaddubsw and no per-row address
+    arithmetic (vpextrq / vpinsr*: the 2-D activation load keeps one base register)."""
+    from lutc.ops import default_schedule
+    s = default_schedule(4, 128, 128, "x86-avx2")
+    assert s.path == "dot" and s.act_residual
+    asm = CompiledKernel(s, "x86-avx2").emit("asm")
+    hot = [b for b in _loop_bodies(asm) if b.count("vpmaddwd") >= 64 and "vmulps" not in b]
+    assert hot, "no vpmaddwd loop"
+    for b in hot:
+        assert "vpmaddubsw" not in b and not re.search(r"\b(vpextrq|vpinsr[bdq])\b", b)
+        assert re.search(r"vpbroadcastd\s+-?\d*\(%", b)

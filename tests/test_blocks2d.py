@@ -150,7 +150,7 @@ def too_many_lanes(a, n):
 @pytest.mark.parametrize("kernel,msg", [
     (too_many_lanes, r"a block of shape \(128, 128\) has 16384 lanes; blocks hold at most 4096"),
     (bad_shapes, r"shape mismatch: block of shape \(4, 8\) vs block of shape \(8, 4\)"),
-    (bad_dot_dtype, "dot supports u8/i8 x i8, i8 x u8 -> i32 and f32 x f32 -> f32, got i32 x i32"),
+    (bad_dot_dtype, "dot supports u8/i8 x i8, i8 x u8, i16 x i16 -> i32 and f32 x f32 -> f32, got i32 x i32"),
     (bad_dot_shape, r"dot shape mismatch: \(4, 8\) x \(4, 8\)"),
     (bad_index, "index 2 axes of a block of shape"),
     (bad_reshape, r"cannot reshape a block of shape \(12,\) to \(5, 3\)"),

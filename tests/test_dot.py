@@ -69,9 +69,11 @@ _SIG = dict(b="*i8", c="*i32", M="i32", N="i32", K="i32")
 _FNS = {}
 
 
+_PTR = {np.dtype(np.uint8): "*u8", np.dtype(np.int8): "*i8", np.dtype(np.int16): "*i16"}
+
+
 def _dot(target, A, B, tile=(4, 16, 32), clamp=False):
-    a_t = "*u8" if A.dtype == np.uint8 else "*i8"
-    b_t = "*u8" if B.dtype == np.uint8 else "*i8"
+    a_t, b_t = _PTR[A.dtype], _PTR[B.dtype]
     key = (target, a_t, b_t, tile, clamp)
     if key not in _FNS:
         BM, BN, BK = tile
@@ -182,6 +184,22 @@ def test_unsigned_b_proven_below_128_uses_maddubs_exactly(target):
     B = np.full((64, 20), 255, np.uint8)
     for A in (np.full((6, 64), -128, np.int8), np.full((6, 64), 127, np.int8), _edge_matrix(rng, (6, 64), np.int8)):
         np.testing.assert_array_equal(_dot(target, A, B, clamp=2), _ref(A, B, clamp=True))
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_int16_extremes_wrap_like_int32(target):
+    """i16 x i16 (vpmaddwd on x86): -32768 * -32768 pairs are the one sum past int32; the result
+    wraps exactly as numpy's int32 does."""
+    rng = np.random.default_rng(7)
+    for a_val, b_val in ((-32768, -32768), (32767, -32768), (32767, 32767), (-1, 255)):
+        A = np.full((5, 70), a_val, np.int16)
+        B = np.full((70, 19), b_val, np.int16)
+        np.testing.assert_array_equal(_dot(target, A, B), _ref(A, B).astype(np.int32), err_msg=f"{a_val} x {b_val}")
+    for tile in ((4, 16, 32), (3, 5, 7), (8, 8, 16)):
+        for M, N, K in ((1, 1, 1), (3, 17, 33), (9, 31, 100)):
+            A, B = _edge_matrix(rng, (M, K), np.int16), _edge_matrix(rng, (K, N), np.int16)
+            np.testing.assert_array_equal(_dot(target, A, B, tile), _ref(A, B).astype(np.int32),
+                                          err_msg=f"{tile} {M}x{N}x{K}")
 
 
 def test_maddubs_bound():

@@ -12,7 +12,7 @@ from lutc import Schedule
 from lutc.backend.target import get_target
 from lutc.backend.toolchain import native_mismatch
 from lutc.kernels.compiled import CompiledKernel
-from lutc.kernels.dotgemm import level_max
+from lutc.kernels.dotgemm import act_i16, level_max
 from lutc.ops import get_kernel
 from lutc.schedule import DOT_KNOB_CHOICES
 from lutc.tuning.accuracy import ErrorBound
@@ -73,13 +73,14 @@ def test_dot_path_matches_reference(p):
     x = activations(rng, M, K, xkind, gs)
     sched = Schedule.make(bits=bits, group_size=gs, **knobs)
     y = get_kernel(sched)(x, qw, threads=2)
-    _check(y, x, qw, sched, level_max("host"))
+    _check(y, x, qw, sched, level_max("host", sched.act_residual))
 
 
-def _xq_reference(x, gs, xb, bm, res):
+def _xq_reference(x, gs, xb, bm, res, a16=False):
     """quantize_x's scratch in numpy: per (row, xb block) s = max|x| / 127, q = round(x / s) (and the
     residual round((x - s q) / (s / 254))), in the [m-block][32-block][row][k % 32] order (each
-    32-block followed by its residual block); scales [m-block][group][block][row]; group sums."""
+    32-block followed by its residual block; a16: one int16 254 q + r instead of the two);
+    scales [m-block][group][block][row]; group sums."""
     M, K = x.shape
     ng, mp = -(-K // gs), -(-M // bm) * bm
     xp = np.zeros((mp, ng * gs), np.float32)
@@ -89,8 +90,10 @@ def _xq_reference(x, gs, xb, bm, res):
     safe = np.where(s > 0, s, np.float32(1))[..., None]
     q = np.round(blocks / safe)
     planes = [q] + ([np.round((blocks - q * s[..., None]) / (safe * np.float32(1 / 254)))] if res else [])
+    if a16:
+        planes = [254 * planes[0] + planes[1]]
     tiles = [p.reshape(mp // bm, bm, -1, 32).transpose(0, 2, 1, 3) for p in planes]   # mb, kb, row, k%32
-    luts = np.stack(tiles, 2).reshape(-1).astype(np.int8)
+    luts = np.stack(tiles, 2).reshape(-1).astype(np.int16 if a16 else np.int8)
     scales = s.reshape(mp // bm, bm, ng, gs // xb).transpose(0, 2, 3, 1).reshape(-1)
     sums = xp.reshape(mp, ng, gs).sum(-1).reshape(mp // bm, bm, ng).transpose(0, 2, 1).reshape(-1)
     return luts, scales, sums
@@ -109,12 +112,13 @@ def test_quantize_x_matches_numpy(gs, bm, xb, res, K, M, xkind, seed):
     k = get_kernel(s)
     plan = k.plan(k.pack(qw), M)
     plan.run_unchecked(x, np.zeros((M, 16), np.float32), 1)
-    luts, scales, sums = _xq_reference(x, gs, xb, bm, res)
+    a16 = res and act_i16("host")
+    luts, scales, sums = _xq_reference(x, gs, xb, bm, res, a16)
     mp, ng = -(-M // bm) * bm, qw.num_groups
     real = np.zeros((mp, 1), bool)
     real[:M] = True
     row_of = lambda a, per: np.broadcast_to(real.reshape(mp // bm, 1, bm, 1), (mp // bm, a.size // (mp * per), bm, per))
-    got = plan.scratch.luts[:luts.size].view(np.int8).reshape(mp // bm, -1, bm, 32)
+    got = plan.scratch.luts[:luts.nbytes].view(luts.dtype).reshape(mp // bm, -1, bm, 32)
     want = luts.reshape(got.shape)
     keep = row_of(luts, 32).reshape(got.shape)
     np.testing.assert_array_equal(got[keep], want[keep])
@@ -138,7 +142,7 @@ def test_edge_activations():
     x[3] = 0.0
     x[4, :64] = 127.0
     sched = Schedule(bits=3, group_size=64, path="dot", dot_bm=16, dot_ns=8, act_block=32, act_residual=True)
-    _check(get_kernel(sched)(x, qw), x, qw, sched, level_max("host"))
+    _check(get_kernel(sched)(x, qw), x, qw, sched, level_max("host", True))
 
 
 @pytest.mark.parametrize("bits,gs,N,K,M,bm,ns,ab,res", [(2, 128, 70, 300, 40, 32, 8, 128, True),
@@ -146,17 +150,19 @@ def test_edge_activations():
                                                        (1, 32, 16, 96, 64, 64, 4, 32, True),
                                                        (3, 128, 100, 256, 17, 16, 16, 64, False)])
 def test_avx2_target(bits, gs, N, K, M, bm, ns, ab, res):
-    """The x86-avx2 code (levels <= 127, vpmaddubsw proven safe) against the same reference."""
+    """The x86-avx2 code against the same reference: without the residual levels <= 127 and
+    vpmaddubsw (proven safe), with it the int16 form (254 xq + xq2 by vpmaddwd, levels <= 255)."""
     tgt = get_target("x86-avx2")
     if native_mismatch(tgt) is not None:
         pytest.skip("x86-avx2 code cannot run here")
-    assert level_max(tgt) == 127
+    assert level_max(tgt) == 127 and level_max(tgt, True) == 255 and act_i16(tgt)
     rng = np.random.default_rng(bits * 7 + M)
     qw, x = signed_qt(rng, bits, gs, N, K), activations(rng, M, K, "outliers", gs)
     sched = Schedule(bits=bits, group_size=gs, path="dot", dot_bm=bm, dot_ns=ns, act_block=ab, act_residual=res)
     kern = CompiledKernel(sched, tgt)
-    assert "vpmaddubsw" in kern.emit("asm") and "vpdpbusd" not in kern.emit("asm")
-    _check(kern(x, qw), x, qw, sched, 127)
+    asm = kern.emit("asm")
+    assert ("vpmaddubsw" in asm) != res and "vpmaddwd" in asm and "vpdpbusd" not in asm
+    _check(kern(x, qw), x, qw, sched, level_max(tgt, res))
 
 
 def test_host_uses_vnni_when_present():
@@ -224,10 +230,12 @@ def test_default_path_rule_by_bits_and_rows():
             want = insns is not None and M >= DOT_MIN_M and dot_preferred(bits, M, s, insns)
             assert (default_schedule(bits, 128, M).path == "dot") == want, (bits, M)
     assert choose_schedule(4, 128, 16, 576, 576) == default_schedule(4, 128, 16)
-    if native_mismatch(get_target("x86-avx2")) is None:
-        assert dot_insns("x86-avx2") == 2
-        assert [default_schedule(b, 128, 128, "x86-avx2").path for b in (1, 2, 3, 4)] == ["lut"] * 3 + ["dot"]
-        assert default_schedule(4, 128, 16, "x86-avx2").path == "lut"
+    if native_mismatch(get_target("x86-avx2")) is None:   # AVX2: the int16 form, 2 vpmaddwd per 4 weights
+        assert dot_insns("x86-avx2") == 1
+        assert [default_schedule(b, 128, 128, "x86-avx2").path for b in (1, 2, 3, 4)] == ["lut"] + ["dot"] * 3
+        assert default_schedule(2, 128, 16, "x86-avx2").path == "lut"
+        d = default_schedule(4, 128, 128, "x86-avx2")
+        assert (d.dot_bm, d.dot_ns) == (32, 16)
 
 
 def test_tuner_space_has_the_path_knob():
@@ -274,9 +282,9 @@ def test_host_target_override(monkeypatch):
         pytest.skip("x86-avx2 code cannot run here")
     monkeypatch.setenv("LUTC_HOST_TARGET", "x86-avx2")
     t = get_target("host")
-    assert t.name == "x86-avx2" and t.is_host and level_max("host") == 127
+    assert t.name == "x86-avx2" and t.is_host and level_max("host") == 127 and act_i16("host")
     from lutc.ops import default_schedule
-    assert default_schedule(2, 128, 128).path == "lut"       # AVX2: two instructions per dot, W2 stays on LUT
+    assert default_schedule(2, 128, 16).path == "lut" and default_schedule(2, 128, 128).path == "dot"  # the W2 tie
 
 
 def test_scratch_starts_zeroed():

@@ -10,6 +10,7 @@ as numpy's int32 matmul does.
     x86 AVX-512 VNNI / AVX-VNNI   vpdpbusd      P=4, u8 x s8          L = 16 (zmm) or 8 (ymm)
     x86 AVX2 (ranges proven)      vpmaddubsw + vpmaddwd(ones)  P=4    L = 8 (16 with AVX-512BW)
     x86 AVX2 / AVX-512BW / SSE2   vpmovsx/zxbw + vpmaddwd      P=2    L = 8 / 16 / 4
+    x86, i16 x i16 operands       vpmaddwd      P=2, i16 x i16        L = 8 / 16 / 4 (`choose_i16`)
     AArch64 +dotprod              sdot          P=4, s8 x s8          L = 4
     AArch64 +i8mm, u8 A, M or N 1 usdot         P=4, u8 x s8          L = 4
   AArch64 +i8mm with M, N > 1 uses `smmla` / `usmmla` instead (`mmla_dot`): 2 x 2 output tiles.
@@ -106,6 +107,18 @@ def choose(target, a_dt, n, a_range, b_range, b_dt=T.int8):
     return None
 
 
+def choose_i16(target, n):
+    """The GroupDot for i16 x i16 -> i32 (x86 `vpmaddwd`: two i16 products per i32 lane, whose
+    sum wraps only for (-32768)**2 * 2, exactly as the int32 result does), or None (portable)."""
+    if not target.is_x86:
+        return None
+    if target.vector_bits >= 512 and n > 8 and target.has("avx512bw"):
+        return GroupDot("vpmaddwd", 2, 16, a_signed=None)
+    if target.has("avx2"):
+        return GroupDot("vpmaddwd", 2, 8, a_signed=None)
+    return GroupDot("vpmaddwd", 2, 4, a_signed=None) if target.has("sse2") else None
+
+
 def emit_dot(cg, op, a, bm, acc):
     ta, tb = op.operands[0].type, op.operands[1].type
     (M, K), N = ta.shape, tb.shape[1]
@@ -121,6 +134,11 @@ def emit_dot(cg, op, a, bm, acc):
             ct = mmla_dot(cg, "usmmla", bt, at, acct, N, K, M)
             return _shuffle(b, ct, [n * M + m for m in range(M) for n in range(N)])
         return mmla_dot(cg, "usmmla" if ta.elem == T.uint8 else "smmla", a, bm, acc, M, K, N)
+    if ta.elem == T.int16:
+        plan = choose_i16(t, N)
+        if plan is None:
+            return portable_dot(cg, a, bm, acc, M, K, N, ta.elem, tb.elem)
+        return group_dot(cg, plan, a, bm, acc, M, K, N, ta.elem, tb.elem)
     plan = choose(t, ta.elem, N, value_range(op.operands[0]), value_range(op.operands[1]), tb.elem)
     if plan is None:
         return portable_dot(cg, a, bm, acc, M, K, N, ta.elem, tb.elem)
@@ -246,4 +264,4 @@ def group_dot(cg, plan, a, bm, acc, M, K, N, a_dt, b_dt=T.int8):
                             const_vec(I32, [m * width + n for m in range(M) for n in range(N)]))
 
 
-__all__ = ["emit_dot", "choose", "GroupDot"]
+__all__ = ["emit_dot", "choose", "choose_i16", "GroupDot"]

@@ -133,6 +133,8 @@ class KernelCodegen(ShapeOps):
                          llvm_type(op.results[0].type))
 
     def op_bitcast(self, op, args):
+        if isinstance(op.results[0].type, T.PointerType):
+            return args[0]                  # opaque pointers: the element type lives in the IR type
         return self.b.bitcast(args[0], llvm_type(op.results[0].type))
 
     def op_select(self, op, args):

@@ -135,7 +135,12 @@ class IRBuilder:
         return self._one("cast", [v], [T.with_elem(v.type, dtype)], {"to": dtype})
 
     def bitcast(self, v: Value, dtype: T.DType) -> Value:
+        """Same bits as `dtype`; a scalar pointer becomes a pointer to `dtype` elements (same address)."""
         src = T.scalar_of(v.type)
+        if isinstance(v.type, T.PointerType):
+            if v.type.elem == dtype:
+                return v
+            return self._one("bitcast", [v], [T.PointerType(dtype)], {"to": dtype})
         if isinstance(src, T.PointerType) or src.bits != dtype.bits:
             raise IRTypeError(f"bitcast needs equal widths, got {src} -> {dtype}")
         if src == dtype:
@@ -205,20 +210,21 @@ class IRBuilder:
         return self._one("reduce", [v], [rt], {"kind": kind, "axis": axis})
 
     def dot(self, a: Value, b: Value, acc=None) -> Value:
-        """(M, K) x (K, N) -> (M, N): u8/i8 x i8 -> i32 exactly (wrapping like numpy int32), or
-        f32 x f32 -> f32; `acc` (M, N) of the result dtype is added."""
+        """(M, K) x (K, N) -> (M, N): u8/i8 x i8, i8 x u8 and i16 x i16 -> i32 exactly (wrapping
+        like numpy int32), or f32 x f32 -> f32; `acc` (M, N) of the result dtype is added."""
         ta, tb = a.type, b.type
         if not (isinstance(ta, T.BlockType) and isinstance(tb, T.BlockType) and ta.rank == tb.rank == 2):
             raise IRTypeError(f"dot needs two 2-D blocks, got {ta} and {tb}")
         (m, k), (k2, n) = ta.shape, tb.shape
         if k != k2:
             raise IRTypeError(f"dot shape mismatch: ({m}, {k}) x ({k2}, {n})")
-        if (ta.elem in (T.uint8, T.int8) and tb.elem == T.int8) or (ta.elem == T.int8 and tb.elem == T.uint8):
+        if ((ta.elem in (T.uint8, T.int8) and tb.elem == T.int8) or (ta.elem == T.int8 and tb.elem == T.uint8)
+                or ta.elem == tb.elem == T.int16):
             out = T.int32
         elif ta.elem == tb.elem == T.float32:
             out = T.float32
         else:
-            raise IRTypeError(f"dot supports u8/i8 x i8, i8 x u8 -> i32 and f32 x f32 -> f32, got {ta.elem} x {tb.elem}")
+            raise IRTypeError(f"dot supports u8/i8 x i8, i8 x u8, i16 x i16 -> i32 and f32 x f32 -> f32, got {ta.elem} x {tb.elem}")
         rt = _block(out, (m, n))
         acc = self.splat(self.const(0, out), (m, n)) if acc is None else acc
         if acc.type != rt:

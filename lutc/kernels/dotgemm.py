@@ -20,8 +20,15 @@ Activations: per row and block of XB (act_block, at most a group), s = max|x| / 
 xq = round(x / s) (llama.cpp's Q8 quantization); with RES (act_residual) also the residual
 xq2 = round((x - s * xq) / (s / 254)), so x ~ s * (xq + xq2 / 254) to ~15 bits: a second dot per
 slice, needed for LLM activations (one int8 scale per block: +3% perplexity on SmolLM2, see
-docs/runtime.md). Stored per block of BM rows and 32 columns, row-major [row][column % 32] (then
-the residual block), so that tl.dot(xq (BM, 32), levels (32, BNS)) reads each row's 4-byte
+docs/runtime.md). On AVX2 without VNNI (`act_i16`, constexpr A16) the two are stored as one int16
+254 xq + xq2 (|.| <= 254 * 127 + 127 = 32385) in the same bytes, and one i16 x i16 tl.dot
+(vpmaddwd: two products per i32 lane, no saturation) against the levels widened to int16 computes
+254 dot(xq, level) + dot(xq2, level) exactly: half the multiplies of vpmaddubsw + vpmaddwd twice,
+and levels up to 255 (|sum| <= XB * 32385 * 255 < 2**31 for XB <= 256). It runs KH = 8 columns
+per tl.dot so the (8, BNS) int16 levels stay in the 16 ymm registers.
+
+Stored per block of BM rows and 32 columns, row-major [row][column % 32] (then the residual
+block, or the int16 values), so that tl.dot(xq (BM, 32), levels (32, BNS)) reads each row's 4-byte
 groups straight from memory: on VNNI hosts every vpdpbusd takes its activation group as an
 embedded {1to16} broadcast (a load, no shuffle) and the levels as a register (docs/dsl.md,
 "signed A, unsigned B"). xsums[m, grp] is the exact float sum of the group's activations (the
@@ -46,9 +53,12 @@ from lutc.kernels.gemm import plane_row, round_i8, round_i32
 QB = 32        # columns per decoded weight slice and per xq block
 
 
-def level_max(target="host") -> int:
-    """WMAX for `target`: 127 where capping u8 levels at 127 lets tl.dot use vpmaddubsw (AVX2
-    without VNNI), else 255 (full u8 range)."""
+def level_max(target="host", residual=False) -> int:
+    """WMAX for `target` (and a dot path with the residual or not): 127 where capping u8 levels at
+    127 lets tl.dot use vpmaddubsw (AVX2 without VNNI, no residual), else 255 (full u8 range; also
+    the int16 form `act_i16`, whose vpmaddwd cannot saturate)."""
+    if residual and act_i16(target):
+        return 255
     from ..backend.dot import choose
     from ..backend.target import get_target
     from ..ir import types as T
@@ -56,16 +66,34 @@ def level_max(target="host") -> int:
     return 127 if plan is not None and plan.insn == "vpmaddubsw" else 255
 
 
+def act_i16(target="host") -> bool:
+    """Whether the dot path with the residual runs as one int16 dot (A16) on `target`: where the
+    u8 x s8 group dot is AVX2's two-instruction vpmaddubsw + vpmaddwd (no VNNI). Per 4 weights and
+    8 output lanes, the int8 dot and the residual's second one cost 2 vpmaddubsw + 2 vpmaddwd, the
+    int16 form 2 vpmaddwd; its levels go up to 255 (vpmaddwd cannot saturate). Measured on
+    256-bit vectors only (docs/runtime.md, "Zen 3 (AVX2) prefill"): 512-bit targets without VNNI
+    (x86-avx512) keep the int8 form."""
+    from ..backend.dot import choose
+    from ..backend.target import get_target
+    from ..ir import types as T
+    t = get_target(target)
+    plan = choose(t, T.uint8, 64, (0, 127), (-128, 127))
+    return plan is not None and plan.insn == "vpmaddubsw" and t.vector_bits <= 256
+
+
 DOT_INSNS = {"vpdpbusd": 1, "sdot": 1, "usdot": 1, "vpmaddubsw": 2}   # instructions per u8 x s8 group dot
 
 
 def dot_insns(target="host") -> int | None:
     """Instructions one 4-byte group dot of the dot path costs on `target` (vpmaddubsw needs a
-    vpmaddwd after it), or None where tl.dot has no group-dot instruction for it (the portable
-    lowering: the default never takes the dot path there)."""
+    vpmaddwd after it; 1 where `act_i16`: its two vpmaddwd per 4 weights carry the residual too,
+    the cost of a one-instruction dot plus the residual's), or None where tl.dot has no group-dot
+    instruction for it (the portable lowering: the default never takes the dot path there)."""
     from ..backend.dot import choose
     from ..backend.target import get_target
     from ..ir import types as T
+    if act_i16(target):
+        return 1
     wmax = level_max(target)
     plan = choose(get_target(target), T.uint8, 64, (0, wmax), (-128, 127))
     return None if plan is None else DOT_INSNS.get(plan.insn)
@@ -73,7 +101,7 @@ def dot_insns(target="host") -> int | None:
 
 @jit
 def quantize_x(x, luts, lut_scales, xsums, K, NG, GS: tl.constexpr, BM: tl.constexpr, XB: tl.constexpr,
-               RES: tl.constexpr):
+               RES: tl.constexpr, A16: tl.constexpr):
     """Program (m, grp): row m's GS activations of group grp as int8, one scale per XB of them, and
     their exact float sum. RES: also the int8 residual q2 = round((x - s * q) / (s / 254))."""
     m = tl.program_id(0)
@@ -100,10 +128,15 @@ def quantize_x(x, luts, lut_scales, xsums, K, NG, GS: tl.constexpr, BM: tl.const
             # one contiguous row of QB bytes; round_i8 keeps the conversion vectorized
             dst = luts + (mb * NG * (GS // QB) + kb) * (QB * BM * (1 + RES)) + mi * QB + lane
             q = tl.round(v / safe)
-            tl.store(dst, round_i8(q))
-            if RES:
+            if A16:                               # one i16 254 q + r in the same bytes (|.| <= 32385)
                 r = tl.round((v - q * s) / (safe * (1.0 / 254.0)))
-                tl.store(dst + QB * BM, round_i8(r))
+                dst16 = tl.bitcast(luts, tl.int16) + (mb * NG * (GS // QB) + kb) * (QB * BM) + mi * QB + lane
+                tl.store(dst16, round_i32(q * 254.0 + r).to(tl.int16))
+            else:
+                tl.store(dst, round_i8(q))
+                if RES:
+                    r = tl.round((v - q * s) / (safe * (1.0 / 254.0)))
+                    tl.store(dst + QB * BM, round_i8(r))
         tl.store(lut_scales + ((mb * NG + grp) * SPG + sb) * BM + mi, s)
     tl.store(xsums + (mb * NG + grp) * BM + mi, xsum)
 
@@ -128,18 +161,17 @@ def _w_pair(w_group, c, q4, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl
 
 
 @jit
-def _w_levels(w_group, kbl, q4, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr,
-              CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr, WMAX: tl.constexpr):
-    """The (32, BNS) u8 levels L[k, n] = sum_b q_b[n] * bit_b[n, k] of 32-block kbl of a group
-    (bit flipped where s_b < 0; q4[b] is q_b broadcast to (BNS, 4)). Decoded per k-group of 4
-    columns as a (BNS, 4) tile [n][k % 4]: the order in which tl.dot's group lanes read an
-    (i8 x u8) B operand, so the transposes and concatenations compose with the dot's own operand
-    shuffles to nothing."""
-    c0 = kbl * (QB // 8)
+def _w_levels(w_group, c0, q4, flips, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr,
+              CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr, WMAX: tl.constexpr, NCOL: tl.constexpr):
+    """The (8 NCOL, BNS) u8 levels L[k, n] = sum_b q_b[n] * bit_b[n, k] of packed byte columns
+    c0 .. c0 + NCOL - 1 of a group (bit flipped where s_b < 0; q4[b] is q_b broadcast to (BNS, 4)).
+    Decoded per k-group of 4 columns as a (BNS, 4) tile [n][k % 4]: the order in which tl.dot's
+    group lanes read an (i8 x u8) B operand, so the transposes and concatenations compose with the
+    dot's own operand shuffles to nothing."""
     flat = _w_pair(w_group, c0, q4, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX)
-    for cb in tl.static_range(1, QB // 8):
+    for cb in tl.static_range(1, NCOL):
         flat = tl.concat(flat, _w_pair(w_group, c0 + cb, q4, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX))
-    return tl.reshape(flat, (QB, BNS))
+    return tl.reshape(flat, (8 * NCOL, BNS))
 
 
 @jit
@@ -171,7 +203,7 @@ def _group_params(sz_g, BITS: tl.constexpr, BN: tl.constexpr, BNS: tl.constexpr,
 def dot_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
              BITS: tl.constexpr, BN: tl.constexpr, CPG: tl.constexpr, PLANE_MAJOR: tl.constexpr,
              GS: tl.constexpr, BM: tl.constexpr, BNS: tl.constexpr, XB: tl.constexpr, WMAX: tl.constexpr,
-             RES: tl.constexpr):
+             RES: tl.constexpr, A16: tl.constexpr, KH: tl.constexpr):
     """One program per tile of BN weight rows: y[:, tile] for every activation row, in (BM
     activation rows, BNS weight rows) output blocks: per 32-column slice, the levels are decoded
     once and tl.dot(xq (BM, 32) i8, levels (32, BNS) u8) accumulates int32 over an activation-scale
@@ -192,20 +224,31 @@ def dot_gemm(w, sz, luts, lut_scales, xsums, y, M, N, NG,
             for grp in range(NG):
                 zero, step, q4, flips = _group_params(sz_tile + grp * ((BITS + 1) * BN) + n0, BITS, BN, BNS, LIM)
                 w_group = w_tile + grp * (CPG * BITS * BN) + n0
-                xg = luts + (mb * NG + grp) * (GS // QB) * XBLK
+                xoff = (mb * NG + grp) * (GS // QB) * XBLK
+                xg = luts + xoff
                 for sb in range(SPG):
                     d = tl.zeros((BM, BNS), tl.int32)
                     d2 = tl.zeros((BM, BNS), tl.int32)
-                    for c in range(CPS):        # a loop, not unrolled: one slice's levels live at a time
-                        kbl = sb * CPS + c
-                        lvl = _w_levels(w_group, kbl, q4, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX)
-                        xb = xg + kbl * XBLK
-                        d = tl.dot(tl.reshape(tl.load(xb + tl.arange(0, BM * QB)), (BM, QB)), lvl, d)
-                        if RES:
-                            d2 = tl.dot(tl.reshape(tl.load(xb + BM * QB + tl.arange(0, BM * QB)), (BM, QB)), lvl, d2)
+                    if A16:
+                        for c in range(CPS * (QB // KH)):   # K = KH per dot: its KH / 2 level vectors stay in registers
+                            kh = sb * CPS * (QB // KH) + c
+                            lvl = _w_levels(w_group, kh * (KH // 8), q4, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX, KH // 8)
+                            x16 = tl.bitcast(luts, tl.int16) + (xoff + (kh // (QB // KH)) * XBLK) // 2 + (kh % (QB // KH)) * KH
+                            xa = tl.load(x16 + (rm[:, None] * QB + tl.arange(0, KH)[None, :]))   # one constant offset block
+                            d = tl.dot(xa, lvl.to(tl.int16), d)     # i16 254 xq + xq2: d = 254 d + d2
+                    else:
+                        for c in range(CPS):        # a loop, not unrolled: one slice's levels live at a time
+                            kbl = sb * CPS + c
+                            lvl = _w_levels(w_group, kbl * (QB // 8), q4, flips, BITS, BN, BNS, CPG, PLANE_MAJOR, WMAX, QB // 8)
+                            xb = xg + kbl * XBLK
+                            d = tl.dot(tl.reshape(tl.load(xb + tl.arange(0, BM * QB)), (BM, QB)), lvl, d)
+                            if RES:
+                                d2 = tl.dot(tl.reshape(tl.load(xb + BM * QB + tl.arange(0, BM * QB)), (BM, QB)), lvl, d2)
                     sx = tl.load(lut_scales + ((mb * NG + grp) * SPG + sb) * BM + rm)
                     df = d.to(tl.float32)
-                    if RES:
+                    if A16:
+                        df = df * (1.0 / 254.0)
+                    elif RES:
                         df += d2.to(tl.float32) * (1.0 / 254.0)
                     acc += df * (sx[:, None] * step[None, :])
                 xsum = tl.load(xsums + (mb * NG + grp) * BM + rm)

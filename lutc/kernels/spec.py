@@ -57,7 +57,10 @@ CONSTEXPR_LEGEND = {
     "BNS": "dot path: s.dot_ns, weight rows per output block",
     "XB": "dot path: activations per int8 activation scale (s.act_scale_block)",
     "RES": "dot path: s.act_residual, a second int8 dot on the activations' rounding residual",
-    "WMAX": "dot path: largest weight level, 255 (u8 x s8 dot instructions) or 127 (AVX2 vpmaddubsw)",
+    "WMAX": "dot path: largest weight level, 255 (u8 x s8 dot instructions, or A16) or 127 (AVX2 vpmaddubsw)",
+    "A16": "dot path: s.act_residual on a target where dotgemm.act_i16 holds (AVX2 without VNNI): the "
+           "activation and its residual as one int16 254 xq + xq2, dotted with int16 levels (vpmaddwd)",
+    "KH": "dot path, A16: columns per tl.dot (KH16)",
 }
 LUT_TYPES = {"int8": T.int8, "float16": T.float16, "float32": T.float32}
 ACC_TYPES = {"int16": T.int16, "int32": T.int32, "float32": T.float32}
@@ -79,15 +82,19 @@ def signatures(s) -> tuple[dict, dict]:
     return tables, gemm
 
 
+KH16 = 8   # A16: columns per tl.dot; its (KH, dot_ns) int16 levels (8 ymm at 16 rows) stay in registers
+
+
 def constexprs(s, target="host") -> tuple[dict, dict]:
     """(tables, gemm) constexpr values for schedule s on `target` (see CONSTEXPR_LEGEND)."""
     if s.path == "dot":
-        from .dotgemm import level_max
+        from .dotgemm import act_i16, level_max
         xb = s.act_scale_block
-        return (dict(GS=s.group_size, BM=s.dot_bm, XB=xb, RES=s.act_residual),
+        a16 = bool(s.act_residual) and act_i16(target)
+        return (dict(GS=s.group_size, BM=s.dot_bm, XB=xb, RES=s.act_residual, A16=a16),
                 dict(BITS=s.bits, BN=s.bn, CPG=s.chunks_per_group, PLANE_MAJOR=s.interleave == "plane",
-                     GS=s.group_size, BM=s.dot_bm, BNS=s.dot_ns, XB=xb, WMAX=level_max(target),
-                     RES=s.act_residual))
+                     GS=s.group_size, BM=s.dot_bm, BNS=s.dot_ns, XB=xb, WMAX=level_max(target, s.act_residual),
+                     RES=s.act_residual, A16=a16, KH=KH16))
     ga = 1 << (s.g - 1).bit_length()
     tables = dict(GS=s.group_size, G=s.g, GA=ga, TPG=s.tables_per_group, TPGP=s.padded_tables,
                   LUT_DTYPE=LUT_TYPES[s.lut_dtype], NB=s.scale_blocks, TPB=s.scale_chunks * s.per_byte,
