@@ -21,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from .calib import MIX
 from .rechoose import layer_hessians, rechoose_codes
 from .tensor import QuantizedTensor, bitplanes
 
@@ -28,9 +29,11 @@ __all__ = ["FTConfig", "FTLinear", "finetune_block", "finetune_e2e", "SCHEDULES"
            "block_loss"]
 
 # Per-bit-width defaults that differ from FTConfig's (measured on SmolLM2-135M, docs/quantization.md).
-# W4: one epoch at batch 1 (16 steps per block) then one epoch of the end-to-end scale pass was
-# the best measured on the knob-selection text (docs/quantization.md, "W4 g128: knob selection").
-BITS_DEFAULTS: dict = {4: {"epochs": 1, "batch": 1, "e2e_epochs": 1}}
+# W4: calibration on the text mix (quant.calib.MIX), one epoch at batch 1 (16 steps per block) on the
+# per-token relative block loss, then two epochs of the end-to-end scale pass at lr 3e-4: the best measured
+# on the knob-selection text (docs/quantization.md, "W4 g128: calibration mix and a sink-free block loss").
+BITS_DEFAULTS: dict = {4: {"epochs": 1, "batch": 1, "block_loss": "rel", "calib": MIX,
+                           "e2e_epochs": 2, "e2e_lr": 3e-4}}
 SCHEDULES = ("constant", "cosine")  # block-wise lr: constant, or cosine decay from lr to 0 over all steps
 # block-wise objective: "mse", the mean squared error of the block output; "rel", every token's squared
 # error relative to its target's squared norm, averaged over tokens (the attention-sink token, whose residual

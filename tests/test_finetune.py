@@ -369,7 +369,7 @@ def test_w4_defaults_include_the_e2e_pass_except_when_streaming(model, ids, tmp_
     from quant.finetune import BITS_DEFAULTS
     qm = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft={"samples": 4})
     ft = qm.meta["ft"]
-    assert {k: ft[k] for k in BITS_DEFAULTS[4]} == BITS_DEFAULTS[4] and ft["e2e_epochs"] == 1 and "e2e" in ft
+    assert {k: ft[k] for k in BITS_DEFAULTS[4]} == BITS_DEFAULTS[4] and ft["e2e_epochs"] == 2 and "e2e" in ft
     streamed = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft={"samples": 4},
                               offload_dir=tmp_path / "codes")
     assert streamed.meta["ft"]["e2e_epochs"] == 0 and "e2e" not in streamed.meta["ft"]
