@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--select", default=None,
                    help="knob-selection text: every variant is evaluated on it, the others (--text) only for "
                         "the variant with the lowest perplexity on it")
+    p.add_argument("--calib", default=None, help="calibration: a text file or builtin:mix (default: the pydoc corpus)")
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -56,9 +57,10 @@ def main(argv=None) -> int:
     ft = json.loads(args.ft)
     cpu0 = time.process_time()
     # block-wise only (no e2e pass, also where BITS_DEFAULTS has one): the e2e variants come below
-    qm = quantize_model(src, args.bits, args.group_size, "hlq-ft", tokenizer=tok, ft={**ft, "e2e_epochs": 0})
-    report("block-wise " + json.dumps(ft), qm, {"ft": qm.meta["ft"], "quant_cpu_seconds": qm.meta["cpu_seconds"]})
-    calib, _ = calibration_ids(tok, None, 32, 512, 0)
+    qm = quantize_model(src, args.bits, args.group_size, "hlq-ft", tokenizer=tok, calib=args.calib,
+                        ft={**ft, "e2e_epochs": 0})
+    report("block-wise " + json.dumps(ft) + (f" calib {args.calib}" if args.calib else ""), qm, {"ft": qm.meta["ft"], "quant_cpu_seconds": qm.meta["cpu_seconds"]})
+    calib, _ = calibration_ids(tok, args.calib, 32, 512, 0)
     teacher = None
     for v in filter(None, args.e2e.split(",")):
         e, lr, loss = (v.split(":") + ["ce"])[:3]

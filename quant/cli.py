@@ -12,7 +12,8 @@ USER_ERRORS = (ValueError, OSError)
 
 
 # --ft-* flags; unset: FTConfig's defaults
-_FT_KNOBS = ("epochs", "lr", "batch", "samples", "e2e_epochs", "e2e_lr", "e2e_loss", "rechoose", "schedule")
+_FT_KNOBS = ("epochs", "lr", "batch", "samples", "e2e_epochs", "e2e_lr", "e2e_loss", "rechoose", "schedule",
+             "block_loss")
 
 
 def cmd_quantize(args) -> int:
@@ -44,7 +45,9 @@ def register(subparsers) -> None:
     q.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
     q.add_argument("--lm-head-bits", type=int, default=4, choices=(1, 2, 3, 4))
     q.add_argument("--lm-head-group-size", type=int, default=128)
-    q.add_argument("--calib", default=None, help="calibration text file (default: built-in pydoc corpus)")
+    q.add_argument("--calib", default=None,
+                   help="calibration text file, or builtin:mix (several CPython-shipped texts); default: the "
+                        "built-in pydoc corpus (hlq-ft at W4: builtin:mix)")
     q.add_argument("--nsamples", type=int, default=32)
     q.add_argument("--seqlen", type=int, default=512)
     q.add_argument("--act-order", action="store_true", help="GPTQ act-order (static groups)")
@@ -65,6 +68,8 @@ def register(subparsers) -> None:
                    help="hlq-ft: block-wise learning-rate schedule")
     q.add_argument("--ft-rechoose", action=argparse.BooleanOptionalAction, default=None,
                    help="hlq-ft: re-choose the codes after every epoch (GPTQ over the trained grid)")
+    q.add_argument("--ft-block-loss", choices=("mse", "rel"), default=None,
+                   help="hlq-ft: block-wise objective: mse, or rel (each token's error relative to its norm)")
     q.add_argument("--offload-dir", default=None,
                    help="write each finished block's codes here and memory-map them back (models larger than RAM)")
     q.add_argument("--quiet", action="store_true", help="no progress output")

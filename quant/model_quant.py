@@ -213,7 +213,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
     within a block true-sequentially (o_proj's Hessian comes from quantized q/k/v, and so on):
     one forward pass per block over all nsamples x seqlen tokens at once.
     lm_head (also when tied to the embeddings) uses lm_head_bits / lm_head_group_size.
-    calib: None (built-in corpus), a text file path, or token ids (nsamples, seqlen).
+    calib: None (built-in corpus; for hlq-ft the ft config's calib, quant.calib.MIX at W4), a text file
+    path, quant.calib.MIX (several built-in texts), or token ids (nsamples, seqlen).
     "hlq-ft" is hlq-gptq followed, per block, by fine-tuning the block's scales and zeros
     against the float block's outputs, then optionally (ft e2e_epochs > 0) an end-to-end pass
     over the scales only (quant.finetune; knobs in `ft`: an FTConfig or its kwargs).
@@ -232,6 +233,8 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             ft = FTConfig.for_bits(bits, **knobs)
         if ft.e2e_epochs and offload_dir is not None:
             raise ValueError("hlq-ft e2e_epochs > 0 trains the whole model at once: not with offload_dir")
+        if calib is None:
+            calib = ft.calib
     else:
         ft = None
     from transformers import AutoModelForCausalLM
@@ -335,7 +338,7 @@ def quantize_model(model_or_path, bits: int, group_size: int = 128, method: str 
             loss = sum(v["loss"] for k, v in info.items() if k.startswith(prefix) and "loss" in v)
             fti = info.get(prefix + "ft")
             prog(f"layer {i + 1}/{n_layers}" + (f", GPTQ loss {loss:.4g}" if fit is not None else "")
-                 + (f", FT block MSE {fti['loss_before']:.4g} -> {fti['loss_after']:.4g}"
+                 + (f", FT block {'MSE' if ft.block_loss == 'mse' else 'rel. error'} {fti['loss_before']:.4g} -> {fti['loss_after']:.4g}"
                     f"{'' if fti['kept'] else ' (kept hlq-gptq)'}" if fti else ""))
         tensors["model.norm.weight"] = src.get("model.norm.weight").detach().numpy().copy()
         w_head = src.get("lm_head.weight")

@@ -1,6 +1,7 @@
 """Perplexity table of a source model under rtn / gptq / hlq / hlq-gptq / hlq-ft at W2-W4, g64/g128 (python -m quant.ppl_table).
 
-Calibration: the built-in corpus minus its held-out 15% (quant.calib). Evaluation: that held-out 15%
+Calibration: the built-in corpus minus its held-out 15% (quant.calib), except where the hlq-ft defaults
+name another text (quant.finetune.BITS_DEFAULTS: the text mix at W4). Evaluation: that held-out 15%
 and, with --text FILE (repeatable), other held-out texts, each with the ratio to the float model."""
 
 from __future__ import annotations

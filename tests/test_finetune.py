@@ -156,7 +156,8 @@ def test_e2e_needs_the_model_in_memory(model, ids, tmp_path):
 
 @pytest.mark.parametrize("bad", [{"epochs": -1}, {"lr": 0.0}, {"batch": 0}, {"samples": 0}, {"lr": float("nan")},
                                  {"e2e_epochs": -1}, {"e2e_lr": 0.0}, {"e2e_lr": True}, {"rechoose": 1},
-                                 {"schedule": "linear"}, {"e2e_loss": "mse"}, {"retries": -1}])
+                                 {"schedule": "linear"}, {"e2e_loss": "mse"}, {"retries": -1},
+                                 {"block_loss": "l1"}, {"calib": 3}])
 def test_bad_knobs(model, ids, bad):
     with pytest.raises(ValueError, match="ft "):
         quantize_model(model, 2, 32, "hlq-ft", calib=ids, progress=False, ft=bad)
@@ -172,7 +173,8 @@ def test_cli_quantize_hlq_ft(tmp_path, capsys):
     rc = main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--group-size", "32", "--method", "hlq-ft",
                "--out", str(out), "--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--quiet",
                "--ft-epochs", "1", "--ft-samples", "4", "--ft-lr", "2e-3", "--ft-batch", "2", "--ft-e2e-epochs", "1",
-               "--ft-e2e-lr", "1e-3", "--ft-e2e-loss", "kl", "--ft-schedule", "cosine", "--ft-rechoose"])
+               "--ft-e2e-lr", "1e-3", "--ft-e2e-loss", "kl", "--ft-schedule", "cosine", "--ft-rechoose",
+               "--ft-block-loss", "rel"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     back = quant.load_checkpoint(out)
     assert back.meta["method"] == "hlq-ft"
@@ -180,6 +182,7 @@ def test_cli_quantize_hlq_ft(tmp_path, capsys):
     assert back.meta["ft"]["e2e_epochs"] == 1 and back.meta["ft"]["e2e_lr"] == 1e-3 and "e2e" in back.meta["ft"]
     assert back.meta["ft"]["schedule"] == "cosine" and back.meta["ft"]["rechoose"] is True
     assert back.meta["ft"]["e2e_loss"] == "kl" and back.meta["ft"]["e2e"]["loss"] == "kl"
+    assert back.meta["ft"]["block_loss"] == "rel"
     assert main(["quantize", str(tmp_path / "hf"), "--bits", "2", "--method", "hlq-ft", "--out", str(tmp_path / "x"),
                  "--calib", str(calib), "--ft-lr", "-1", "--quiet"]) == 2
     assert "ft lr" in capsys.readouterr().err
@@ -292,6 +295,69 @@ def test_a_failed_block_is_retried_at_a_lower_lr():
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_rel_block_loss_weighs_every_token_alike():
+    """block_loss "rel": each token's squared error over its target's squared norm, averaged; scaling one
+    token (an attention sink's huge residual) in both output and target leaves it unchanged, unlike "mse"."""
+    from quant.finetune import block_loss
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(3, 5, 8, generator=g)
+    y = t + 0.1 * torch.randn(3, 5, 8, generator=g)
+    ref = np.mean([float(((y[i, j] - t[i, j]) ** 2).sum() / (t[i, j] ** 2).sum()) for i in range(3) for j in range(5)])
+    assert float(block_loss(y, t, "rel")) == pytest.approx(ref, rel=1e-5)
+    assert float(block_loss(y, t, "mse")) == pytest.approx(float(((y - t) ** 2).mean()), rel=1e-6)
+    scale = torch.ones(1, 5, 1)
+    scale[0, 0] = 100.0  # the first position 100x larger, as a sink token's residual
+    assert float(block_loss(y * scale, t * scale, "rel")) == pytest.approx(ref, rel=1e-5)
+    assert float(block_loss(y * scale, t * scale, "mse")) > 100 * float(block_loss(y, t, "mse"))
+
+
+def test_finetune_block_with_the_rel_loss_lowers_it():
+    from quant.finetune import block_loss
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 48, bias=False))
+    qt = quant.quantize(lin[0].weight.detach().numpy(), 2, 16, method="hlq")
+    x = torch.randn(16, 8, 64)
+    x[:, 0] *= 50  # a sink-like first position
+    target = lin(x).detach()
+    new, info, y = finetune_block(lin, {"0": qt}, x, target, lambda m, b: m(b),
+                                  FTConfig(epochs=4, batch=4, lr=1e-2, block_loss="rel"))
+    assert info["kept"] and info["loss_after"] < 0.95 * info["loss_before"]
+    ref = torch.nn.functional.linear(x, torch.from_numpy(new["0"].dequantize()))
+    assert float(block_loss(ref, target, "rel")) == pytest.approx(info["loss_after"], rel=1e-4)
+
+
+def test_mix_calibration_takes_windows_round_robin_from_every_text():
+    from _quant_fixtures import byte_tokenizer
+    from quant.calib import MIX, calibration_ids, mix_corpus, tokenize
+    tok = byte_tokenizer()
+    texts = [bytes(tokenize(tok, t).tolist()) for _, t in mix_corpus()]  # token ids < 256 as bytes
+    assert len(texts) == 3 and all(len(t) > 10_000 for t in texts)
+    ids, source = calibration_ids(tok, MIX, 7, 64, seed=5)
+    assert source == MIX and ids.shape == (7, 64)
+    for j, w in enumerate(ids.tolist()):
+        assert bytes(w) in texts[j % 3]
+    again, _ = calibration_ids(tok, MIX, 7, 64, seed=5)
+    assert torch.equal(ids, again) and not torch.equal(ids, calibration_ids(tok, MIX, 7, 64, seed=6)[0])
+    # the pydoc part is the corpus without its held-out 15%
+    from quant.calib import builtin_corpus, corpus_split
+    assert mix_corpus()[0][1] == corpus_split(builtin_corpus())[0]
+
+
+def test_ft_calib_is_the_default_calibration_text(model, monkeypatch):
+    """FTConfig calib (BITS_DEFAULTS) picks the calibration text when quantize_model gets none; an explicit
+    calib wins."""
+    import quant.finetune as qf
+    from _quant_fixtures import byte_tokenizer
+    from quant.calib import MIX
+    monkeypatch.setitem(qf.BITS_DEFAULTS, 4, {"calib": MIX, "e2e_epochs": 0})
+    kw = dict(tokenizer=byte_tokenizer(), nsamples=3, seqlen=32, progress=False, ft={"samples": 2, "epochs": 1})
+    qm = quantize_model(model, 4, 32, "hlq-ft", **kw)
+    assert qm.meta["calibration"]["source"] == MIX and qm.meta["ft"]["calib"] == MIX
+    assert quantize_model(model, 3, 32, "hlq-ft", **kw).meta["calibration"]["source"] == "builtin:pydoc-topics"
+    assert quantize_model(model, 4, 32, "hlq-ft", calib=token_ids(3, 32), progress=False,
+                          ft={"samples": 2, "epochs": 1}).meta["calibration"]["source"] == "token ids"
+
+
 def test_bits_defaults_apply_and_knobs_override(monkeypatch):
     import quant.finetune as qf
     monkeypatch.setitem(qf.BITS_DEFAULTS, 4, {"epochs": 5, "schedule": "cosine"})
@@ -303,7 +369,7 @@ def test_w4_defaults_include_the_e2e_pass_except_when_streaming(model, ids, tmp_
     from quant.finetune import BITS_DEFAULTS
     qm = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft={"samples": 4})
     ft = qm.meta["ft"]
-    assert {k: ft[k] for k in BITS_DEFAULTS[4]} == BITS_DEFAULTS[4] and ft["e2e_epochs"] == 1 and "e2e" in ft
+    assert {k: ft[k] for k in BITS_DEFAULTS[4]} == BITS_DEFAULTS[4] and ft["e2e_epochs"] == 2 and "e2e" in ft
     streamed = quantize_model(model, 4, 32, "hlq-ft", calib=ids, progress=False, ft={"samples": 4},
                               offload_dir=tmp_path / "codes")
     assert streamed.meta["ft"]["e2e_epochs"] == 0 and "e2e" not in streamed.meta["ft"]
