@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-CONFIGS = {"old": dict(lut_scale_block=1 << 30, lut_centered=False),
+CONFIGS = {"old": dict(lut_scale_block=1 << 30, lut_centered=False, lut_fine_planes=0),
            "c32 float": dict(lut_scale_block=32, lut_scale_ratio=0),
            "c32 int": dict(lut_scale_block=32, lut_scale_ratio=64),
            "c16 float": dict(lut_scale_block=16, lut_scale_ratio=0, unroll=2),

@@ -29,9 +29,9 @@ LUT_SCALE_BLOCKS = (8, 16, 32, 64, 128)   # the tuner's choices of lut_scale_blo
 # docs/quantization.md, "Table precision"): 1-2-bit block 16 with integer ratios, 3-4-bit block
 # 32 with float scales; PAIR_TABLE_SCALES overrides them for pair-sum lookups (lut_pair), where a
 # block's integer ratio rides in the pair multiply-add: 4-bit block 8 with integer ratios and the
-# top bit-plane refined (docs/quantization.md, "W4 on pair-sum lookups")
+# top two bit-planes refined (docs/quantization.md, "W4 on pair-sum lookups")
 DEFAULT_TABLE_SCALES = {1: (16, 64, 0), 2: (16, 64, 0), 3: (32, 0, 0), 4: (32, 0, 0)}
-PAIR_TABLE_SCALES = {4: (8, 64, 1)}
+PAIR_TABLE_SCALES = {4: (8, 64, 2)}
 LUT_SCALE_RATIOS = (0, 8, 64)         # the tuner's choices of lut_scale_ratio (any int >= 0 is valid)
 INT16_MAX = 32767
 FINE_STEPS = 16                       # lut_fine_planes: residual steps per int8 table step (|residual| <= 8)
@@ -76,7 +76,7 @@ class Schedule:
     untuned default, lutc.ops.default_layout, turns it on for x86 targets with pshufb, in bn=64
     tiles on 512-bit ones; measured in docs/runtime.md, "Pair-sum lookups"), lut_fine_planes
     (int8 tables: the top this-many bit-planes also look up a residual table, so their table
-    entries carry 4 more bits, see `fine_planes`; 0 = off; not given: 1 for 4-bit weights with
+    entries carry 4 more bits, see `fine_planes`; 0 = off; not given: 2 for 4-bit weights with
     lut_pair, else 0; measured in docs/quantization.md, "W4 on pair-sum lookups"), prefetch (lut path: lut_gemm prefetches the packed weights and scales
     of the weight group this many groups ahead, running on into the next tile; 0 = off, the
     Schedule default; lutc.ops.default_prefetch sets ~2 KB ahead at W1-W2; docs/runtime.md, "Software prefetch") and threads (None = all cores; it does not change generated code).

@@ -329,9 +329,9 @@ def test_fine_planes_schedule_rules():
     the accumulator type alone (residuals are <= 8, the plane's own lookups <= 127)."""
     s = Schedule.make(bits=4, group_size=128, lut_fine_planes=1)
     assert s.fine_planes == 1 and s.table_sets == 2 and s.acc_dtype == "int16"
-    # untuned defaults: W4 on pair-sum lookups takes block 8, integer ratios, the top plane refined
+    # untuned defaults: W4 on pair-sum lookups takes block 8, integer ratios, the top 2 planes refined
     d = Schedule.make(bits=4, group_size=128, lut_pair=True)
-    assert (d.lut_scale_block, d.scale_ratio, d.fine_planes, d.unroll) == (8, 64, 1, 1)
+    assert (d.lut_scale_block, d.scale_ratio, d.fine_planes, d.unroll) == (8, 64, 2, 1)
     d = Schedule.make(bits=4, group_size=128)
     assert (d.lut_scale_block, d.scale_ratio, d.fine_planes) == (32, 0, 0)
     d = Schedule.make(bits=2, group_size=64, lut_pair=True)
