@@ -52,8 +52,9 @@ CONSTEXPR_LEGEND = {
     "LUT_DTYPE": "table element type (s.lut_dtype)",
     "PAIR": "s.paired: the two lookups of a packed byte are summed by tl.pair_madd (int16, pair "
             "order, times the block's integer ratio or 1) instead of widened one by one",
-    "FINE": "s.fine_planes: the top FINE bit-planes add a residual table lookup (FINE_STEPS * q + r, "
-            "units of step / FINE_STEPS); the luts scratch then holds 2 sets of TPGP tables per (row, group)",
+    "FINE": "s.fine_planes: the top FINE bit-planes also look up the residual tables (entries in units of "
+            "step / FINE_STEPS) into their own accumulators, added with s_b / FINE_STEPS; the luts scratch then "
+            "holds 2 sets of TPGP tables per (row, group)",
     "PF": "s.prefetch: lut_gemm prefetches the weights and scales of the group PF groups ahead (0: off)",
     "BM": "dot path: s.dot_bm, activation rows per output block (and per block of the xq layout)",
     "BNS": "dot path: s.dot_ns, weight rows per output block",
