@@ -20,6 +20,8 @@ import numpy as np, lutc, quant
 what, threads, tables = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 fields = lutc.Schedule.__dataclass_fields__
 knobs = dict(lut_scale_block=128, lut_centered=False) if tables == "old" and "lut_scale_block" in fields else {}
+if knobs and "lut_fine_planes" in fields:
+    knobs["lut_fine_planes"] = 0
 def med(fn, reps):
     fn(); ts = []
     for _ in range(reps):

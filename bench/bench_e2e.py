@@ -29,7 +29,7 @@ LLAMA7B = dict(vocab=49152, hidden=4096, ffn=11008, layers=4, heads=32, kv_heads
 GQA = dict(LLAMA7B, ffn=14336, kv_heads=8)
 RANDOM = {"llama7b": LLAMA7B, "gqa": GQA}           # random models written as F16 GGUFs here
 PAIRS = {4: "Q4_0", 2: "Q2_K"}          # lutc bits -> llama.cpp type compared against
-OLD_TABLES = dict(lut_dtype="int8", lut_scale_block=1 << 30, lut_centered=False)   # pre-issue-10: one scale per group
+OLD_TABLES = dict(lut_dtype="int8", lut_scale_block=1 << 30, lut_centered=False, lut_fine_planes=0)   # pre-issue-10: one scale per group
 WORK = pathlib.Path(os.environ.get("LUTC_BENCH_DIR", str(pathlib.Path.home() / ".cache" / "lutc" / "bench")))
 
 

@@ -30,7 +30,7 @@ import quant  # noqa: E402
 from lutc import Schedule  # noqa: E402
 from lutc.ops import default_mb, default_prefetch  # noqa: E402
 
-OLD_TABLES = dict(lut_scale_block=1 << 30, lut_centered=False)
+OLD_TABLES = dict(lut_scale_block=1 << 30, lut_centered=False, lut_fine_planes=0)
 
 
 def variants(bits):

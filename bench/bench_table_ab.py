@@ -1,5 +1,5 @@
 """Interleaved A/B of int8 table settings, end-to-end decode (SmolLM2 W2 g128 RTN, or --model llama7b): the host's default
-schedule, the default tables (block 16, integer ratios) with single and pair-sum lookups in 32- and
+schedule, the default tables (W2: block 16, integer ratios) with single and pair-sum lookups in 32- and
 64-row tiles, block 32 / block 16 with float scales, and the pre-issue-10 tables (one scale per
 group, not centered) on the pre-pair kernel in 32-row tiles ("old", the reference: pinned, so a new
 default layout cannot move it), as tok/s and ratios to "old". At 1 thread in thread CPU time (which
@@ -24,17 +24,22 @@ from lutc.tuning.space import describe  # noqa: E402
 from runtime import LeanDecoder  # noqa: E402
 from bench_e2e import lutc_model  # noqa: E402
 
-OLD = dict(lut_scale_block=1 << 30, lut_centered=False, lut_pair=False, bn=32)
+OLD = dict(lut_scale_block=1 << 30, lut_centered=False, lut_pair=False, bn=32, lut_fine_planes=0)
 CFGS = {"default": None,
         "single bn32": dict(lut_pair=False, bn=32), "pair bn32": dict(lut_pair=True, bn=32),
         "single bn64": dict(lut_pair=False, bn=64), "pair bn64": dict(lut_pair=True, bn=64),
         "pair bn64 pf0": dict(lut_pair=True, bn=64, prefetch=0), "pair bn64 pf1": dict(lut_pair=True, bn=64, prefetch=1),
         "pair bn64 pf2": dict(lut_pair=True, bn=64, prefetch=2), "pair bn64 pf4": dict(lut_pair=True, bn=64, prefetch=4),
         "pair bn64 u2": dict(lut_pair=True, bn=64, unroll=2), "pair bn64 u8": dict(lut_pair=True, bn=64, unroll=8),
-        "pair bn64 block64 float": dict(lut_pair=True, bn=64, lut_scale_block=64, lut_scale_ratio=0),
-        "pair bn64 block32 r64": dict(lut_pair=True, bn=64, lut_scale_block=32, lut_scale_ratio=64),
-        "block32 float": dict(lut_scale_block=32, lut_scale_ratio=0),
-        "block16 float": dict(lut_scale_block=16, lut_scale_ratio=0),
+        "pair bn64 block64 float": dict(lut_pair=True, bn=64, lut_scale_block=64, lut_scale_ratio=0, lut_fine_planes=0),
+        "pair bn64 block32 r64": dict(lut_pair=True, bn=64, lut_scale_block=32, lut_scale_ratio=64, lut_fine_planes=0),
+        "block32 float": dict(lut_scale_block=32, lut_scale_ratio=0, unroll=4, lut_fine_planes=0),
+        "block8 r64": dict(lut_scale_block=8, lut_scale_ratio=64, unroll=1, lut_fine_planes=0),
+        "block32 float fine1": dict(lut_scale_block=32, lut_scale_ratio=0, unroll=4, lut_fine_planes=1),
+        "block32 float fine2": dict(lut_scale_block=32, lut_scale_ratio=0, unroll=4, lut_fine_planes=2),
+        "block8 r64 fine1": dict(lut_scale_block=8, lut_scale_ratio=64, unroll=1, lut_fine_planes=1),
+        "block8 r64 fine2": dict(lut_scale_block=8, lut_scale_ratio=64, unroll=1, lut_fine_planes=2),
+        "block16 float": dict(lut_scale_block=16, lut_scale_ratio=0, unroll=2, lut_fine_planes=0),
         "old": OLD, "old pair bn64": dict(OLD, lut_pair=True, bn=64)}
 
 

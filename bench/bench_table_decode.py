@@ -12,11 +12,11 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from runtime import LeanDecoder
 import quant
 from bench.bench_e2e import lutc_model
-CFG = [("old group raw", dict(lut_scale_block=1 << 30, lut_centered=False)),
-       ("c32 float", dict(lut_scale_block=32, lut_scale_ratio=0)),
-       ("c32 int", dict(lut_scale_block=32, lut_scale_ratio=64)),
-       ("c16 int", dict(lut_scale_block=16, lut_scale_ratio=64, unroll=2)),
-       ("c8 int", dict(lut_scale_block=8, lut_scale_ratio=64, unroll=1))]
+CFG = [("old group raw", dict(lut_scale_block=1 << 30, lut_centered=False, lut_fine_planes=0)),
+       ("c32 float", dict(lut_scale_block=32, lut_scale_ratio=0, lut_fine_planes=0)),
+       ("c32 int", dict(lut_scale_block=32, lut_scale_ratio=64, lut_fine_planes=0)),
+       ("c16 int", dict(lut_scale_block=16, lut_scale_ratio=64, unroll=2, lut_fine_planes=0)),
+       ("c8 int", dict(lut_scale_block=8, lut_scale_ratio=64, unroll=1, lut_fine_planes=0))]
 models = sys.argv[1].split(",")
 rounds, steps = int(sys.argv[2]), int(sys.argv[3])
 CKPT = {4: sys.argv[4] if len(sys.argv) > 4 else None, 2: sys.argv[5] if len(sys.argv) > 5 else None}

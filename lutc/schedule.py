@@ -24,12 +24,23 @@ DOT_KNOB_CHOICES = {         # the path knob and the dot path's own knobs
     "dot_ns": (4, 8, 16),
 }
 LAYOUT_KNOBS = ("g", "bn", "interleave")   # the knobs the packed weight layout depends on, besides bits and group size
-LUT_SCALE_BLOCKS = (16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
-# bits -> (lut_scale_block, lut_scale_ratio) when not given (measured: docs/quantization.md,
-# "Table precision"): 1-2-bit block 16 with integer ratios, 3-4-bit block 32 with float scales
-DEFAULT_TABLE_SCALES = {1: (16, 64), 2: (16, 64), 3: (32, 0), 4: (32, 0)}
+LUT_SCALE_BLOCKS = (8, 16, 32, 64, 128)   # the tuner's choices of lut_scale_block (any int >= 1 is valid)
+# bits -> (lut_scale_block, lut_scale_ratio, lut_fine_planes) when not given (measured:
+# docs/quantization.md, "Table precision"): 1-2-bit block 16 with integer ratios, 3-4-bit block
+# 32 with float scales; PAIR_TABLE_SCALES overrides them for pair-sum lookups (lut_pair), where a
+# block's integer ratio rides in the pair multiply-add: 4-bit block 8 with integer ratios and the
+# top two bit-planes refined (docs/quantization.md, "W4 on pair-sum lookups")
+DEFAULT_TABLE_SCALES = {1: (16, 64, 0), 2: (16, 64, 0), 3: (32, 0, 0), 4: (32, 0, 0)}
+PAIR_TABLE_SCALES = {4: (8, 64, 2)}
 LUT_SCALE_RATIOS = (0, 8, 64)         # the tuner's choices of lut_scale_ratio (any int >= 0 is valid)
 INT16_MAX = 32767
+FINE_STEPS = 16                       # lut_fine_planes: residual steps per int8 table step (|residual| <= 8)
+
+
+def default_table_scales(bits: int, pair: bool) -> tuple:
+    """(lut_scale_block, lut_scale_ratio, lut_fine_planes) a Schedule takes when they are not given."""
+    block_ratio = DEFAULT_TABLE_SCALES.get(bits, (32, 0, 0))
+    return PAIR_TABLE_SCALES.get(bits, block_ratio) if pair else block_ratio
 
 
 def m_bucket(M: int) -> int:
@@ -48,7 +59,7 @@ class Schedule:
     lut_scale_block (int8 tables: activations sharing one table scale; rounded down to whole
     packed chunks of g * per_byte activations, at least one chunk; >= group_size means one
     scale per weight group, the pre-issue-10 path; ignored by float tables; not given: 16 for
-    1-2-bit and 32 for 3-4-bit weights, DEFAULT_TABLE_SCALES), lut_centered (int8
+    1-2-bit and 32 for 3-4-bit weights, 8 for 4-bit with lut_pair: default_table_scales), lut_centered (int8
     tables store subset sums minus half the table's activation sum: the sign-symmetric form of
     T-MAC's mirror consolidation, half the range for the same int8 step; exact correction
     through the zero term; False with lut_scale_block >= group_size is the old path),
@@ -56,13 +67,17 @@ class Schedule:
     scale, combined in float per block; R >= 1 = a block's scale is an integer multiple r in
     1..R of one unit step per (row, group), so blocks combine with one int16 multiply-add and
     convert to float once per group; the multipliers of a group share a budget that keeps the
-    int16 sum in range, see `ratio_budget`; not given: 64 for 1-2-bit, 0 for 3-4-bit weights),
+    int16 sum in range, see `ratio_budget`; not given: 64 for 1-2-bit, 0 for 3-4-bit weights,
+    64 for 4-bit with lut_pair),
     lut_pair (int8 tables: the two lookups of each packed byte, same rows and scale block, are
     widened and summed by one tl.pair_madd, which also applies the block's integer ratio; with
     32-row tiles on a 512-bit x86 target such kernels stay in 256-bit registers, spec.gemm_target;
     default False, the single-lookup path: widen each lookup, then multiply per block; the
     untuned default, lutc.ops.default_layout, turns it on for x86 targets with pshufb, in bn=64
-    tiles on 512-bit ones; measured in docs/runtime.md, "Pair-sum lookups"), prefetch (lut path: lut_gemm prefetches the packed weights and scales
+    tiles on 512-bit ones; measured in docs/runtime.md, "Pair-sum lookups"), lut_fine_planes
+    (int8 tables: the top this-many bit-planes also look up a residual table, so their table
+    entries carry 4 more bits, see `fine_planes`; 0 = off; not given: 2 for 4-bit weights with
+    lut_pair, else 0; measured in docs/quantization.md, "W4 on pair-sum lookups"), prefetch (lut path: lut_gemm prefetches the packed weights and scales
     of the weight group this many groups ahead, running on into the next tile; 0 = off, the
     Schedule default; lutc.ops.default_prefetch sets ~2 KB ahead at W1-W2; docs/runtime.md, "Software prefetch") and threads (None = all cores; it does not change generated code).
 
@@ -88,6 +103,7 @@ class Schedule:
     lut_centered: bool = True
     lut_scale_ratio: int | None = None          # None: DEFAULT_TABLE_SCALES[bits][1]
     lut_pair: bool = False
+    lut_fine_planes: int | None = None          # None: default_table_scales(bits, lut_pair)[2]
     prefetch: int = 0
     threads: int | None = None
     path: str = "lut"
@@ -98,11 +114,13 @@ class Schedule:
     kernel: str = "lut_gemm"
 
     def __post_init__(self):
-        block, ratio = DEFAULT_TABLE_SCALES.get(self.bits, (32, 0))     # the untuned defaults by width
+        block, ratio, fine = default_table_scales(self.bits, self.lut_pair)   # the untuned defaults by width and lookup form
         if self.lut_scale_block is None:
             object.__setattr__(self, "lut_scale_block", block)
         if self.lut_scale_ratio is None:
             object.__setattr__(self, "lut_scale_ratio", ratio)
+        if self.lut_fine_planes is None:
+            object.__setattr__(self, "lut_fine_planes", fine)
         if self.unroll is None:           # after the table scales: the chunks of one scale block bound it
             object.__setattr__(self, "unroll", min(4, self.scale_chunks))
         self.validate()
@@ -111,7 +129,7 @@ class Schedule:
         def bad(msg):
             raise ValueError(f"invalid schedule: {msg}")
         for name in ("bits", "group_size", "g", "bn", "unroll", "mb", "lut_scale_block", "lut_scale_ratio",
-                     "act_block", "prefetch"):
+                     "lut_fine_planes", "act_block", "prefetch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(f"{name} must be an int, got {v!r}")
@@ -124,6 +142,8 @@ class Schedule:
             bad(f"lut_scale_block must be >= 1, got {self.lut_scale_block}")
         if not 1 <= self.bits <= 4:
             bad(f"bits must be 1-4, got {self.bits}")
+        if not 0 <= self.lut_fine_planes <= self.bits:
+            bad(f"lut_fine_planes must be 0..bits={self.bits}, got {self.lut_fine_planes}")
         if self.group_size < 1:
             bad(f"group_size must be >= 1, got {self.group_size}")
         for name, choices in {**KNOB_CHOICES, **DOT_KNOB_CHOICES}.items():
@@ -225,6 +245,22 @@ class Schedule:
         """int8 tables with lut_pair: lut_gemm sums each packed byte's two lookups with one
         tl.pair_madd (float tables ignore the knob)."""
         return self.lut_pair and self.lut_dtype == "int8"
+
+    @property
+    def fine_planes(self) -> int:
+        """Top bit-planes whose lookups are refined by a residual table (lut_fine_planes; int8
+        tables only, else 0). The tables launch then writes a second set of TPGP tables per (row,
+        group), r = round(FINE_STEPS * v) - FINE_STEPS * round(v) (v = entry / step, |r| <= 8), and
+        lut_gemm sums those planes' residual lookups into their own accumulators (times the
+        block's ratio, as the plane's own lookups), added with s_b / FINE_STEPS. |r| <= 8 < 127,
+        so a residual sum stays within the bounds of the plane's own (acc_dtype, ratio_budget)."""
+        return self.lut_fine_planes if self.lut_dtype == "int8" else 0
+
+    @property
+    def table_sets(self) -> int:
+        """Table sets per (row, group) in the luts scratch: the int8 tables, plus the residual
+        tables when fine_planes > 0."""
+        return 2 if self.fine_planes else 1
 
     @property
     def scale_slots(self) -> int:

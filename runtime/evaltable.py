@@ -38,11 +38,13 @@ def configs(group_size: int, blocks=(64, 32, 16), ratios=(0, 64)) -> list:
     out = [("default", {}), ("default, LUT path", dict(lut)),
            ("float32", {"lut_dtype": "float32", **lut}), ("float16", {"lut_dtype": "float16", **lut}),
            ("int8 old (group, raw)", {"lut_dtype": "int8", "lut_scale_block": group_size, "lut_centered": False,
+                                      "lut_fine_planes": 0,
                                       **lut})]
     for b in sorted(set(min(b, group_size) for b in blocks), reverse=True):
         for r in (ratios if b < group_size else ratios[:1]):
             out.append((f"int8 centered, block {b}" + (f", ratios <= {r}" if r else ""),
                         {"lut_dtype": "int8", "lut_scale_block": b, "lut_centered": True, "lut_scale_ratio": r,
+                         "lut_fine_planes": 0,
                          **lut}))
     return out
 

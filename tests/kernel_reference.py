@@ -59,7 +59,11 @@ def error_bound(x, qw, sched):
         return float_slack * 4
     entries, _ = _subset_sums(x, qw.group_size, sched.g)
     amax = np.abs(entries).max(-1)                          # (M, G, T)
-    s_abs = np.abs(qw.scales.astype(np.float64)).sum(0)     # (N, G): sum over bit-planes of |s_b|
+    s_abs = np.abs(qw.scales.astype(np.float64))            # (bits, N, G)
+    fine = getattr(sched, "fine_planes", 0) if sched.lut_dtype == "int8" else 0
+    if fine:    # refined planes: the entry to 1/16 of the step, so 1/16 of the rounding error
+        s_abs[qw.bits - fine:] /= 16.0
+    s_abs = s_abs.sum(0)                                    # (N, G): sum over bit-planes of |s_b|
     if sched.lut_dtype == "float16":
         per_group = amax.sum(-1) * 2.0 ** -11               # each entry off by <= |entry| * 2^-11
     else:

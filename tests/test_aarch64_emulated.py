@@ -74,7 +74,9 @@ def test_m2_code_matches_reference_under_qemu(workdir, bits, lut_dtype):
 @pytest.mark.parametrize("knobs", [dict(lut_dtype="int8", g=2, bn=16, lut_pair=True), dict(lut_dtype="int8", bn=64, mb=2),
                                    dict(lut_dtype="int8", g=3, bn=128, mb=2, lut_pair=True), dict(lut_dtype="float16", g=3, mb=2),
                                    dict(lut_dtype="float32", interleave="plane", unroll=1),
-                                   dict(lut_dtype="int8", prefetch=4)])
+                                   dict(lut_dtype="int8", prefetch=4),
+                                   dict(lut_dtype="int8", lut_scale_ratio=0, lut_fine_planes=1, lut_pair=True),
+                                   dict(lut_dtype="int8", g=3, lut_scale_ratio=0, lut_fine_planes=2, mb=2)])
 @pytest.mark.parametrize("bits", [2, 4])
 def test_aarch64_linux_on_cortex_a76(workdir, bits, knobs):
     qw, x = _problem(bits, 32, 50, 97, 3, 10 + bits, "rtn")
@@ -101,10 +103,11 @@ def test_hard_activations_every_scale_block_under_qemu(workdir, xkind):
     each scale block, float and integer block scales, as Cortex-A76 NEON code (tbl) under qemu."""
     qw, _ = _problem(2, 64, 45, 200, 3, 3)
     x = activations(np.random.default_rng(3), 3, 200, xkind, 64)
-    for blk, centered, ratio, pair in ((16, True, 16, True), (16, True, 16, False), (16, True, 0, True),
-                                       (32, True, 8, True), (32, False, 0, False), (64, False, 0, True)):
+    for blk, centered, ratio, pair, fine in ((16, True, 16, True, 0), (16, True, 16, False, 0), (16, True, 0, True, 1),
+                                             (32, True, 8, True, 0), (32, False, 0, False, 2), (64, False, 0, True, 0),
+                                             (32, True, 0, True, 2)):
         sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2,
-                              lut_scale_ratio=ratio, lut_pair=pair)
+                              lut_scale_ratio=ratio, lut_pair=pair, lut_fine_planes=fine)
         _check(_emulated(workdir, A76, sched, x, qw), x, qw, sched, f"aarch64-linux {xkind}")
 
 

@@ -24,6 +24,8 @@ def problems(draw):
     knobs["lut_centered"] = draw(st.booleans())
     knobs["lut_scale_ratio"] = draw(st.sampled_from(LUT_SCALE_RATIOS + (1, 3, 100)))
     knobs["lut_pair"] = draw(st.booleans())
+    knobs["lut_fine_planes"] = draw(st.sampled_from([0, 0, 1, 2, bits]))
+    knobs["lut_fine_planes"] = min(knobs["lut_fine_planes"], bits)
     N = draw(st.integers(1, 150))
     K = draw(st.one_of(st.integers(1, 300), st.sampled_from([gs, 2 * gs, 3 * gs + 1])))
     M = draw(st.sampled_from([1, 2, 7, 33]))
@@ -240,7 +242,8 @@ def test_hard_activations_every_scale_block(xkind, target):
         for centered in (True, False):
             for ratio in (0, 16):
                 sched = Schedule.make(bits=2, group_size=64, lut_scale_block=blk, lut_centered=centered, unroll=2,
-                                      lut_scale_ratio=ratio, lut_pair=(blk + ratio) % 32 == 16 or centered)
+                                      lut_scale_ratio=ratio, lut_pair=(blk + ratio) % 32 == 16 or centered,
+                                      lut_fine_planes=(blk // 16 + ratio) % 3)
                 y = lutc.compile(sched, target=target)(x, qw, threads=2)
                 assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (xkind, sched)
 
@@ -297,3 +300,67 @@ def test_paired_kernels_stay_in_256_bit_registers():
     d = default_schedule(2, 64, 1, t)
     assert d.paired and d.bn == 64 and spec.gemm_target(d, t) is t
     assert re.search(r"vpmaddubsw\s+.*zmm", lutc.compile(d, target=t).emit("asm"))
+
+
+@pytest.mark.parametrize("xkind", XKINDS)
+def test_fine_planes_cut_the_top_planes_error(xkind):
+    """lut_fine_planes: the refined planes' table error is 1/16 of the int8 step's, by the
+    independent bound (tests/kernel_reference.py), and the kernel's measured error falls with each
+    refined plane (W4: the top plane carries most of the int8 error, docs/quantization.md)."""
+    rng = np.random.default_rng(11)
+    qw, _ = _case(4, 128, {}, 96, 512, 4, 11, "hlq")
+    x = activations(rng, 4, 512, xkind, 128)
+    ref, _ = reference(x, qw)
+    errs = []
+    for fine in range(5):
+        for pair in (True, False):
+            sched = Schedule.make(bits=4, group_size=128, lut_fine_planes=fine, lut_pair=pair)
+            assert sched.fine_planes == fine
+            y = lutc.compile(sched)(x, qw, threads=2)
+            err = np.abs(y - ref)
+            assert (err <= error_bound(x, qw, sched)).all(), (xkind, sched)
+        errs.append(np.sqrt((err ** 2).mean()))
+    if xkind != "zeros" or errs[0] > 0:
+        assert errs[0] > errs[1] > errs[2] and errs[4] < 0.2 * errs[0], errs
+
+
+def test_fine_planes_schedule_rules():
+    """Refinement needs int8 tables (float tables ignore it); it adds a second table set and leaves
+    the accumulator type alone (residuals are <= 8, the plane's own lookups <= 127)."""
+    s = Schedule.make(bits=4, group_size=128, lut_fine_planes=1)
+    assert s.fine_planes == 1 and s.table_sets == 2 and s.acc_dtype == "int16"
+    # untuned defaults: W4 on pair-sum lookups takes block 8, integer ratios, the top 2 planes refined
+    d = Schedule.make(bits=4, group_size=128, lut_pair=True)
+    assert (d.lut_scale_block, d.scale_ratio, d.fine_planes, d.unroll) == (8, 64, 2, 1)
+    d = Schedule.make(bits=4, group_size=128)
+    assert (d.lut_scale_block, d.scale_ratio, d.fine_planes) == (32, 0, 0)
+    d = Schedule.make(bits=2, group_size=64, lut_pair=True)
+    assert (d.lut_scale_block, d.scale_ratio, d.fine_planes) == (16, 64, 0)
+    assert Schedule.make(bits=2, group_size=64, lut_fine_planes=2).fine_planes == 2     # integer ratios too
+    assert Schedule.make(bits=4, group_size=128, lut_fine_planes=2, lut_dtype="float16").table_sets == 1
+    with pytest.raises(ValueError, match="lut_fine_planes"):
+        Schedule.make(bits=2, group_size=64, lut_fine_planes=3)
+
+
+@pytest.mark.parametrize("blk,ratio", [(32, 0), (64, 0), (8, 64), (16, 64)])
+@pytest.mark.parametrize("pair", [True, False])
+def test_fine_planes_stay_in_int16_range(blk, ratio, pair):
+    """The worst case for refined int16 sums: every lookup hits its table's largest entry
+    (all-ones codes, same-sign activations), every plane refined, with and without one block 100x
+    larger (integer ratios: a large r there). An overflow would wrap and miss the bound."""
+    K, N, gs = 256, 40, 128
+    codes = np.full((N, K), 15, np.uint8)
+    scales = np.ones((4, N, K // gs), np.float16)
+    qw = quant.QuantizedTensor(4, gs, (N, K), codes, scales, np.zeros((N, K // gs), np.float16))
+    for outlier in (False, True):
+        x = np.ones((2, K), np.float32)
+        x[1] = -1.0
+        if outlier:
+            x[:, 3 * blk:4 * blk] *= 100.0
+        x[:, 1::7] *= 0.37            # residuals away from zero
+        ref, _ = reference(x, qw)
+        sched = Schedule.make(bits=4, group_size=gs, lut_scale_block=blk, lut_scale_ratio=ratio, lut_fine_planes=4,
+                              lut_pair=pair)
+        assert sched.acc_dtype == "int16" and sched.scale_ratio == ratio
+        y = lutc.compile(sched)(x, qw)
+        assert (np.abs(y - ref) <= error_bound(x, qw, sched)).all(), (outlier, sched)

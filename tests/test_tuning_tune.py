@@ -64,7 +64,7 @@ def test_failing_candidates_fail_one_trial_each(tmp_path, monkeypatch):
     study = optuna.create_study(study_name=study_name(P, "f", "hot"), storage=open_storage(url))
     base = {"g": 4, "bn": 16, "unroll": 2, "mb": 1, "interleave": "chunk", "threads": 1, "lut_centered": True,
             "lut_scale_ratio": 64, "path": "lut", "dot_bm": 8, "dot_ns": 16, "act_block": 128, "act_residual": True,
-            "lut_pair": False, "prefetch": 0}
+            "lut_pair": False, "lut_fine_planes": 0, "prefetch": 0}
     for dt in ("float16", "float32", "int8"):       # float tables: the one canonical scale block (the group)
         study.enqueue_trial(dict(base, lut_dtype=dt, lut_scale_block=128 if dt != "int8" else 16))
     r = tune_problem(P, storage=url, trials=3, seed=0, prefix="f", db_path=None, make_worker=_HangTimeout,

@@ -52,6 +52,9 @@ CONSTEXPR_LEGEND = {
     "LUT_DTYPE": "table element type (s.lut_dtype)",
     "PAIR": "s.paired: the two lookups of a packed byte are summed by tl.pair_madd (int16, pair "
             "order, times the block's integer ratio or 1) instead of widened one by one",
+    "FINE": "s.fine_planes: the top FINE bit-planes also look up the residual tables (entries in units of "
+            "step / FINE_STEPS) into their own accumulators, added with s_b / FINE_STEPS; the luts scratch then "
+            "holds 2 sets of TPGP tables per (row, group)",
     "PF": "s.prefetch: lut_gemm prefetches the weights and scales of the group PF groups ahead (0: off)",
     "BM": "dot path: s.dot_bm, activation rows per output block (and per block of the xq layout)",
     "BNS": "dot path: s.dot_ns, weight rows per output block",
@@ -98,12 +101,14 @@ def constexprs(s, target="host") -> tuple[dict, dict]:
     ga = 1 << (s.g - 1).bit_length()
     tables = dict(GS=s.group_size, G=s.g, GA=ga, TPG=s.tables_per_group, TPGP=s.padded_tables,
                   LUT_DTYPE=LUT_TYPES[s.lut_dtype], NB=s.scale_blocks, TPB=s.scale_chunks * s.per_byte,
-                  CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio, BUDGET=s.ratio_budget)
+                  CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio, BUDGET=s.ratio_budget,
+                  FINE=s.fine_planes)
     gemm = dict(BITS=s.bits, G=s.g, BN=s.bn, PB=s.per_byte, SB=s.slot_bits, CPG=s.chunks_per_group,
                 TPGP=s.padded_tables, UNROLL=s.unroll, MB=s.mb, PLANE_MAJOR=s.interleave == "plane",
                 ACC=ACC_TYPES[s.acc_dtype], NB=s.scale_blocks, CPB=s.scale_chunks,
                 NBF=s.chunks_per_group // s.scale_chunks, TAILC=s.chunks_per_group % s.scale_chunks,
-                CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio, PAIR=s.paired, PF=s.prefetch)
+                CENTER=s.centered, NS=s.scale_slots, RATIO=s.scale_ratio, PAIR=s.paired, PF=s.prefetch,
+                FINE=s.fine_planes)
     return tables, gemm
 
 
@@ -127,7 +132,8 @@ def scratch_sizes(s, M: int, NG: int) -> dict:
         mp = -(-M // s.dot_bm) * s.dot_bm
         return dict(luts=mp * NG * s.group_size * (1 + s.act_residual), lut_scales=mp * NG * (s.group_size // s.act_scale_block),
                     xsums=mp * NG)
-    return dict(luts=M * NG * s.padded_tables * s.table_size, lut_scales=M * NG * s.scale_slots, xsums=M * NG)
+    return dict(luts=M * NG * s.table_sets * s.padded_tables * s.table_size, lut_scales=M * NG * s.scale_slots,
+                xsums=M * NG)
 
 
 def max_rows(s, N: int, K: int, NG: int) -> int:

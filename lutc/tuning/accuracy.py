@@ -7,10 +7,13 @@ MAX_REL_ERR and the perplexity figure (docs/quantization.md, "Table precision"):
 the old int8 path (one scale per group, uncentered) errs by 1.7-3.8% on these probes and cost
 3-6% perplexity; the default tables (centered, one scale per 16 activations with integer
 ratios at W1-W2, per 32 at W3-W4) err by 0.56-0.82% and cost under 0.5%. The threshold sits between the two.
+(The W4 default on pair-sum lookups, block 8 with the top two planes refined, errs less still.)
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..schedule import FINE_STEPS
 
 U32 = 2.0 ** -24          # float32 unit roundoff
 U16 = 2.0 ** -11          # float16 unit roundoff (relative error of one rounded table entry)
@@ -33,7 +36,9 @@ class ErrorBound:
 
     Per (m, n), with S[n, grp] = sum_b |s_b[n, grp]|, Z = |z| and X1[m, grp] = sum |x| over the group:
       int8 tables:    lookups err by <= scale[m, grp, blk] / 2, so
-                      |dy| <= sum_grp S * sum_blk tables_in_blk * scale[blk] / 2
+                      |dy| <= sum_grp S * sum_blk tables_in_blk * scale[blk] / 2 (with refined top
+                      planes, lut_fine_planes, their |s_b| count 1 / FINE_STEPS in S: their
+                      lookups are the entry to scale / FINE_STEPS)
       float16 tables: entries err by <= U16 * |entry| <= U16 * (sum |x| over the table), so |dy| <= U16 * S @ X1
       float32 tables: exact tables;
       dot path:       int8 activations err by <= amax(act block) / 254 each (/ 254 again with the
@@ -51,7 +56,8 @@ class ErrorBound:
         xp[:, :self.K] = x
         self.xg = xp.reshape(m, self.ng, self.gs)
         self.x1 = np.abs(self.xg).sum(-1)                                   # (M, NG)
-        self.s = np.abs(qt.scales.astype(np.float64)).sum(0)                # (N, NG)
+        self.planes = np.abs(qt.scales.astype(np.float64))                   # (BITS, N, NG)
+        self.s = self.planes.sum(0)                                         # (N, NG)
         self.sz = self.s + np.abs(qt.zeros.astype(np.float64))
         self.ref = x.astype(np.float64) @ qt.dequantize().astype(np.float64).T
         self._int8_scale = {}
@@ -77,6 +83,13 @@ class ErrorBound:
             self._int8_scale[key] = (block_scales(amax.max(-1), sched.scale_ratio, sched.ratio_budget) * ntab / 2.0).sum(-1)
         return self._int8_scale[key]
 
+    def lookup_weights(self, sched) -> np.ndarray:
+        """(N, NG): sum_b |s_b| with each refined plane's (the top sched.fine_planes) / FINE_STEPS."""
+        fine = sched.fine_planes
+        if not fine:
+            return self.s
+        return self.planes[:self.bits - fine].sum(0) + self.planes[self.bits - fine:].sum(0) / FINE_STEPS
+
     def dot_error(self, sched) -> np.ndarray:
         """(M, N): the dot path's bound before rounding and safety (see the class doc)."""
         xb = sched.act_scale_block
@@ -93,7 +106,7 @@ class ErrorBound:
         if sched.path == "dot":
             prec = self.dot_error(sched)
         elif sched.lut_dtype == "int8":
-            prec = self.int8_error(sched) @ self.s.T
+            prec = self.int8_error(sched) @ self.lookup_weights(sched).T
         elif sched.lut_dtype == "float16":
             prec = U16 * (self.x1 @ self.s.T)
         else:
@@ -147,4 +160,5 @@ def describe_tables(s) -> str:
         return s.lut_dtype
     blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
     ratio = f", integer ratios <= {s.scale_ratio}" if s.scale_ratio else ""
-    return f"int8 ({'centered, ' if s.centered else ''}one scale per {blk} activations{ratio})"
+    fine = f", top {s.fine_planes} plane(s) refined" if s.fine_planes else ""
+    return f"int8 ({'centered, ' if s.centered else ''}one scale per {blk} activations{ratio}{fine})"

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..schedule import (ACT_BLOCKS, DEFAULT_TABLE_SCALES, DOT_KNOB_CHOICES, KNOB_CHOICES, LUT_SCALE_BLOCKS,
-                        LUT_SCALE_RATIOS, Schedule)
+from ..schedule import (ACT_BLOCKS, DOT_KNOB_CHOICES, KNOB_CHOICES, LUT_SCALE_BLOCKS,
+                        LUT_SCALE_RATIOS, Schedule, default_table_scales)
 
-PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "prefetch", "bn", "unroll",
+PARAMS = ("g", "lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "lut_fine_planes",
+          "prefetch", "bn", "unroll",
           "mb", "interleave", "threads", "path", "dot_bm", "dot_ns", "act_block", "act_residual")
-LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "prefetch", "unroll", "mb")  # the dot path ignores
+LUT_ONLY = ("lut_dtype", "lut_scale_block", "lut_centered", "lut_scale_ratio", "lut_pair", "lut_fine_planes", "prefetch",
+            "unroll", "mb")  # the dot path ignores
 DOT_ONLY = ("dot_bm", "dot_ns", "act_block", "act_residual")                                    # the LUT path ignores
 
 
@@ -48,6 +50,7 @@ def space_for(p: Problem, cores: int) -> dict:
     space["lut_centered"] = (True, False)
     space["lut_scale_ratio"] = LUT_SCALE_RATIOS
     space["lut_pair"] = (True, False)
+    space["lut_fine_planes"] = tuple(range(min(2, p.bits) + 1))    # 0, 1, 2: the top planes carry the error
     space["threads"] = thread_choices(cores)
     space["path"] = DOT_KNOB_CHOICES["path"] if p.group_size % 32 == 0 else ("lut",)
     space["dot_bm"] = tuple(v for v in DOT_KNOB_CHOICES["dot_bm"] if v <= max(8, p.M))   # 8: the default
@@ -81,7 +84,9 @@ def invalid_reason(s: Schedule, p: Problem) -> str | None:
         return f"lut_scale_block and lut_centered only change int8 tables ({s.lut_dtype} tables: a duplicate)"
     if s.lut_dtype != "int8" and s.lut_pair != Schedule.lut_pair:
         return f"lut_pair only changes int8 tables ({s.lut_dtype} tables: a duplicate)"
-    default_ratio = DEFAULT_TABLE_SCALES.get(s.bits, (32, 0))[1]
+    if s.lut_fine_planes != default_table_scales(s.bits, s.lut_pair)[2] and not s.fine_planes:
+        return f"lut_fine_planes={s.lut_fine_planes} only refines int8 tables ({s.lut_dtype} tables: a duplicate)"
+    default_ratio = default_table_scales(s.bits, s.lut_pair)[1]
     if s.lut_scale_ratio != default_ratio and s.replace(lut_scale_ratio=1).scale_ratio == 0:
         return (f"lut_scale_ratio={s.lut_scale_ratio} has no effect here (float tables, one scale block, or a "
                 f"group too long for int16 ratios): a duplicate of the default {default_ratio}")
@@ -119,7 +124,8 @@ def suggest(trial, space: dict) -> dict:
 
 def describe(s: Schedule) -> str:
     """A compact one-line knob summary: 'g4 int8/32cr8p bn64 u4 mb1 pf1 chunk t2' (int8: activations per
-    table scale, c = centered, rR = integer block ratios up to R, p = pair-sum lookups; pfD = prefetch
+    table scale, c = centered, rR = integer block ratios up to R, p = pair-sum lookups, fF = the top F
+    bit-planes refined by residual tables; pfD = prefetch
     D groups ahead, left out when off); on the dot path
     'dot g4 bn32 bm64 ns4 xb128 chunk t2'."""
     t = "*" if s.threads is None else s.threads
@@ -130,5 +136,6 @@ def describe(s: Schedule) -> str:
     if s.lut_dtype == "int8":
         blk = s.scale_chunks * s.g * s.per_byte if s.scale_blocks > 1 else s.group_size
         tab += f"/{blk}{'c' if s.centered else ''}{f'r{s.scale_ratio}' if s.scale_ratio else ''}{'p' if s.paired else ''}"
+        tab += f"f{s.fine_planes}" if s.fine_planes else ""
     pf = f" pf{s.prefetch}" if s.prefetch else ""
     return f"g{s.g} {tab} bn{s.bn} u{s.unroll} mb{s.mb}{pf} {s.interleave} t{t}"
