@@ -35,7 +35,10 @@ def dot_preferred(bits: int, M: int, s: Schedule, insns: int = 1) -> bool:
     AVX2). More planes than dot instructions -> dot, fewer -> LUT. Ties -> dot from 32 rows, by
     measurement: W4 on AVX2 (two-instruction dots; 1.0-1.7x the LUT prefill) and, since the dot
     GEMM reads activation groups as broadcast memory operands, W2 with the residual on VNNI
-    (GEMM 1.2-2.2x the LUT path at M = 128 and 512; docs/runtime.md, "third pass")."""
+    (GEMM 1.2-2.2x the LUT path at M = 128 and 512; docs/runtime.md, "third pass") and on AVX2's
+    int16 form (dotgemm.act_i16, one vpmaddwd per 2 weights carrying the residual: Zen 3, 1 thread,
+    CPU time, GEMM lut/dot 0.93-1.44x, above 1 in 11 of 12 SmolLM2/7B shapes at M = 128 and 512;
+    docs/runtime.md, "Zen 3 (AVX2) prefill")."""
     cost = (1 + bool(s.act_residual)) * insns
     return bits > cost or (bits == cost and M >= 32)
 

@@ -106,7 +106,8 @@ def test_default_layout_per_target():
         assert s.paired and s.bn == 64 and s.path == "lut", s
     for t in ("aarch64-linux", "generic-x86"):             # generic-x86: no byte shuffle at all
         assert not default_schedule(2, 64, 1, t).lut_pair and default_schedule(2, 64, 1, t).bn == 32
-    assert default_schedule(2, 128, 64, "x86-avx2").path == "lut"          # AVX2: W2 stays on LUT (ops.dot_preferred)
+    assert default_schedule(2, 128, 16, "x86-avx2").path == "lut"          # AVX2 W2: LUT below 32 rows,
+    assert default_schedule(2, 128, 64, "x86-avx2").path == "dot"          # dot from 32 (ops.dot_preferred)
     w4 = default_schedule(4, 128, 64, "x86-avx2")                           # W4 from 32 rows: dot, no pairs
     assert w4.path == "dot" and not w4.lut_pair and w4.bn == 32
     w4 = default_schedule(4, 128, 64, "x86-avx512")                         # the dot path reads the 64-row layout
@@ -117,8 +118,14 @@ def test_default_unroll_avx2_w4_batches():
     """lutc.ops.default_unroll: 4-row passes of W4 pair tiles on AVX2 (buckets 4 and 8) take unroll 1;
     every other bucket, width and target keeps the Schedule's own (min(4, a scale block's chunks))."""
     from lutc.ops import default_schedule
-    assert [default_schedule(4, 128, M, "x86-avx2").unroll for M in (1, 2, 4, 8)] == [4, 4, 1, 1]
+    from lutc.ops import default_unroll
+    assert [default_schedule(4, 128, M, "x86-avx2").unroll for M in (4, 8)] == [1, 1]
+    for M, want in ((1, None), (2, None), (4, 1), (8, 1)):   # also on block-32 float tables (unroll 4)
+        s = default_schedule(4, 128, M, "x86-avx2").replace(lut_scale_block=32, lut_scale_ratio=0,
+                                                            lut_fine_planes=0, unroll=None)
+        assert default_unroll(s, "x86-avx2") == want, (M, s)
     for bits, gs in ((2, 128), (3, 128)):
         assert [default_schedule(bits, gs, M, "x86-avx2").unroll for M in (1, 4)] == [2 if bits == 2 else 4] * 2
     for t in ("x86-avx512", "aarch64-linux", "generic-x86"):
-        assert default_schedule(4, 128, 4, t).unroll == 4, t
+        s = default_schedule(4, 128, 4, t)
+        assert s.unroll == min(4, s.scale_chunks), (t, s)       # the Schedule's own
