@@ -59,11 +59,17 @@ def level_max(target="host", residual=False) -> int:
     the int16 form `act_i16`, whose vpmaddwd cannot saturate)."""
     if residual and act_i16(target):
         return 255
+    plan = _group_dot(target)[1]
+    return 127 if plan is not None and plan.insn == "vpmaddubsw" else 255
+
+
+def _group_dot(target="host", wmax=127):
+    """(target, tl.dot's plan for u8 levels in 0..wmax x s8 activations on it, or None)."""
     from ..backend.dot import choose
     from ..backend.target import get_target
     from ..ir import types as T
-    plan = choose(get_target(target), T.uint8, 64, (0, 127), (-128, 127))
-    return 127 if plan is not None and plan.insn == "vpmaddubsw" else 255
+    t = get_target(target)
+    return t, choose(t, T.uint8, 64, (0, wmax), (-128, 127))
 
 
 def act_i16(target="host") -> bool:
@@ -73,11 +79,7 @@ def act_i16(target="host") -> bool:
     int16 form 2 vpmaddwd; its levels go up to 255 (vpmaddwd cannot saturate). Measured on
     256-bit vectors only (docs/runtime.md, "Zen 3 (AVX2) prefill"): 512-bit targets without VNNI
     (x86-avx512) keep the int8 form."""
-    from ..backend.dot import choose
-    from ..backend.target import get_target
-    from ..ir import types as T
-    t = get_target(target)
-    plan = choose(t, T.uint8, 64, (0, 127), (-128, 127))
+    t, plan = _group_dot(target)
     return plan is not None and plan.insn == "vpmaddubsw" and t.vector_bits <= 256
 
 
@@ -89,13 +91,9 @@ def dot_insns(target="host") -> int | None:
     vpmaddwd after it; 1 where `act_i16`: its two vpmaddwd per 4 weights carry the residual too,
     the cost of a one-instruction dot plus the residual's), or None where tl.dot has no group-dot
     instruction for it (the portable lowering: the default never takes the dot path there)."""
-    from ..backend.dot import choose
-    from ..backend.target import get_target
-    from ..ir import types as T
     if act_i16(target):
         return 1
-    wmax = level_max(target)
-    plan = choose(get_target(target), T.uint8, 64, (0, wmax), (-128, 127))
+    plan = _group_dot(target, level_max(target))[1]
     return None if plan is None else DOT_INSNS.get(plan.insn)
 
 
